@@ -1,0 +1,22 @@
+#!/bin/sh
+# Install the Debian 12 packages svirtd and its tests need, only when something is missing.
+# (The SELinux, libvirt, audit and systemd Python bindings come from Debian, not PyPI.)
+set -eu
+PACKAGES="
+  libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
+  python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd python3-venv
+  selinux-policy-default selinux-policy-dev selinux-utils policycoreutils setools selint
+  dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
+  attr dosfstools iptables ebtables util-linux
+"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $missing
+fi

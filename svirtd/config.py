@@ -1,0 +1,103 @@
+"""svirtd.conf (TOML) -> a validated Config. Every option has a safe default."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .models import format_categories, parse_categories
+
+DEFAULT_CONFIG_PATH = Path("/etc/svirt/svirtd.conf")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Where the allocation table (SQLite) lives. Must be on local storage.
+    state_dir: Path = Path("/var/lib/svirtd")
+    # libvirt connection whose guests are confined.
+    libvirt_uri: str = "qemu:///system"
+    # D-Bus bus to serve on; empty = the system bus ($DBUS_SYSTEM_BUS_ADDRESS or the default socket).
+    bus_address: str = ""
+    # Categories automatic labels are drawn from (MCS syntax) and the ones never handed out.
+    # The default is refpolicy's whole MCS range: 1024 categories = 523,776 pairs.
+    categories: str = "c0.c1023"
+    reserved_categories: str = ""
+    # Mirror libvirt's security_default_confined / security_require_confined (qemu.conf).
+    default_confined: bool = True
+    require_confined: bool = False
+    # Automatic confinement applies to guests whose name matches one of these shell patterns
+    # (fnmatch); Isolate works on any guest. E.g. ["prod-*", "web??"].
+    auto_confine_names: tuple[str, ...] = ("*",)
+    # Extra trees svirtd never relabels, on top of the built-in system trees.
+    denied_paths: tuple[str, ...] = ()
+    # Where libvirt keeps swtpm state (<dir>/<uuid>).
+    swtpm_dir: str = "/var/lib/libvirt/swtpm"
+    # Longest wait between reconnect attempts when libvirtd is down (seconds).
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("categories", "reserved_categories")
+    @classmethod
+    def _mcs_syntax(cls, value: str) -> str:
+        parse_categories(value)
+        return value
+
+    @field_validator("denied_paths")
+    @classmethod
+    def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for path in value:
+            if not path.startswith("/"):
+                raise ValueError(f"{path!r} is not an absolute path")
+        return value
+
+    @model_validator(mode="after")
+    def _room_for_pairs(self) -> Config:
+        usable = self.category_set - self.reserved_set
+        if len(usable) < 2:
+            raise ValueError(
+                f"categories {self.categories!r} minus reserved {self.reserved_categories!r} leaves "
+                f"{format_categories(usable) or 'nothing'}: at least two categories are needed for one pair"
+            )
+        return self
+
+    @property
+    def category_set(self) -> frozenset[int]:
+        return parse_categories(self.categories)
+
+    @property
+    def reserved_set(self) -> frozenset[int]:
+        return parse_categories(self.reserved_categories)
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+def load_config(path: Path | None, overrides: dict[str, object] | None = None) -> Config:
+    """Read the TOML file (a missing default file means all defaults) and apply overrides."""
+    data: dict[str, object] = {}
+    where = str(path or DEFAULT_CONFIG_PATH)
+    target = path or DEFAULT_CONFIG_PATH
+    try:
+        with target.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        if path is not None:
+            raise ConfigError(f"{where}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{where}: {exc.strerror}") from exc
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'file'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}: {problems}") from None

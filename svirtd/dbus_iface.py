@@ -1,0 +1,233 @@
+"""org.svirt.Manager1 on the system bus: the edge that translates between D-Bus and the manager.
+
+Every method is the same few lines: authorize -> parse arguments -> call the manager -> marshal the
+result. Domain errors map to D-Bus error names in one table (ERROR_NAMES), the way firewalld's
+exception decorator does it. Method docs live next to each method and are served in the
+introspection XML as org.freedesktop.DBus.Description annotations; docs/dbus-api.md documents the same.
+"""
+
+import contextvars
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import introspection as intr
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
+from dbus_fast.constants import NameFlag, PropertyAccess, RequestNameReply
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+
+from . import __version__, errors
+from .authz import Action, Authorizer
+from .manager import GuestReport, Manager
+from .models import Assignment
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.svirt.Manager"
+OBJECT_PATH = "/org/svirt/Manager"
+INTERFACE = "org.svirt.Manager1"
+ERROR_PREFIX = f"{INTERFACE}.Error."
+DESCRIPTION = "org.freedesktop.DBus.Description"
+
+ERROR_NAMES: dict[type[errors.SvirtError], str] = {
+    errors.InvalidArgument: ERROR_PREFIX + "InvalidArgument",
+    errors.NoSuchGuest: ERROR_PREFIX + "NoSuchGuest",
+    errors.LabelSpaceExhausted: ERROR_PREFIX + "LabelSpaceExhausted",
+    errors.ResourceConflict: ERROR_PREFIX + "ResourceConflict",
+    errors.UnsafePath: ERROR_PREFIX + "UnsafePath",
+    errors.Unlabelable: ERROR_PREFIX + "Unlabelable",
+    errors.LibvirtUnavailable: ERROR_PREFIX + "LibvirtUnavailable",
+    errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
+    errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
+}
+INTERNAL_ERROR = ERROR_PREFIX + "Failed"
+
+DOCS: dict[str, str] = {
+    "Isolate": "Isolate a guest (UUID or libvirt name) under a containment profile ('' = default): give it "
+               "a unique MCS category pair, bound to its UUID, and label its resources. Idempotent: a guest "
+               "keeps its pair. Returns the assignment (as Query).",
+    "Release": "Restore the guest's resources to their original labels and free its pair. Automatic "
+               "confinement leaves the guest alone until the next Isolate or until it is redefined.",
+    "Query": "The guest's assignment: label, level, categories, profile, state, and every resource with "
+             "its expected and actual on-disk label. Anyone may call it.",
+    "List": "Every guest svirtd isolates: (uuid, name, level, profile, state).",
+    "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
+    "Released": "A guest's isolation was removed: uuid, name.",
+    "Version": "svirtd's version.",
+    "Enforcing": "True when SELinux is enabled and enforcing on this host, i.e. the kernel applies the labels.",
+    "CategoriesFree": "How many more guests can be isolated: free category pairs in the configured range.",
+    "CategoriesTotal": "Category pairs in the configured range (minus reserved categories).",
+    "LibvirtConnected": "Whether svirtd is connected to libvirtd right now.",
+}
+
+# The message being handled, for methods that must know who is calling (dbus-fast does not pass it).
+current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar("current_message", default=None)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+AssignmentDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
+GuestRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
+
+
+def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Map domain errors to D-Bus errors; anything unexpected is logged and reported generically."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except errors.SvirtError as exc:
+            name = next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR)
+            raise DBusError(name, str(exc)) from None
+        except DBusError:
+            raise
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise DBusError(INTERNAL_ERROR, f"{fn.__name__} failed on an internal error; see "
+                                            "`journalctl -u svirtd` for details") from None
+
+    return wrapper
+
+
+def capture_message(msg: Message) -> None:
+    """Bus message handler: remember the message a method call is being dispatched for."""
+    if msg.message_type is MessageType.METHOD_CALL:
+        current_message.set(msg)
+
+
+def _sender() -> str | None:
+    msg = current_message.get()
+    return msg.sender if msg is not None else None
+
+
+class ManagerInterface(ServiceInterface):
+    def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
+                 connected: Callable[[], bool]) -> None:
+        super().__init__(INTERFACE)
+        self._manager = manager
+        self._authz = authorizer
+        self._enforcing = enforcing
+        self._connected = connected
+
+    # -- methods -------------------------------------------------------------------------------
+
+    @method()
+    @dbus_errors
+    async def Isolate(self, guest: DBusStr, profile: DBusStr) -> AssignmentDict:
+        await self._authz.check(_sender(), Action.ISOLATE, guest)
+        await self._manager.isolate(guest, profile)
+        return report_to_dbus(await self._manager.query(guest))
+
+    @method()
+    @dbus_errors
+    async def Release(self, guest: DBusStr) -> None:
+        await self._authz.check(_sender(), Action.RELEASE, guest)
+        await self._manager.release(guest)
+
+    @method()
+    @dbus_errors
+    async def Query(self, guest: DBusStr) -> AssignmentDict:
+        return report_to_dbus(await self._manager.query(guest))
+
+    @method()
+    @dbus_errors
+    async def List(self) -> GuestRows:
+        return [[a.uuid, a.name, str(a.level), a.profile, a.state.value] for a in self._manager.list_assignments()]
+
+    # -- signals -------------------------------------------------------------------------------
+
+    @signal()
+    def Isolated(self, uuid: str, name: str, label: str) -> Annotated[list[str], DBusSignature("sss")]:
+        return [uuid, name, label]
+
+    @signal()
+    def Released(self, uuid: str, name: str) -> Annotated[list[str], DBusSignature("ss")]:
+        return [uuid, name]
+
+    # -- properties ----------------------------------------------------------------------------
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> DBusStr:
+        return __version__
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Enforcing(self) -> DBusBool:
+        return self._enforcing()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CategoriesFree(self) -> DBusUInt32:
+        return self._manager.allocator.free
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CategoriesTotal(self) -> DBusUInt32:
+        return self._manager.allocator.total
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LibvirtConnected(self) -> DBusBool:
+        return self._connected()
+
+    # -- manager.Listener ----------------------------------------------------------------------
+
+    def isolated(self, assignment: Assignment) -> None:
+        label = str(self._manager.spec.process_label(assignment.level))
+        self.Isolated(assignment.uuid, assignment.name, label)
+        self.emit_properties_changed({"CategoriesFree": self._manager.allocator.free})
+
+    def released(self, uuid: str, name: str) -> None:
+        self.Released(uuid, name)
+        self.emit_properties_changed({"CategoriesFree": self._manager.allocator.free})
+
+    # -- introspection with docs ---------------------------------------------------------------
+
+    def introspect(self) -> intr.Interface:
+        iface = super().introspect()
+        members: list[Any] = [*iface.methods, *iface.signals, *iface.properties]
+        for member in members:
+            doc = DOCS.get(member.name)
+            if doc:
+                member.annotations[DESCRIPTION] = doc
+        return iface
+
+
+def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
+    a = report.assignment
+    resources = [
+        {
+            "path": Variant("s", r.path),
+            "device": Variant("s", r.device),
+            "kind": Variant("s", r.kind.value),
+            "class": Variant("s", r.rclass.value),
+            "expected": Variant("s", r.expected),
+            "actual": Variant("s", r.actual),
+            "status": Variant("s", r.status.value),
+            "note": Variant("s", r.note),
+        }
+        for r in report.resources
+    ]
+    return {
+        "uuid": Variant("s", a.uuid),
+        "name": Variant("s", a.name),
+        "label": Variant("s", report.process_label),
+        "image_label": Variant("s", report.image_label),
+        "level": Variant("s", str(a.level)),
+        "categories": Variant("au", list(a.level.pair)),
+        "profile": Variant("s", a.profile),
+        "state": Variant("s", a.state.value),
+        "origin": Variant("s", a.origin.value),
+        "note": Variant("s", a.note),
+        "created": Variant("t", int(a.created)),
+        "updated": Variant("t", int(a.updated)),
+        "resources": Variant("aa{sv}", resources),
+    }
+
+
+async def export(bus: MessageBus, iface: ManagerInterface) -> None:
+    """Serve the interface and own the well-known name (fail if somebody else owns it)."""
+    bus.add_message_handler(capture_message)
+    bus.export(OBJECT_PATH, iface)
+    reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+    if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+        raise RuntimeError(f"{BUS_NAME} is already owned by another process (is svirtd already running?)")

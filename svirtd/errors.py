@@ -1,0 +1,49 @@
+"""Domain errors raised by the core and the use-cases.
+
+Each one maps to exactly one D-Bus error name (see dbus_iface.ERROR_NAMES); the message is written
+for the admin who will read it in `busctl` or `virsh` output, so it says what to do next.
+"""
+
+
+class SvirtError(Exception):
+    """Base class of every error svirtd reports to a caller."""
+
+
+class InvalidArgument(SvirtError):
+    """A caller passed a value that can never be valid (malformed UUID, unknown profile...)."""
+
+
+class NoSuchGuest(SvirtError):
+    """The guest is not known (to libvirt, or to svirtd's table)."""
+
+
+class LabelSpaceExhausted(SvirtError):
+    """Every category pair of the configured range is in use."""
+
+
+class ResourceConflict(SvirtError):
+    """A private resource of the guest is already owned by another guest."""
+
+
+class UnsafePath(SvirtError):
+    """A resource path is refused: symlink, system tree, device node, '..' trick..."""
+
+
+class Unlabelable(SvirtError):
+    """A resource lives on storage that cannot carry SELinux labels and config refuses that."""
+
+
+class LibvirtUnavailable(SvirtError):
+    """libvirtd cannot be reached right now."""
+
+
+class AccessDenied(SvirtError):
+    """The caller is not allowed to perform this operation."""
+
+
+class RelabelFailed(SvirtError):
+    """Relabeling failed part-way; everything already changed was rolled back."""
+
+
+class ConfigError(SvirtError):
+    """The configuration file is invalid."""

@@ -1,0 +1,203 @@
+"""The one door to file labels (edge adapter): safe opening, reading and writing ``security.selinux``.
+
+Paths are opened component by component with O_PATH|O_NOFOLLOW from a directory fd, so a symlink
+swapped in after the checks cannot redirect a write; labels are then read and written through
+``/proc/self/fd/N`` (the magic link names exactly the inode we checked) with libselinux's ``*_raw``
+calls, which never translate contexts.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import selinux
+
+from .errors import UnsafePath
+from .models import ResourceKind
+from .path_policy import check_path_text
+
+XATTR = "security.selinux"
+_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Filesystems that cannot hold per-file SELinux labels, and the boolean that grants guests access.
+UNLABELABLE_FS: dict[str, str | None] = {
+    "nfs": "virt_use_nfs",
+    "nfs4": "virt_use_nfs",
+    "cifs": "virt_use_samba",
+    "smb3": "virt_use_samba",
+    "fuse": "virt_use_fusefs",
+    "fuseblk": "virt_use_fusefs",
+    "9p": None,
+    "vfat": None,
+    "msdos": None,
+    "exfat": None,
+    "iso9660": None,
+}
+
+
+class LabelUnsupported(Exception):
+    """The filesystem refuses SELinux labels (EOPNOTSUPP, EROFS, or a known unlabelable type)."""
+
+    def __init__(self, path: str, fstype: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.fstype = fstype
+        self.boolean = UNLABELABLE_FS.get(fstype.split(".", 1)[0])
+
+
+@dataclass
+class Opened:
+    """An O_PATH descriptor of a checked resource; close() it when done."""
+
+    fd: int
+    path: str  # the real path that was opened (symlinked parents resolved)
+    st: os.stat_result
+
+    @property
+    def proc_path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_resource(path: str, kind: ResourceKind) -> Opened:
+    """Open a resource for labeling, refusing anything but the expected kind of file.
+
+    FileNotFoundError if it does not exist; UnsafePath if it is a symlink (block disks excepted:
+    /dev/disk/by-* links are resolved to the node they name), the wrong file type, or resolves
+    into a place the caller's path policy must judge again (the returned .path says where).
+    """
+    check_path_text(path)
+    parent, _, leaf = path.rpartition("/")
+    real_parent = os.path.realpath(parent or "/")  # symlinked directories (e.g. an images dir) are fine
+    real = f"{real_parent.rstrip('/')}/{leaf}"
+    fd = _walk_nofollow(real)
+    st = os.fstat(fd)
+    if stat.S_ISLNK(st.st_mode):
+        os.close(fd)
+        if kind is ResourceKind.BLOCK:
+            target = os.path.realpath(real)
+            if not target.startswith("/dev/"):
+                raise UnsafePath(f"{path}: block disk link points outside /dev ({target})")
+            fd = _walk_nofollow(target)
+            st = os.fstat(fd)
+            real = target
+        else:
+            raise UnsafePath(f"{path} is a symlink (to {os.path.realpath(real)}); name the real file in the "
+                             "domain XML")
+    try:
+        _check_type(path, st, kind)
+    except UnsafePath:
+        os.close(fd)
+        raise
+    return Opened(fd=fd, path=real, st=st)
+
+
+def _walk_nofollow(path: str) -> int:
+    """O_PATH fd of path; every component opened with O_NOFOLLOW relative to its parent."""
+    parts = [p for p in path.split("/") if p]
+    fd = os.open("/", _O_PATH | os.O_DIRECTORY)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            try:
+                nfd = os.open(part, _O_PATH | (0 if last else os.O_DIRECTORY), dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+                    raise UnsafePath(f"{path}: component {part!r} is a symlink or not a directory") from exc
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_type(path: str, st: os.stat_result, kind: ResourceKind) -> None:
+    mode = st.st_mode
+    expected = {
+        ResourceKind.FILE: (stat.S_ISREG, "a regular file"),
+        ResourceKind.BLOCK: (stat.S_ISBLK, "a block device"),
+        ResourceKind.SOCKET: (stat.S_ISSOCK, "a unix socket"),
+        ResourceKind.TREE: (stat.S_ISDIR, "a directory"),
+    }.get(kind)
+    if expected is None:
+        raise UnsafePath(f"{path}: resources of kind {kind.value} are never relabeled")
+    check, what = expected
+    if not check(mode):
+        raise UnsafePath(f"{path}: expected {what}, found {_describe_mode(mode)}; refused")
+
+
+def _describe_mode(mode: int) -> str:
+    for check, what in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISSOCK, "a socket"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISLNK, "a symlink")):
+        if check(mode):
+            return what
+    return "an unknown file type"
+
+
+def get_label(opened: Opened) -> str | None:
+    """The raw label, or None when the file carries none."""
+    try:
+        _, context = selinux.getfilecon_raw(opened.proc_path)
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise LabelUnsupported(opened.path, fstype_of(opened.st), "filesystem does not support labels") from exc
+        raise
+    return str(context).rstrip("\0")
+
+
+def set_label(opened: Opened, context: str) -> None:
+    try:
+        selinux.setfilecon_raw(opened.proc_path, context)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EROFS):
+            raise LabelUnsupported(opened.path, fstype_of(opened.st), os.strerror(exc.errno)) from exc
+        raise
+
+
+def remove_label(opened: Opened) -> None:
+    """Drop the label entirely (restoring a file that had none)."""
+    try:
+        os.removexattr(opened.proc_path, XATTR)
+    except OSError as exc:
+        if exc.errno != errno.ENODATA:
+            raise
+
+
+def check_labelable(opened: Opened) -> None:
+    """LabelUnsupported if the file's filesystem is of a type that cannot carry labels."""
+    fstype = fstype_of(opened.st)
+    if fstype.split(".", 1)[0] in UNLABELABLE_FS:
+        raise LabelUnsupported(opened.path, fstype, f"{fstype} filesystems cannot carry per-guest labels")
+
+
+def fstype_of(st: os.stat_result) -> str:
+    """Filesystem type of the mount holding st (from /proc/self/mountinfo), or 'unknown'."""
+    want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == want and " - " in line:
+            return line.split(" - ", 1)[1].split()[0]
+    return "unknown"

@@ -1,0 +1,238 @@
+"""The libvirt edge: lifecycle events in, domain definitions out. No decisions here.
+
+libvirtaio delivers events on the asyncio loop; every blocking libvirt call runs in one worker
+thread so a hung libvirtd can never freeze the D-Bus side. When the connection drops (libvirtd
+restarted or killed) we reconnect with backoff and tell the manager, which re-lists every domain:
+changes made while we were disconnected produce no events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import libvirt
+import libvirtaio
+
+from .errors import LibvirtUnavailable, NoSuchGuest
+from .models import GuestState, canonical_uuid, looks_like_uuid
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_EVENT_IMPL_REGISTERED = False
+
+
+class EventKind(enum.StrEnum):
+    DEFINED = "defined"
+    UNDEFINED = "undefined"
+    STARTED = "started"
+    STOPPED = "stopped"
+    OTHER = "other"
+
+
+_LIFECYCLE = {
+    libvirt.VIR_DOMAIN_EVENT_DEFINED: EventKind.DEFINED,
+    libvirt.VIR_DOMAIN_EVENT_UNDEFINED: EventKind.UNDEFINED,
+    libvirt.VIR_DOMAIN_EVENT_STARTED: EventKind.STARTED,
+    libvirt.VIR_DOMAIN_EVENT_STOPPED: EventKind.STOPPED,
+}
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: GuestState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: GuestState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: GuestState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: GuestState.SHUTOFF,
+}
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    uuid: str
+    name: str
+    kind: EventKind
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    uuid: str
+    name: str
+    state: GuestState
+    persistent: bool
+    xmls: tuple[str, ...]  # persistent definition first, then the live one when running
+
+
+class LibvirtWatcher:
+    def __init__(
+        self,
+        uri: str,
+        on_event: Callable[[DomainEvent], None],
+        on_connected: Callable[[], Awaitable[None]],
+        reconnect_max: float = 30.0,
+    ) -> None:
+        self.uri = uri
+        self._on_event = on_event
+        self._on_connected = on_connected
+        self._reconnect_max = reconnect_max
+        self._conn: Any = None
+        self._callback_ids: list[int] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    async def start(self) -> None:
+        global _EVENT_IMPL_REGISTERED  # noqa: PLW0603 - libvirt allows one event impl per process
+        self._loop = asyncio.get_running_loop()
+        if not _EVENT_IMPL_REGISTERED:
+            libvirtaio.virEventRegisterAsyncIOImpl(loop=self._loop)
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # we log errors ourselves
+            _EVENT_IMPL_REGISTERED = True
+        self._task = asyncio.create_task(self._connection_loop(), name="libvirt-connection")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await self._call(self._teardown, conn)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- connection management --------------------------------------------------------------------
+
+    async def _connection_loop(self) -> None:
+        delay = 0.25
+        while not self._stopping:
+            try:
+                conn = await self._call(self._open)
+            except libvirt.libvirtError as exc:
+                log.warning("libvirt %s unreachable (%s); retrying in %.1fs", self.uri, _msg(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._reconnect_max)
+                continue
+            delay = 0.25
+            self._conn = conn
+            self._lost.clear()
+            log.info("connected to libvirt %s", self.uri)
+            try:
+                await self._on_connected()
+            except Exception:
+                log.exception("reconciliation after connecting to libvirt failed")
+            await self._lost.wait()
+            old, self._conn = self._conn, None
+            if old is not None:
+                await self._call(self._teardown, old)
+            if not self._stopping:
+                log.warning("lost the connection to libvirt %s; reconnecting", self.uri)
+
+    def _open(self) -> Any:
+        conn = libvirt.open(self.uri)
+        with contextlib.suppress(libvirt.libvirtError):  # test:///default has no keepalive
+            conn.setKeepAlive(5, 3)
+        conn.registerCloseCallback(self._closed, None)
+        self._callback_ids = [
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        ]
+        return conn
+
+    def _teardown(self, conn: Any) -> None:
+        # Best effort: the connection may already be dead (that is often why we are here).
+        for cb in self._callback_ids:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.domainEventDeregisterAny(cb)
+        self._callback_ids = []
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.unregisterCloseCallback()
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.close()
+
+    def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        # Runs on the loop (libvirtaio): hand over to the connection loop.
+        log.debug("libvirt connection closed, reason %d", reason)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._lost.set)
+
+    def _lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
+        kind = _LIFECYCLE.get(event, EventKind.OTHER)
+        ev = DomainEvent(uuid=dom.UUIDString(), name=dom.name(), kind=kind)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_event, ev)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
+
+    def _require(self) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise LibvirtUnavailable(f"libvirtd ({self.uri}) is not reachable right now; svirtd keeps retrying. "
+                                     "Check that libvirtd is running.")
+        return conn
+
+    async def list_domains(self) -> list[DomainInfo]:
+        conn = self._require()
+        return await self._call(self._list_blocking, conn)
+
+    async def lookup(self, guest: str) -> DomainInfo:
+        """Domain by UUID or name. NoSuchGuest / LibvirtUnavailable."""
+        conn = self._require()
+        return await self._call(self._lookup_blocking, conn, guest)
+
+    def _list_blocking(self, conn: Any) -> list[DomainInfo]:
+        out: list[DomainInfo] = []
+        try:
+            domains = conn.listAllDomains(0)
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(f"listing domains failed: {_msg(exc)}") from exc
+        for dom in domains:
+            try:
+                out.append(self._info(dom))
+            except libvirt.libvirtError as exc:  # undefined while we listed
+                log.debug("domain vanished while listing: %s", _msg(exc))
+        return out
+
+    def _lookup_blocking(self, conn: Any, guest: str) -> DomainInfo:
+        try:
+            if looks_like_uuid(guest):
+                return self._info(conn.lookupByUUIDString(canonical_uuid(guest)))
+            return self._info(conn.lookupByName(guest))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NoSuchGuest(f"libvirt has no guest {guest!r} (by UUID or name); `virsh list --all` shows "
+                                  "the defined ones") from exc
+            raise LibvirtUnavailable(f"libvirt lookup of {guest!r} failed: {_msg(exc)}") from exc
+
+    def _info(self, dom: Any) -> DomainInfo:
+        state, _reason = dom.state()
+        persistent = bool(dom.isPersistent())
+        active = bool(dom.isActive())
+        xmls: list[str] = []
+        if persistent:
+            xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if active or not persistent:
+            xmls.append(dom.XMLDesc(0))
+        return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=_STATES.get(state, GuestState.OTHER),
+                          persistent=persistent, xmls=tuple(xmls))
+
+
+def _msg(exc: libvirt.libvirtError) -> str:
+    return str(exc.get_error_message() or exc)

@@ -1,0 +1,32 @@
+"""Logging: structured journal fields under systemd, plain stderr otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from systemd.journal import JournalHandler
+
+
+def setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(level.upper())
+    handler: logging.Handler
+    if os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"):
+        # Under systemd: the journal keeps extra={"GUEST_UUID": ...} fields, queryable with
+        # `journalctl GUEST_UUID=...`. stderr would only duplicate each line.
+        handler = JournalHandler(SYSLOG_IDENTIFIER="svirtd")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("svirtd[%(process)d] %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    # libvirtaio logs every poll at DEBUG; keep svirtd's own debug output readable.
+    logging.getLogger("virEventAsyncIOImpl").setLevel(logging.INFO)
+    logging.getLogger("asyncio").setLevel(logging.INFO)
+
+
+def guest_fields(uuid: str, name: str) -> dict[str, str]:
+    """extra= for log calls about a guest: journal fields GUEST_UUID / GUEST_NAME."""
+    return {"GUEST_UUID": uuid, "GUEST_NAME": name}

@@ -1,0 +1,474 @@
+"""The use-cases: isolate, release, query, list, reconcile, recover.
+
+Knows no D-Bus and no libvirt API: it talks to the hypervisor through the small Hypervisor protocol
+(libvirt_watch implements it) and announces changes through the Listener protocol (dbus_iface
+implements it). Blocking file I/O runs in worker threads; the store and the allocator are only
+touched from the event loop, so they need no locks of their own.
+
+Ordering rules that make crashes recoverable: a new assignment is committed before any file is
+touched; a resource's original label is committed (claim phase 'applying') before its label is
+changed; a release is marked 'releasing' before anything is restored. recover() finishes whatever a
+crash interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import labels, relabel
+from .allocator import PairAllocator
+from .config import Config
+from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, UnsafePath
+from .logsetup import guest_fields
+from .models import (
+    Assignment,
+    GuestState,
+    Origin,
+    Resource,
+    ResourceClass,
+    ResourceKind,
+    ResourceState,
+    ResourceStatus,
+    canonical_uuid,
+    looks_like_uuid,
+)
+from .path_policy import check_resource_path
+from .policy import LabelSpec
+from .profiles import resolve_profile
+from .resources import DomainSpec, parse_domain
+from .store import Claim, Store
+
+log = logging.getLogger(__name__)
+
+MAX_GUEST_REF = 256
+
+
+class DomainInfoLike(Protocol):
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> GuestState: ...
+    @property
+    def xmls(self) -> tuple[str, ...]: ...
+
+
+class Hypervisor(Protocol):
+    @property
+    def connected(self) -> bool: ...
+    async def lookup(self, guest: str) -> DomainInfoLike: ...
+    async def list_domains(self) -> Sequence[DomainInfoLike]: ...
+
+
+class Listener(Protocol):
+    def isolated(self, assignment: Assignment) -> None: ...
+    def released(self, uuid: str, name: str) -> None: ...
+
+
+class _NoListener:
+    def isolated(self, assignment: Assignment) -> None:
+        pass
+
+    def released(self, uuid: str, name: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """What Query returns: the assignment, its labels, and every resource's state."""
+
+    assignment: Assignment
+    process_label: str
+    image_label: str
+    resources: tuple[ResourceState, ...]
+
+
+def check_guest_ref(guest: str) -> str:
+    """Validate a guest reference (UUID or libvirt name); canonical UUID form when it is one."""
+    if not guest:
+        raise InvalidArgument("guest is empty: pass a guest UUID or its libvirt domain name")
+    if len(guest) > MAX_GUEST_REF or any(ord(c) < 32 for c in guest):
+        raise InvalidArgument("guest must be a UUID or a libvirt domain name (printable, at most "
+                              f"{MAX_GUEST_REF} characters)")
+    if looks_like_uuid(guest):
+        try:
+            return canonical_uuid(guest)
+        except ValueError:
+            raise InvalidArgument(f"{guest!r} is not a valid UUID (expected 8-4-4-4-12 hex digits)") from None
+    if "/" in guest:
+        raise InvalidArgument(f"{guest!r}: libvirt domain names cannot contain '/'")
+    return guest
+
+
+class Manager:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        allocator: PairAllocator,
+        spec: LabelSpec,
+        hypervisor: Hypervisor,
+        defaults: relabel.DefaultLabelLookup | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.allocator = allocator
+        self.spec = spec
+        self.hv = hypervisor
+        self.defaults = defaults
+        self.listener: Listener = listener or _NoListener()
+        self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # One relabel transaction at a time: shared resources are read and written consistently.
+        self._relabel_lock = asyncio.Lock()
+        self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def denied(self) -> tuple[str, ...]:
+        return (*self.config.denied_paths, str(self.config.state_dir))
+
+    # -- start-up -------------------------------------------------------------------------------
+
+    @classmethod
+    def load_table(cls, store: Store, allocator: PairAllocator) -> int:
+        """Replay the persisted table into the allocator. Returns the number of assignments."""
+        count = 0
+        for uuid, level in store.levels():
+            try:
+                allocator.reserve(level)
+            except ValueError:  # impossible with the UNIQUE constraint; say so loudly if it happens
+                log.error("state database holds %s twice (guest %s)", level, uuid)
+            count += 1
+        return count
+
+    async def recover(self) -> None:
+        """Finish releases a crash interrupted (their originals are in the store)."""
+        for uuid in self.store.releasing():
+            a = self.store.get(uuid)
+            if a is not None:
+                log.warning("finishing the release of %s interrupted by a restart", a.name,
+                            extra=guest_fields(a.uuid, a.name))
+                await self._finish_release(a, optout=False)
+
+    # -- use-cases ------------------------------------------------------------------------------
+
+    async def isolate(self, guest: str, profile: str = "", origin: Origin = Origin.API) -> Assignment:
+        """Give the guest a pair (or keep its own) and label its resources. Idempotent."""
+        ref = check_guest_ref(guest)
+        profile_name = resolve_profile(profile).name if profile else ""
+        uuid = (await self.hv.lookup(ref)).uuid  # NoSuchGuest / LibvirtUnavailable
+        async with self._guest_locks[uuid]:
+            info = await self.hv.lookup(uuid)  # again under the lock: it may have changed meanwhile
+            return await self._isolate_locked(info, profile_name, origin)
+
+    async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin) -> Assignment:
+        domain = self._parse(info)
+        existing = self.store.get(domain.uuid)
+        now = time.time()
+        if existing is None:
+            level = self.allocator.allocate()  # LabelSpaceExhausted
+            assignment = Assignment(uuid=domain.uuid, name=domain.name, level=level,
+                                    profile=profile or "default", origin=origin, state=info.state,
+                                    created=now, updated=now)
+            try:
+                self.store.insert_assignment(assignment)
+            except Exception:
+                self.allocator.release(level)
+                raise
+        else:
+            assignment = existing
+        try:
+            await self._converge(domain, assignment)
+        except Exception:
+            if existing is None:  # a refused first isolation leaves no trace
+                self.store.delete_assignment(domain.uuid)
+                self.allocator.release(assignment.level)
+            raise
+        changes: dict[str, str] = {}
+        if assignment.name != domain.name:
+            changes["name"] = domain.name
+        if assignment.state != info.state:
+            changes["state"] = info.state.value
+        if profile and assignment.profile != profile:
+            changes["profile"] = profile
+        if changes:
+            self.store.update_assignment(domain.uuid, **changes)
+        self.store.remove_optout(domain.uuid)
+        final = self.store.get(domain.uuid)
+        assert final is not None
+        if existing is None or changes.keys() & {"name", "profile"}:
+            log.info("isolated %s at %s (profile %s, %s)", final.name, final.level, final.profile,
+                     final.origin.value, extra=guest_fields(final.uuid, final.name))
+            self.listener.isolated(final)
+        return final
+
+    async def release(self, guest: str, optout: bool = True) -> None:
+        """Restore the guest's resources and free its pair.
+
+        optout: the guest stays defined, so automatic confinement must leave it alone until the
+        next Isolate (an explicit Release is a decision, not something to undo on the next event).
+        """
+        ref = check_guest_ref(guest)
+        uuid = self._resolve_assigned(ref)
+        async with self._guest_locks[uuid]:
+            a = self.store.get(uuid)
+            if a is None:
+                raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
+            await self._finish_release(a, optout=optout)
+
+    async def _finish_release(self, a: Assignment, optout: bool) -> None:
+        self.store.update_assignment(a.uuid, phase="releasing")
+        claims = self.store.claims_for(a.uuid)
+        async with self._relabel_lock:
+            outcomes = await self._restore(a.uuid, claims)
+        for out in outcomes:
+            (log.info if out.restored else log.warning)("%s: %s", out.path, out.message,
+                                                         extra=guest_fields(a.uuid, a.name))
+        self.store.delete_assignment(a.uuid)
+        self.allocator.release(a.level)
+        if optout:
+            self.store.add_optout(a.uuid, a.name)
+        self._domains.pop(a.uuid, None)
+        log.info("released %s (%s freed)", a.name, a.level, extra=guest_fields(a.uuid, a.name))
+        self.listener.released(a.uuid, a.name)
+
+    def list_assignments(self) -> list[Assignment]:
+        return self.store.assignments()
+
+    async def query(self, guest: str) -> GuestReport:
+        ref = check_guest_ref(guest)
+        uuid = self._resolve_assigned(ref)
+        a = self.store.get(uuid)
+        if a is None:
+            raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
+        domain = self._domains.get(uuid)
+        if domain is None and self.hv.connected:
+            try:
+                domain = self._parse(await self.hv.lookup(uuid))
+            except SvirtError:
+                domain = None
+        claims = self.store.claims_for(uuid)
+        states = await asyncio.to_thread(self._observe, a, domain, claims)
+        tcg = domain.is_tcg if domain is not None else False
+        return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
+                           image_label=str(self.spec.image_label(a.level)), resources=tuple(states))
+
+    # -- reacting to libvirt ----------------------------------------------------------------------
+
+    def on_event(self, event: DomainEventLike) -> None:
+        """Called on the loop for each libvirt lifecycle event; handled in its own task."""
+        task = asyncio.create_task(self._handle_event(event), name=f"event-{event.kind}-{event.uuid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle_event(self, event: DomainEventLike) -> None:
+        uuid = event.uuid
+        try:
+            async with self._guest_locks[uuid]:
+                if event.kind == "undefined":
+                    await self._forget(uuid)
+                    return
+                try:
+                    info = await self.hv.lookup(uuid)
+                except NoSuchGuest:  # a transient guest that stopped, or undefined meanwhile
+                    await self._forget(uuid)
+                    return
+                await self._auto_isolate(info)
+        except SvirtError as exc:
+            log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
+                      extra=guest_fields(uuid, event.name))
+        except Exception:
+            log.exception("handling %s of %s failed", event.kind, event.name, extra=guest_fields(uuid, event.name))
+
+    async def _auto_isolate(self, info: DomainInfoLike) -> None:
+        if self.store.get(info.uuid) is not None:
+            await self._isolate_locked(info, "", Origin.AUTO)  # converge: the definition may have changed
+        elif self._wants_auto(info.name) and not self.store.is_opted_out(info.uuid):
+            await self._isolate_locked(info, "", Origin.AUTO)
+
+    def _wants_auto(self, name: str) -> bool:
+        return self.config.default_confined and any(
+            fnmatch.fnmatchcase(name, pattern) for pattern in self.config.auto_confine_names
+        )
+
+    async def _forget(self, uuid: str) -> None:
+        """The guest no longer exists in libvirt: release it, and drop any opt-out."""
+        self.store.remove_optout(uuid)
+        a = self.store.get(uuid)
+        if a is not None:
+            await self._finish_release(a, optout=False)
+
+    async def reconcile(self) -> None:
+        """Converge with libvirt after every (re)connect: changes made meanwhile sent no event."""
+        domains = await self.hv.list_domains()
+        present = {d.uuid for d in domains}
+        for a in self.store.assignments():
+            if a.uuid not in present:
+                async with self._guest_locks[a.uuid]:
+                    if self.store.get(a.uuid) is not None:
+                        log.info("%s was undefined while svirtd was not watching", a.name,
+                                 extra=guest_fields(a.uuid, a.name))
+                        await self._finish_release(a, optout=False)
+        for info in domains:
+            try:
+                async with self._guest_locks[info.uuid]:
+                    await self._auto_isolate(info)
+            except SvirtError as exc:
+                log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
+        log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())
+
+    async def drain(self) -> None:
+        """Wait for in-flight event handlers (shutdown, tests)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _parse(self, info: DomainInfoLike) -> DomainSpec:
+        """One DomainSpec from the persistent and live definitions (union of their resources)."""
+        specs = [parse_domain(xml, self.config.swtpm_dir) for xml in info.xmls]
+        first = specs[0]
+        if len(specs) > 1:
+            seen = {r.path for r in first.resources}
+            extra = [r for s in specs[1:] for r in s.resources if r.path not in seen]
+            first = first.model_copy(update={"resources": first.resources + tuple(extra)})
+        self._domains[first.uuid] = first
+        return first
+
+    def _resolve_assigned(self, ref: str) -> str:
+        if looks_like_uuid(ref):
+            return ref
+        matches = self.store.find_by_name(ref)
+        if not matches:
+            raise NoSuchGuest(f"no guest named {ref!r} is isolated by svirtd (`svirtctl list` shows those that are)")
+        if len(matches) > 1:
+            raise InvalidArgument(f"several isolated guests were named {ref!r}; use the UUID")
+        return matches[0].uuid
+
+    async def _converge(self, domain: DomainSpec, a: Assignment) -> None:
+        """Make the guest's resources carry the labels its level asks for; undo removed ones."""
+        plan = relabel.plan_relabel(domain, a.level, self.spec, self.denied)  # UnsafePath: nothing touched
+        async with self._relabel_lock:
+            probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
+            try:
+                await self._apply(domain, a, probed)
+            finally:
+                probed.close()
+
+    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
+        existing = {c.path: c for c in self.store.claims_for(a.uuid)}
+        claims: list[Claim] = []
+        for item in probed.present:
+            assert item.opened is not None
+            st = item.opened.st
+            self._check_conflicts(a, item, st.st_dev, st.st_ino)
+            mine = existing.get(item.path)
+            if mine is not None and (mine.dev, mine.ino) == (st.st_dev, st.st_ino):
+                original = mine.original
+            else:
+                original = self._original_of(st.st_dev, st.st_ino, item.current)
+            claims.append(Claim(uuid=a.uuid, path=item.path, device=item.planned.resource.device,
+                                kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
+                                dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
+                                original=original, phase="applying"))
+        # Originals are durable before the first label changes.
+        self.store.put_claims(claims)
+        await asyncio.to_thread(relabel.apply_probed, probed.present)  # rolls back itself on failure
+        self.store.set_claims_phase(a.uuid, [c.path for c in claims], "applied")
+        wanted = {c.path for c in claims}
+        gone = [c for path, c in existing.items() if path not in wanted]
+        if gone:
+            await self._restore(a.uuid, gone)
+            self.store.delete_claims(a.uuid, [c.path for c in gone])
+
+    def _check_conflicts(self, a: Assignment, item: relabel.Probed, dev: int, ino: int) -> None:
+        for other in self.store.claims_on_inode(dev, ino):
+            if other.uuid == a.uuid:
+                continue
+            if ResourceClass.PRIVATE in (other.rclass, item.planned.resource.rclass):
+                owner = self.store.get(other.uuid)
+                owner_name = owner.name if owner else other.uuid
+                raise ResourceConflict(
+                    f"{item.path} ({item.planned.resource.device}) is already a resource of guest {owner_name} "
+                    f"({other.uuid}) as {other.path} [{other.rclass.value}]; mark it <shareable/> or "
+                    "<readonly/> in both guests, or give this guest its own copy"
+                )
+
+    def _original_of(self, dev: int, ino: int, current: str | None) -> str:
+        """What the file carried before svirtd: another guest's record of it if it is shared."""
+        for other in self.store.claims_on_inode(dev, ino):
+            if other.original is not None:
+                return other.original
+        return current if current is not None else ""
+
+    async def _restore(self, uuid: str, claims: Iterable[Claim]) -> list[relabel.RestoreOutcome]:
+        """Restore the claims no other guest still holds; shared ones stay as long as anyone uses them."""
+        to_restore: list[Claim] = []
+        kept: list[relabel.RestoreOutcome] = []
+        for c in claims:
+            others = [o for o in self.store.claims_on_inode(c.dev, c.ino) if o.uuid != uuid]
+            if others:
+                kept.append(relabel.RestoreOutcome(c.path, False, f"kept: still used by {len(others)} other guest(s)"))
+            else:
+                to_restore.append(c)
+        if to_restore:
+            self.store.set_claims_phase(uuid, [c.path for c in to_restore], "restoring")
+        outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.defaults)
+        return kept + outcomes
+
+    def _observe(self, a: Assignment, domain: DomainSpec | None, claims: list[Claim]) -> list[ResourceState]:
+        """Expected vs. on-disk label of every resource (runs in a worker thread: file I/O)."""
+        by_path = {c.path: c for c in claims}
+        resources: list[Resource] = list(domain.resources) if domain is not None else []
+        known = {r.path for r in resources}
+        resources += [Resource(path=c.path, device=c.device, kind=c.kind, rclass=c.rclass)
+                      for c in claims if c.path not in known]
+        return [self._observe_one(a, r, by_path.get(r.path)) for r in resources]
+
+    def _observe_one(self, a: Assignment, res: Resource, claim: Claim | None) -> ResourceState:
+        def state(expected: str, actual: str, status: ResourceStatus, note: str = "") -> ResourceState:
+            return ResourceState(path=res.path, device=res.device, kind=res.kind, rclass=res.rclass,
+                                 expected=expected, actual=actual, status=status, note=note or res.note)
+
+        if res.rclass is ResourceClass.UNHANDLED or res.kind is ResourceKind.TREE:
+            return state("", "", ResourceStatus.NOT_RELABELED,
+                         f"not relabeled: {res.note or 'directory trees are not relabeled by this svirtd version'}")
+        target = self.spec.label_for(res.rclass, a.level)
+        expected = str(target) if target is not None else ""
+        try:
+            check_resource_path(res, self.denied)
+            with labels.open_resource(res.path, res.kind) as opened:
+                try:
+                    labels.check_labelable(opened)
+                    actual = labels.get_label(opened) or ""
+                except labels.LabelUnsupported as exc:
+                    hint = f"; setsebool -P {exc.boolean} 1 lets guests use it" if exc.boolean else ""
+                    return state(expected, "", ResourceStatus.UNLABELABLE,
+                                 f"unlabelable ({exc.fstype}): isolation lost{hint}")
+        except FileNotFoundError:
+            return state(expected, "", ResourceStatus.ABSENT, "not present yet" if res.optional else "missing")
+        except (UnsafePath, OSError) as exc:
+            return state(expected, "", ResourceStatus.NOT_RELABELED, f"refused: {exc}")
+        if claim is not None and claim.phase != "applied":
+            return state(expected, actual, ResourceStatus.PENDING)
+        if actual == expected:
+            return state(expected, actual, ResourceStatus.LABELED)
+        return state(expected, actual, ResourceStatus.DRIFTED, "on-disk label differs from svirtd's")
+
+
+class DomainEventLike(Protocol):
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...

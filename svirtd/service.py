@@ -1,0 +1,143 @@
+"""svirtd's composition root and lifecycle: config -> store -> core -> edges; sd_notify; signals.
+
+The only module that knows every other one. Start order: state database and allocation table
+(recover anything a crash interrupted) -> D-Bus name (the API answers even while libvirtd is away) ->
+libvirt watcher (reconciles on every connect) -> READY=1. SIGTERM: STOPPING=1, stop taking events,
+let in-flight work finish, close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import systemd.daemon as sd_daemon
+from dbus_fast import BusType
+from dbus_fast.aio import MessageBus
+
+from . import __version__, selinux_host
+from .allocator import CategorySpace, PairAllocator
+from .authz import Authorizer
+from .config import Config, load_config
+from .dbus_iface import BUS_NAME, ManagerInterface, export
+from .errors import ConfigError
+from .libvirt_watch import LibvirtWatcher
+from .logsetup import setup_logging
+from .manager import Manager
+from .store import Store
+
+log = logging.getLogger("svirtd")
+
+
+def notify(state: str) -> None:
+    """sd_notify when started by systemd (Type=notify/dbus); a no-op otherwise."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        sd_daemon.notify(state)
+    except OSError as exc:  # the manager went away: nothing to tell, nothing to fix
+        log.debug("sd_notify(%s) failed: %s", state, exc)
+
+
+async def connect_bus(config: Config) -> MessageBus:
+    if config.bus_address:
+        return await MessageBus(bus_address=config.bus_address).connect()
+    return await MessageBus(bus_type=BusType.SYSTEM).connect()
+
+
+async def run(config: Config) -> int:
+    store = Store(config.database_path)
+    space = CategorySpace(config.category_set, config.reserved_set)
+    allocator = PairAllocator(space)
+    count = Manager.load_table(store, allocator)
+    spec = selinux_host.load_label_spec()
+    watcher: LibvirtWatcher | None = None
+    manager: Manager | None = None
+
+    async def on_connected() -> None:
+        assert manager is not None
+        await manager.reconcile()
+        notify(f"STATUS=Confining {store.count()} guests; libvirt connected")
+
+    watcher = LibvirtWatcher(config.libvirt_uri, on_event=lambda ev: manager.on_event(ev) if manager else None,
+                             on_connected=on_connected, reconnect_max=config.reconnect_max_seconds)
+    manager = Manager(config, store, allocator, spec, watcher, defaults=selinux_host.DefaultLabels())
+    await manager.recover()
+
+    bus = await connect_bus(config)
+    authorizer = Authorizer(bus)
+    iface = ManagerInterface(manager, authorizer, enforcing=selinux_host.is_enforcing,
+                             connected=lambda: watcher.connected)
+    manager.listener = iface
+    await export(bus, iface)
+    log.info("svirtd %s serving %s; %d guests in the table, %d of %d category pairs free (%s)",
+             __version__, BUS_NAME, count, allocator.free, allocator.total, space.describe())
+    if not selinux_host.is_enforcing():
+        log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
+
+    await watcher.start()
+    notify("READY=1")
+    notify(f"STATUS=Confining {count} guests")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bus_gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({bus_gone, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if bus_gone.done():
+        log.error("lost the D-Bus connection; exiting so systemd restarts svirtd")
+        code = 1
+    notify("STOPPING=1")
+    log.info("stopping")
+    await watcher.stop()
+    await manager.drain()
+    stopper.cancel()
+    bus_gone.cancel()
+    bus.disconnect()
+    store.close()
+    return code
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="svirtd", description="sVirt daemon: per-guest SELinux MCS isolation")
+    p.add_argument("--config", type=Path, default=None, help="TOML config (default /etc/svirt/svirtd.conf)")
+    p.add_argument("--bus-address", default=None,
+                   help="D-Bus address to serve on instead of the system bus (tests, private buses)")
+    p.add_argument("--state-dir", type=Path, default=None, help="override state_dir from the config")
+    p.add_argument("--libvirt-uri", default=None, help="override libvirt_uri from the config")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"svirtd {__version__}")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config, {
+            "bus_address": args.bus_address,
+            "state_dir": args.state_dir,
+            "libvirt_uri": args.libvirt_uri,
+            "log_level": args.log_level,
+        })
+    except ConfigError as exc:
+        print(f"svirtd: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(run(config))
+    except Exception as exc:
+        log.critical("svirtd cannot run: %s", exc, exc_info=config.log_level == "debug")
+        notify(f"STATUS=Failed: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

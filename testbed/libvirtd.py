@@ -1,0 +1,87 @@
+"""A real libvirtd (+ virtlogd) for tests and the demo: reuse a running one, else start our own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+URI = "qemu:///system"
+
+
+def answers(uri: str = URI, timeout: float = 5.0) -> bool:
+    try:
+        return subprocess.run(["virsh", "-c", uri, "version"], capture_output=True,
+                              timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def fix_kvm_permissions() -> None:
+    """qemu runs as libvirt-qemu (group kvm): without this every libvirtd start re-probes qemu (~12 s)."""
+    kvm = Path("/dev/kvm")
+    if kvm.exists():
+        shutil.chown(kvm, group="kvm")
+        kvm.chmod(0o660)
+
+
+class Libvirtd:
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.virtlogd: subprocess.Popen[bytes] | None = None
+        self.libvirtd: subprocess.Popen[bytes] | None = None
+
+    @property
+    def started_here(self) -> bool:
+        return self.libvirtd is not None
+
+    def ensure(self, timeout: float = 60.0) -> Libvirtd:
+        if answers():
+            return self
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        fix_kvm_permissions()
+        if not Path("/run/libvirt/virtlogd-sock").exists():
+            self.virtlogd = subprocess.Popen(["virtlogd"], stdout=subprocess.DEVNULL,
+                                             stderr=(self.logdir / "virtlogd.log").open("wb"))
+            _wait_for(lambda: Path("/run/libvirt/virtlogd-sock").exists(), 10, "virtlogd socket")
+        self.start_libvirtd(timeout)
+        return self
+
+    def start_libvirtd(self, timeout: float = 60.0) -> None:
+        self.libvirtd = subprocess.Popen(
+            [sys.executable, "-m", "testbed.subreaper", "libvirtd"],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=subprocess.DEVNULL, stderr=(self.logdir / "libvirtd.log").open("ab"),
+            start_new_session=True,
+        )
+        _wait_for(answers, timeout, "libvirtd to answer virsh version")
+
+    def kill_libvirtd(self) -> None:
+        """SIGKILL libvirtd (not its guests), as a crash would."""
+        pid = int(Path("/run/libvirtd.pid").read_text().strip())
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not answers(timeout=1), 10, "libvirtd to die")
+
+    def stop(self) -> None:
+        for proc in (self.libvirtd, self.virtlogd):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        self.libvirtd = self.virtlogd = None
+
+
+def _wait_for(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")

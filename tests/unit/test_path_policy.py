@@ -1,0 +1,51 @@
+"""Path text judged before anything is opened (pure)."""
+
+from __future__ import annotations
+
+import pytest
+
+from svirtd.errors import UnsafePath
+from svirtd.models import Resource, ResourceClass, ResourceKind
+from svirtd.path_policy import check_resource_path
+
+
+def res(path: str, kind: ResourceKind = ResourceKind.FILE) -> Resource:
+    return Resource(path=path, device="disk vda", kind=kind, rclass=ResourceClass.PRIVATE)
+
+
+@pytest.mark.parametrize("path", [
+    "/var/lib/libvirt/images/../../../etc/passwd",  # '..' trick
+    "/var/lib/libvirt/images/./a.img",
+    "images/a.img",  # relative
+    "/etc/shadow", "/usr/bin/qemu", "/boot/vmlinuz", "/proc/1/mem", "/sys/kernel/x",
+    "/var/lib/selinux/default/active/x", "/var/log/syslog",
+    "/dev/sda",  # a device node named as a file disk
+    "/var/lib/libvirt/images//a.img", "/var/lib/libvirt/images/a.img/",
+    "/var/lib/libvirt/images/a\nb.img", "",
+])
+def test_refused(path: str) -> None:
+    with pytest.raises(UnsafePath):
+        check_resource_path(res(path))
+
+
+@pytest.mark.parametrize("path", ["/", "/home", "/home/alice", "/root", "/var", "/var/lib", "/var/lib/libvirt/images",
+                                  "/tmp", "/srv", "/etc/x"])
+def test_tree_roots_refused(path: str) -> None:
+    with pytest.raises(UnsafePath):
+        check_resource_path(res(path, ResourceKind.TREE))
+
+
+@pytest.mark.parametrize("path,kind", [
+    ("/var/lib/libvirt/images/a.img", ResourceKind.FILE),
+    ("/home/alice/vms/a.img", ResourceKind.FILE),
+    ("/dev/vg0/web01", ResourceKind.BLOCK),
+    ("/srv/share/web01", ResourceKind.TREE),
+    ("/home/alice/shares/web01", ResourceKind.TREE),
+])
+def test_allowed(path: str, kind: ResourceKind) -> None:
+    check_resource_path(res(path, kind))
+
+
+def test_extra_denied_trees() -> None:
+    with pytest.raises(UnsafePath, match="/var/lib/svirtd"):
+        check_resource_path(res("/var/lib/svirtd/state.db"), ["/var/lib/svirtd"])
