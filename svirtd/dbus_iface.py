@@ -135,7 +135,7 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def List(self) -> GuestRows:
-        return [[a.uuid, a.name, str(a.level), a.profile, a.state.value] for a in self._manager.list_assignments()]
+        return [list(row) for row in self._manager.list_summary()]
 
     # -- signals -------------------------------------------------------------------------------
 

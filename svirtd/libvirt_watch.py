@@ -69,6 +69,7 @@ class DomainInfo:
     state: GuestState
     persistent: bool
     xmls: tuple[str, ...]  # persistent definition first, then the live one when running
+    running_labels: tuple[str, ...] = ()  # security labels of the running qemu (every driver's)
 
 
 class LibvirtWatcher:
@@ -228,10 +229,14 @@ class LibvirtWatcher:
         xmls: list[str] = []
         if persistent:
             xmls.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        running: list[str] = []
         if active or not persistent:
             xmls.append(dom.XMLDesc(0))
+        if active:
+            with contextlib.suppress(libvirt.libvirtError):
+                running = [label for label, _enforcing in dom.securityLabelList() if label]
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=_STATES.get(state, GuestState.OTHER),
-                          persistent=persistent, xmls=tuple(xmls))
+                          persistent=persistent, xmls=tuple(xmls), running_labels=tuple(running))
 
 
 def _msg(exc: libvirt.libvirtError) -> str:

@@ -26,10 +26,12 @@ from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
 from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, UnsafePath
+from .level_claims import LevelSource, level_claims
 from .logsetup import guest_fields
 from .models import (
     Assignment,
     GuestState,
+    Level,
     Origin,
     Resource,
     ResourceClass,
@@ -59,6 +61,8 @@ class DomainInfoLike(Protocol):
     def state(self) -> GuestState: ...
     @property
     def xmls(self) -> tuple[str, ...]: ...
+    @property
+    def running_labels(self) -> tuple[str, ...]: ...
 
 
 class Hypervisor(Protocol):
@@ -131,6 +135,9 @@ class Manager:
         self._relabel_lock = asyncio.Lock()
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._tasks: set[asyncio.Task[None]] = set()
+        # Levels in use by guests svirtd does not isolate (excluded, released, static labels of their
+        # own): reserved so that no isolated guest is ever handed the same pair.
+        self._foreign: dict[str, tuple[str, Level]] = {}
 
     @property
     def denied(self) -> tuple[str, ...]:
@@ -175,10 +182,12 @@ class Manager:
         existing = self.store.get(domain.uuid)
         now = time.time()
         if existing is None:
-            level = self.allocator.allocate()  # LabelSpaceExhausted
+            level, note = await self._choose_level(domain, info)  # LabelSpaceExhausted
             assignment = Assignment(uuid=domain.uuid, name=domain.name, level=level,
                                     profile=profile or "default", origin=origin, state=info.state,
-                                    created=now, updated=now)
+                                    created=now, updated=now, note=note)
+            if note:
+                log.warning("%s: %s", domain.name, note, extra=guest_fields(domain.uuid, domain.name))
             try:
                 self.store.insert_assignment(assignment)
             except Exception:
@@ -226,7 +235,7 @@ class Manager:
             await self._finish_release(a, optout=optout)
 
     async def _finish_release(self, a: Assignment, optout: bool) -> None:
-        self.store.update_assignment(a.uuid, phase="releasing")
+        self.store.begin_release(a.uuid, optout)
         claims = self.store.claims_for(a.uuid)
         async with self._relabel_lock:
             outcomes = await self._restore(a.uuid, claims)
@@ -235,14 +244,13 @@ class Manager:
                                                          extra=guest_fields(a.uuid, a.name))
         self.store.delete_assignment(a.uuid)
         self.allocator.release(a.level)
-        if optout:
-            self.store.add_optout(a.uuid, a.name)
         self._domains.pop(a.uuid, None)
         log.info("released %s (%s freed)", a.name, a.level, extra=guest_fields(a.uuid, a.name))
         self.listener.released(a.uuid, a.name)
 
-    def list_assignments(self) -> list[Assignment]:
-        return self.store.assignments()
+    def list_summary(self) -> list[tuple[str, str, str, str, str]]:
+        """(uuid, name, level, profile, state) of every isolated guest."""
+        return self.store.summary_rows()
 
     async def query(self, guest: str) -> GuestReport:
         ref = check_guest_ref(guest)
@@ -283,6 +291,8 @@ class Manager:
                     await self._forget(uuid)
                     return
                 await self._auto_isolate(info)
+                if self.store.get(uuid) is None:
+                    self._reserve_foreign(info)
         except SvirtError as exc:
             log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
                       extra=guest_fields(uuid, event.name))
@@ -303,6 +313,7 @@ class Manager:
     async def _forget(self, uuid: str) -> None:
         """The guest no longer exists in libvirt: release it, and drop any opt-out."""
         self.store.remove_optout(uuid)
+        self._release_foreign(uuid)
         a = self.store.get(uuid)
         if a is not None:
             await self._finish_release(a, optout=False)
@@ -311,6 +322,12 @@ class Manager:
         """Converge with libvirt after every (re)connect: changes made meanwhile sent no event."""
         domains = await self.hv.list_domains()
         present = {d.uuid for d in domains}
+        # Every level in use is reserved before any new pair is drawn.
+        for uuid in list(self._foreign):
+            self._release_foreign(uuid)
+        for info in domains:
+            if self.store.get(info.uuid) is None:
+                self._reserve_foreign(info)
         for a in self.store.assignments():
             if a.uuid not in present:
                 async with self._guest_locks[a.uuid]:
@@ -318,7 +335,9 @@ class Manager:
                         log.info("%s was undefined while svirtd was not watching", a.name,
                                  extra=guest_fields(a.uuid, a.name))
                         await self._finish_release(a, optout=False)
-        for info in domains:
+        # Guests svirtd already isolates first (they hold their pairs), then newcomers.
+        ordered = sorted(domains, key=lambda d: (self.store.get(d.uuid) is None, d.name))
+        for info in ordered:
             try:
                 async with self._guest_locks[info.uuid]:
                     await self._auto_isolate(info)
@@ -330,6 +349,78 @@ class Manager:
         """Wait for in-flight event handlers (shutdown, tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # -- levels ---------------------------------------------------------------------------------
+
+    async def _choose_level(self, domain: DomainSpec, info: DomainInfoLike) -> tuple[Level, str]:
+        """The first level the guest already claims that nobody else holds, else a fresh pair.
+
+        A claim held by another guest (a copied definition or image) is a conflict: the newcomer
+        gets a new pair and the note says which guest held the old one.
+        """
+        private = [r for r in domain.resources
+                   if r.rclass is ResourceClass.PRIVATE and r.kind in (ResourceKind.FILE, ResourceKind.BLOCK)]
+        on_disk = await asyncio.to_thread(relabel.current_labels, private)
+        conflicts: list[str] = []
+        for claim in level_claims(domain, self.spec, info.running_labels, on_disk):
+            holder = self._holder_of(claim.level, domain.uuid)
+            if holder is None:
+                self._take(claim.level, domain.uuid)
+                return claim.level, self._remap_note(conflicts, claim.level)
+            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
+        level = self.allocator.allocate()
+        return level, self._remap_note(conflicts, level)
+
+    @staticmethod
+    def _remap_note(conflicts: list[str], level: Level) -> str:
+        return f"re-mapped to {level}: {'; '.join(conflicts)}" if conflicts else ""
+
+    def _holder_of(self, level: Level, uuid: str) -> str | None:
+        """Name of the guest (other than uuid) holding level, or None when it is free for uuid."""
+        owner = self.store.by_level(level)
+        if owner is not None and owner.uuid != uuid:
+            return f"{owner.name} ({owner.uuid})"
+        for other, (name, held) in self._foreign.items():
+            if held == level and other != uuid:
+                return f"{name} ({other}, not isolated by svirtd)"
+        mine = self._foreign.get(uuid)
+        if owner is None and (mine is None or mine[1] != level) and self.allocator.in_space(level) \
+                and not self.allocator.is_free(level):
+            return "an unknown holder (the pair is marked in use)"  # only if the table were inconsistent
+        return None
+
+    def _take(self, level: Level, uuid: str) -> None:
+        """Reserve level for uuid; a foreign reservation of its own simply changes hands."""
+        mine = self._foreign.pop(uuid, None)
+        if mine is not None and mine[1] == level:
+            return
+        if mine is not None:
+            self.allocator.release(mine[1])
+        self.allocator.reserve(level)
+
+    def _reserve_foreign(self, info: DomainInfoLike) -> None:
+        """Reserve the level a guest svirtd does not isolate runs with (static label, running qemu)."""
+        domain = self._parse(info)
+        for claim in level_claims(domain, self.spec, info.running_labels):
+            if claim.source not in (LevelSource.STATIC, LevelSource.RUNNING):
+                continue
+            current = self._foreign.get(info.uuid)
+            if current is not None and current[1] == claim.level:
+                return
+            if self._holder_of(claim.level, info.uuid) is None:
+                self._release_foreign(info.uuid)
+                self.allocator.reserve(claim.level)
+                self._foreign[info.uuid] = (info.name, claim.level)
+            else:
+                log.warning("%s runs with %s (%s), which another guest holds: the two are not isolated from "
+                            "each other", info.name, claim.level, claim.source.value,
+                            extra=guest_fields(info.uuid, info.name))
+            return
+
+    def _release_foreign(self, uuid: str) -> None:
+        held = self._foreign.pop(uuid, None)
+        if held is not None:
+            self.allocator.release(held[1])
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -346,13 +437,21 @@ class Manager:
 
     def _resolve_assigned(self, ref: str) -> str:
         if looks_like_uuid(ref):
+            if self.store.get(ref) is None:
+                self._not_isolated(ref)
             return ref
         matches = self.store.find_by_name(ref)
         if not matches:
-            raise NoSuchGuest(f"no guest named {ref!r} is isolated by svirtd (`svirtctl list` shows those that are)")
+            self._not_isolated(ref)
         if len(matches) > 1:
             raise InvalidArgument(f"several isolated guests were named {ref!r}; use the UUID")
         return matches[0].uuid
+
+    def _not_isolated(self, ref: str) -> None:
+        if self.store.optout_named(ref):
+            raise NoSuchGuest(f"guest {ref!r} is not isolated: it was released by an admin; "
+                              f"`svirtctl isolate {ref}` confines it again")
+        raise NoSuchGuest(f"guest {ref!r} is not isolated by svirtd (`svirtctl list` shows those that are)")
 
     async def _converge(self, domain: DomainSpec, a: Assignment) -> None:
         """Make the guest's resources carry the labels its level asks for; undo removed ones."""

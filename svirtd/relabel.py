@@ -153,6 +153,21 @@ def _rollback(done: list[Probed]) -> None:
             log.error("rollback of %s failed: %s", item.path, exc)
 
 
+def current_labels(resources: Iterable[Resource]) -> list[str]:
+    """Labels the given resources carry now (read-only; unreadable or refused ones are skipped)."""
+    found: list[str] = []
+    for res in resources:
+        try:
+            check_resource_path(res)
+            with labels.open_resource(res.path, res.kind) as opened:
+                label = labels.get_label(opened)
+        except (OSError, UnsafePath, labels.LabelUnsupported):
+            continue
+        if label:
+            found.append(label)
+    return found
+
+
 # -- restoring ------------------------------------------------------------------------------------
 
 

@@ -119,6 +119,16 @@ class Store:
             self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
                              (*fields.values(), time.time(), uuid))
 
+    def begin_release(self, uuid: str, optout: bool) -> None:
+        """Mark a release under way; the opt-out is recorded in the same transaction, so a crash
+        before the release finishes cannot turn an admin's Release into a re-isolation."""
+        with self._tx():
+            self._db.execute("UPDATE assignments SET phase = 'releasing', updated = ? WHERE uuid = ?",
+                             (time.time(), uuid))
+            if optout:
+                self._db.execute("INSERT OR REPLACE INTO optouts (uuid, name, at)"
+                                 " SELECT uuid, name, ? FROM assignments WHERE uuid = ?", (time.time(), uuid))
+
     def delete_assignment(self, uuid: str) -> None:
         with self._tx():
             self._db.execute("DELETE FROM claims WHERE uuid = ?", (uuid,))
@@ -141,10 +151,20 @@ class Store:
         rows = self._db.execute(f"SELECT {_A_COLS} FROM assignments ORDER BY name, uuid").fetchall()  # noqa: S608
         return [_assignment(r) for r in rows]
 
+    def summary_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(uuid, name, level, profile, state) of every guest: List's answer without building models,
+        which matters with 100k guests (plain tuples cost a tenth of the memory)."""
+        return self._db.execute("SELECT uuid, name, level, profile, state FROM assignments ORDER BY name, uuid"
+                                ).fetchall()
+
     def levels(self) -> Iterator[tuple[str, Level]]:
         """(uuid, level) of every assignment, streamed: cheap even with 100k guests."""
         for uuid, level in self._db.execute("SELECT uuid, level FROM assignments"):
             yield uuid, Level.parse(level)
+
+    def phase(self, uuid: str) -> str | None:
+        row = self._db.execute("SELECT phase FROM assignments WHERE uuid = ?", (uuid,)).fetchone()
+        return str(row[0]) if row else None
 
     def releasing(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT uuid FROM assignments WHERE phase = 'releasing'")]
@@ -198,6 +218,11 @@ class Store:
     def remove_optout(self, uuid: str) -> None:
         with self._tx():
             self._db.execute("DELETE FROM optouts WHERE uuid = ?", (uuid,))
+
+    def optout_named(self, ref: str) -> str | None:
+        """UUID of a released guest, by UUID or name."""
+        row = self._db.execute("SELECT uuid FROM optouts WHERE uuid = ? OR name = ?", (ref, ref)).fetchone()
+        return str(row[0]) if row else None
 
     def is_opted_out(self, uuid: str) -> bool:
         return self._db.execute("SELECT 1 FROM optouts WHERE uuid = ?", (uuid,)).fetchone() is not None

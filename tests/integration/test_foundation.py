@@ -46,8 +46,10 @@ def labeled_report(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
     return report if all(r["status"] == "labeled" for r in report["resources"]) else None
 
 
-def level_of(bus: PrivateBus, uuid: str) -> str:
-    return str(query(bus, uuid)["level"])
+def level_of(bus: PrivateBus, uuid: str) -> str | None:
+    """The guest's level once it is isolated AND its resources are labeled, else None."""
+    report = labeled_report(bus, uuid)
+    return str(report["level"]) if report else None
 
 
 def prop(bus: PrivateBus, name: str) -> str:
@@ -174,7 +176,7 @@ def test_bad_isolate_arguments_get_typed_errors_and_change_nothing(
         bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, guest: str, error: str) -> None:
     svirtd()
     g = guests.new()
-    wait_until(lambda: listing(bus), what="guest isolated")
+    wait_until(lambda: level_of(bus, g.uuid), what="guest isolated")
     before = (listing(bus), prop(bus, "CategoriesFree"))
     r = dbus_send(bus, "Isolate", f"string:{guest}", "string:")
     assert r.returncode != 0

@@ -1,0 +1,281 @@
+"""Issue 3: the MCS allocation table on the real bus, real libvirtd, real xattrs."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from testbed.bus import PrivateBus
+from testbed.client import CallFailed, SvirtClient
+from testbed.daemon import SvirtdProcess
+from testbed.guests import GuestFactory
+from testbed.libvirtd import Libvirtd
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+StartSvirtd = Callable[..., SvirtdProcess]
+IMAGE = "system_u:object_r:svirt_image_t:"
+
+
+def xattr(path: Path) -> str | None:
+    try:
+        return os.getxattr(path, "security.selinux").rstrip(b"\0").decode()
+    except OSError:
+        return None
+
+
+def run(coro: object) -> object:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def isolate(bus: PrivateBus, guest: str) -> dict[str, object]:
+    async with SvirtClient(bus.address) as c:
+        result = await c.call("Isolate", "ss", guest, "")
+        assert isinstance(result, dict)
+        return result
+
+
+async def snapshot(bus: PrivateBus) -> tuple[list[list[str]], int, int]:
+    async with SvirtClient(bus.address) as c:
+        return await c.call("List"), await c.prop("CategoriesFree"), await c.prop("CategoriesTotal")
+
+
+def test_37th_isolate_is_exhausted_until_one_is_released(bus: PrivateBus, guests: GuestFactory,
+                                                         svirtd: StartSvirtd) -> None:
+    svirtd(categories="c0.c9", reserved_categories="c0", default_confined=False)
+    gs = [guests.new() for _ in range(37)]
+
+    async def scenario() -> None:
+        async with SvirtClient(bus.address) as c:
+            assert await c.prop("CategoriesTotal") == 36
+            levels = [(await c.call("Isolate", "ss", g.uuid, ""))["level"] for g in gs[:36]]
+            assert len(set(levels)) == 36 and not any(lv.startswith("s0:c0,") for lv in levels)
+            assert await c.prop("CategoriesFree") == 0
+            t0 = time.monotonic()
+            with pytest.raises(CallFailed) as exc:
+                await c.call("Isolate", "ss", gs[36].uuid, "")
+            assert time.monotonic() - t0 < 1.0
+            assert exc.value.name == "org.svirt.Manager1.Error.LabelSpaceExhausted"
+            assert "36 category pairs" in exc.value.text and "widen 'categories'" in exc.value.text
+            assert xattr(gs[36].disk) is None  # nothing touched
+            await c.call("Release", "s", gs[5].uuid)
+            report = await c.call("Isolate", "ss", gs[36].uuid, "")
+            assert report["level"] == levels[5]  # the only free pair
+            assert xattr(gs[36].disk) == IMAGE + levels[5]
+
+    run(scenario())
+
+
+def test_concurrent_isolate_of_one_guest_gives_one_pair(bus: PrivateBus, guests: GuestFactory,
+                                                       svirtd: StartSvirtd) -> None:
+    svirtd(default_confined=False)
+    g = guests.new()
+
+    async def scenario() -> None:
+        before = await snapshot(bus)
+        reports = await asyncio.gather(*(isolate(bus, g.uuid if i % 2 else g.name) for i in range(24)))
+        assert len({r["level"] for r in reports}) == 1
+        rows, free, total = await snapshot(bus)
+        assert [r[0] for r in rows] == [g.uuid]
+        assert free == before[1] - 1 and free + len(rows) == total
+
+    run(scenario())
+
+
+def test_copied_image_and_copied_static_label_get_a_new_pair(bus: PrivateBus, guests: GuestFactory,
+                                                            svirtd: StartSvirtd) -> None:
+    svirtd()
+    a = guests.new()
+    level_a = str(wait_until(lambda: (xattr(a.disk) or "").removeprefix(IMAGE) if IMAGE in (xattr(a.disk) or "")
+                             else None, what="a labeled"))
+    # b's disk is a copy of a's, label included (as `cp -a` / a restored backup would make it).
+    b = guests.new(define=False)
+    os.setxattr(b.disk, "security.selinux", (IMAGE + level_a).encode())
+    guests.define(b)
+    # c names a's level as its static label (a copied definition).
+    seclabel = (f"<seclabel type='static' model='selinux' relabel='no'><label>system_u:system_r:svirt_t:{level_a}"
+                "</label></seclabel>")
+    c = guests.new(extra=seclabel)
+
+    async def reports() -> tuple[dict[str, object], dict[str, object]] | None:
+        async with SvirtClient(bus.address) as client:
+            both = await client.call("Query", "s", b.uuid), await client.call("Query", "s", c.uuid)
+            # Query answers as soon as the pair is committed; the files follow ("pending" until then).
+            done = all(r["status"] == "labeled" for report in both for r in report["resources"])
+            return both if done else None
+
+    found = wait_until(lambda: run(reports()), what="b and c isolated")
+    assert isinstance(found, tuple)
+    rb, rc = found
+    for report, guest in ((rb, b), (rc, c)):
+        assert report["level"] != level_a
+        assert a.name in str(report["note"]) and "re-mapped" in str(report["note"])
+        assert xattr(guest.disk) == IMAGE + str(report["level"])
+    assert xattr(a.disk) == IMAGE + level_a  # the original owner is untouched
+    assert rb["level"] != rc["level"]
+
+
+def test_static_label_is_adopted_and_a_foreign_one_is_reserved(bus: PrivateBus, guests: GuestFactory,
+                                                              svirtd: StartSvirtd) -> None:
+    # c0.c3: six pairs. An excluded guest (not matching auto_confine_names) runs with a static s0:c1,c2.
+    outsider = guests.new(name=f"{guests.prefix}x-outsider", extra=(
+        "<seclabel type='static' model='selinux' relabel='no'><label>system_u:system_r:svirt_t:s0:c1,c2"
+        "</label></seclabel>"))
+    pinned = guests.new(extra=("<seclabel type='static' model='selinux' relabel='no'><label>"
+                               "system_u:system_r:svirt_t:s0:c0,c3</label></seclabel>"))
+    svirtd(categories="c0.c3", auto_confine_names=[f"{guests.prefix}-*"])
+
+    async def scenario() -> None:
+        async with SvirtClient(bus.address) as client:
+            report = await wait_for_report(client, pinned.uuid)
+            assert report["level"] == "s0:c0,c3"  # the static label is the guest's identity
+            assert xattr(pinned.disk) == IMAGE + "s0:c0,c3"
+            assert await client.prop("CategoriesFree") == 4  # 6 - pinned - outsider's static pair
+            others = [guests.new() for _ in range(4)]
+            levels = {(await wait_for_report(client, g.uuid))["level"] for g in others}
+            assert "s0:c1,c2" not in levels and len(levels) == 4
+            extra = guests.new(define=False)
+            with pytest.raises(CallFailed, match="LabelSpaceExhausted"):
+                guests.define(extra)
+                await client.call("Isolate", "ss", extra.uuid, "")
+            assert outsider.uuid not in [r[0] for r in await client.call("List")]
+
+    run(scenario())
+
+
+async def wait_for_report(client: SvirtClient, uuid: str, timeout: float = 5.0) -> dict[str, object]:
+    """Query's answer once the guest is isolated and all its resources are labeled."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            report = await client.call("Query", "s", uuid)
+            assert isinstance(report, dict)
+            if all(r["status"] == "labeled" for r in report["resources"]):
+                return report
+        except CallFailed:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{uuid} not labeled within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+def test_pairs_survive_a_libvirtd_restart(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                          libvirtd: Libvirtd) -> None:
+    svirtd()
+    gs = [guests.new() for _ in range(3)]
+
+    async def levels() -> dict[str, str]:
+        async with SvirtClient(bus.address) as client:
+            return {g.uuid: (await wait_for_report(client, g.uuid))["level"] for g in gs}  # type: ignore[misc]
+
+    before = run(levels())
+    libvirtd.kill_libvirtd()
+    libvirtd.start_libvirtd()
+
+    async def reconnected() -> bool:
+        async with SvirtClient(bus.address) as client:
+            return bool(await client.prop("LibvirtConnected"))
+
+    wait_until(lambda: run(reconnected()), timeout=15, what="svirtd reconnected to libvirtd")
+    assert run(levels()) == before
+    for g in gs:
+        assert xattr(g.disk) == IMAGE + before[g.uuid]  # type: ignore[index]
+
+
+class Burst:
+    """Random Isolate/Release calls from several concurrent clients, until stopped."""
+
+    def __init__(self, address: str, uuids: list[str], seed: int) -> None:
+        self.address, self.uuids, self.rng = address, uuids, random.Random(seed)
+        self.calls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def start(self) -> Burst:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(4)), return_exceptions=True)
+
+    async def _worker(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with SvirtClient(self.address) as client:
+                    while not self._stop.is_set():
+                        uuid = self.rng.choice(self.uuids)
+                        if self.rng.random() < 0.5:
+                            await asyncio.wait_for(client.call("Isolate", "ss", uuid, ""), 5)
+                        else:
+                            await asyncio.wait_for(client.call("Release", "s", uuid), 5)
+                        self.calls += 1
+            except (CallFailed, OSError, TimeoutError, EOFError):
+                await asyncio.sleep(0.005)
+            except Exception:
+                await asyncio.sleep(0.005)
+
+
+def assert_table_agrees(bus: PrivateBus, guests: GuestFactory, uuids: set[str]) -> tuple[int, int]:
+    """Table, disk labels and libvirt agree: no duplicate, no leak, every guest labeled or released."""
+
+    async def check() -> tuple[int, int]:
+        async with SvirtClient(bus.address) as client:
+            rows, free, total = await client.call("List"), await client.prop("CategoriesFree"), \
+                await client.prop("CategoriesTotal")
+            levels = [r[2] for r in rows]
+            assert len(levels) == len(set(levels)), f"duplicate pairs: {levels}"
+            assert free + len(rows) == total, f"leaked pairs: free {free} + used {len(rows)} != {total}"
+            assert {r[0] for r in rows} <= uuids, "an assignment for a guest libvirt does not have"
+            isolated = {r[0]: r[2] for r in rows}
+            for g in guests.guests:
+                if g.uuid in isolated:
+                    assert xattr(g.disk) == IMAGE + isolated[g.uuid], f"{g.name}: disk label disagrees"
+                    report = await client.call("Query", "s", g.uuid)
+                    assert all(r["status"] == "labeled" for r in report["resources"]), report
+                else:
+                    assert xattr(g.disk) is None, f"{g.name}: not isolated but labeled {xattr(g.disk)}"
+                    with pytest.raises(CallFailed, match="released by an admin"):
+                        await client.call("Query", "s", g.uuid)  # not a guest svirtd forgot
+            return len(rows), free
+
+    return run(check())  # type: ignore[return-value]
+
+
+def reconciled(proc: SvirtdProcess) -> bool:
+    """svirtd reports (sd_notify STATUS) once it has converged with libvirt after a (re)start."""
+    return any("libvirt connected" in n for n in proc.drain_notifications())
+
+
+def test_sigkill_during_bursts_never_duplicates_leaks_or_forgets(bus: PrivateBus, guests: GuestFactory,
+                                                                svirtd: StartSvirtd) -> None:
+    gs = [guests.new() for _ in range(8)]
+    uuids = {g.uuid for g in gs}
+    proc = svirtd()
+    rng = random.Random(20261125)
+    kills = calls = 0
+    for round_ in range(52):
+        burst = Burst(bus.address, sorted(uuids), seed=round_).start()
+        time.sleep(rng.uniform(0.02, 0.25))
+        proc.kill()
+        kills += 1
+        burst.stop()
+        calls += burst.calls
+        proc = svirtd()
+        wait_until(functools.partial(reconciled, proc), timeout=10, what="reconciliation after restart")
+        assert_table_agrees(bus, guests, uuids)
+    assert kills >= 50
+    assert calls > 100, f"the bursts made only {calls} calls: the test did not exercise anything"
+    print(f"kills={kills} calls={calls}")
