@@ -33,6 +33,11 @@ class Config(BaseModel):
     # Automatic confinement applies to guests whose name matches one of these shell patterns
     # (fnmatch); Isolate works on any guest. E.g. ["prod-*", "web??"].
     auto_confine_names: tuple[str, ...] = ("*",)
+    # Refuse to isolate a guest with a resource on storage that cannot carry labels (NFS, CIFS, FUSE,
+    # vfat...) instead of isolating the rest and reporting the resource as "unlabelable".
+    refuse_unlabelable: bool = False
+    # The compiled policy svirtd judges against (booleans, isolation proofs); empty = the host's own.
+    policy_file: str = ""
     # Extra trees svirtd never relabels, on top of the built-in system trees.
     denied_paths: tuple[str, ...] = ()
     # Where libvirt keeps swtpm state (<dir>/<uuid>).
@@ -76,6 +81,11 @@ class Config(BaseModel):
     @property
     def database_path(self) -> Path:
         return self.state_dir / "state.db"
+
+    @property
+    def journal_dir(self) -> Path:
+        """Original labels of directory-tree entries, journaled before each change."""
+        return self.state_dir / "trees"
 
 
 def load_config(path: Path | None, overrides: dict[str, object] | None = None) -> Config:

@@ -8,6 +8,7 @@ calls, which never translate contexts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -100,10 +101,44 @@ def open_resource(path: str, kind: ResourceKind) -> Opened:
                              "domain XML")
     try:
         _check_type(path, st, kind)
+        if kind is ResourceKind.BLOCK:
+            _refuse_mounted(path, st)
     except UnsafePath:
         os.close(fd)
         raise
     return Opened(fd=fd, path=real, st=st)
+
+
+def _refuse_mounted(path: str, st: os.stat_result) -> None:
+    """A block device the host has mounted (or a whole disk one of whose partitions is) is never
+    handed to a guest: it would get the host's own filesystem."""
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    devices = {f"{major}:{minor}"}
+    sysfs = Path(f"/sys/dev/block/{major}:{minor}")
+    with contextlib.suppress(OSError):
+        for part in sysfs.iterdir():
+            dev_file = part / "dev"
+            if dev_file.is_file():
+                devices.add(dev_file.read_text().strip())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if len(fields) > 4 and fields[2] in devices:
+                raise UnsafePath(f"{path}: the host has it mounted ({fields[2]} on {fields[4]}); "
+                                 "a guest must never get one of the host's filesystems")
+
+
+LIBVIRT_REMEMBER = "trusted.libvirt.security.selinux"
+
+
+def libvirt_remembers(opened: Opened) -> bool:
+    """True when libvirt's own SELinux driver has remembered a label on this file, i.e. a guest under
+    libvirt's sVirt uses it. (Reading trusted.* needs CAP_SYS_ADMIN; without it this says False.)"""
+    try:
+        os.getxattr(opened.proc_path, LIBVIRT_REMEMBER)
+    except OSError:
+        return False
+    return True
 
 
 def _walk_nofollow(path: str) -> int:

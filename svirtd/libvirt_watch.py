@@ -90,6 +90,7 @@ class LibvirtWatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._first_attempt = asyncio.Event()  # set once the first connect (and reconcile) is over
         self._stopping = False
 
     @property
@@ -104,6 +105,11 @@ class LibvirtWatcher:
             libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # we log errors ourselves
             _EVENT_IMPL_REGISTERED = True
         self._task = asyncio.create_task(self._connection_loop(), name="libvirt-connection")
+
+    async def wait_first_attempt(self, timeout: float) -> None:
+        """Until the first connection attempt is over: connected and reconciled, or failed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempt.wait(), timeout)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -125,6 +131,7 @@ class LibvirtWatcher:
                 conn = await self._call(self._open)
             except libvirt.libvirtError as exc:
                 log.warning("libvirt %s unreachable (%s); retrying in %.1fs", self.uri, _msg(exc), delay)
+                self._first_attempt.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._reconnect_max)
                 continue
@@ -136,6 +143,7 @@ class LibvirtWatcher:
                 await self._on_connected()
             except Exception:
                 log.exception("reconciliation after connecting to libvirt failed")
+            self._first_attempt.set()
             await self._lost.wait()
             old, self._conn = self._conn, None
             if old is not None:

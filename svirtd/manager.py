@@ -20,12 +20,13 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
-from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, UnsafePath
+from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, Unlabelable, UnsafePath
 from .level_claims import LevelSource, level_claims
 from .logsetup import guest_fields
 from .models import (
@@ -43,6 +44,7 @@ from .models import (
 )
 from .path_policy import check_resource_path
 from .policy import LabelSpec
+from .policy_judge import PolicyJudge
 from .profiles import resolve_profile
 from .resources import DomainSpec, parse_domain
 from .store import Claim, Store
@@ -122,6 +124,7 @@ class Manager:
         hypervisor: Hypervisor,
         defaults: relabel.DefaultLabelLookup | None = None,
         listener: Listener | None = None,
+        judge: PolicyJudge | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -129,6 +132,7 @@ class Manager:
         self.spec = spec
         self.hv = hypervisor
         self.defaults = defaults
+        self.judge = judge
         self.listener: Listener = listener or _NoListener()
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # One relabel transaction at a time: shared resources are read and written consistently.
@@ -447,6 +451,21 @@ class Manager:
             raise InvalidArgument(f"several isolated guests were named {ref!r}; use the UUID")
         return matches[0].uuid
 
+    def _unlabelable_note(self, a: Assignment, exc: labels.LabelUnsupported) -> str:
+        """What the admin needs to know: isolation is lost, and which boolean (asked of the policy)
+        would let guests use such storage at all."""
+        booleans: tuple[str, ...] | None = None
+        if self.judge is not None:
+            booleans = self.judge.booleans_for_storage(str(self.spec.process_label(a.level)), exc.fstype)
+        if booleans is None:
+            booleans = (exc.boolean,) if exc.boolean else ()
+        if booleans:
+            how = " or ".join(f"`setsebool -P {b} 1`" for b in booleans)
+            hint = f"guests reach it only after {how}, and then EVERY guest can reach it"
+        else:
+            hint = "no SELinux boolean lets guests use it: move it to a filesystem with xattr support"
+        return f"{exc.path} is unlabelable ({exc.fstype}): isolation lost; {hint}"
+
     def _not_isolated(self, ref: str) -> None:
         if self.store.optout_named(ref):
             raise NoSuchGuest(f"guest {ref!r} is not isolated: it was released by an admin; "
@@ -464,6 +483,13 @@ class Manager:
                 probed.close()
 
     async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
+        if probed.unlabelable:
+            described = "; ".join(self._unlabelable_note(a, p.unlabelable) for p in probed.unlabelable
+                                  if p.unlabelable is not None)
+            if self.config.refuse_unlabelable:
+                raise Unlabelable(f"{domain.name}: {described}. refuse_unlabelable = true in svirtd.conf: move "
+                                  "these to labelable storage, or set it to false to isolate the rest")
+            log.warning("%s: %s", domain.name, described, extra=guest_fields(a.uuid, a.name))
         existing = {c.path: c for c in self.store.claims_for(a.uuid)}
         claims: list[Claim] = []
         for item in probed.present:
@@ -479,9 +505,22 @@ class Manager:
                                 kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
                                 dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
                                 original=original, phase="applying"))
-        # Originals are durable before the first label changes.
+        # Originals are durable before the first label changes (trees: the helper journals each entry).
         self.store.put_claims(claims)
-        await asyncio.to_thread(relabel.apply_probed, probed.present)  # rolls back itself on failure
+
+        def journal_for(item: relabel.Probed) -> Path:
+            assert item.opened is not None
+            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.opened.st.st_dev,
+                                          item.opened.st.st_ino)
+
+        def done_already(item: relabel.Probed) -> bool:
+            assert item.opened is not None
+            mine = existing.get(item.path)
+            return (mine is not None and mine.phase == "applied" and item.current == item.planned.target
+                    and (mine.dev, mine.ino) == (item.opened.st.st_dev, item.opened.st.st_ino))
+
+        # Rolls back itself on failure.
+        await asyncio.to_thread(relabel.apply_probed, probed.present, journal_for, done_already)
         self.store.set_claims_phase(a.uuid, [c.path for c in claims], "applied")
         wanted = {c.path for c in claims}
         gone = [c for path, c in existing.items() if path not in wanted]
@@ -521,7 +560,8 @@ class Manager:
                 to_restore.append(c)
         if to_restore:
             self.store.set_claims_phase(uuid, [c.path for c in to_restore], "restoring")
-        outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.defaults)
+        outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.config.journal_dir,
+                                           self.defaults)
         return kept + outcomes
 
     def _observe(self, a: Assignment, domain: DomainSpec | None, claims: list[Claim]) -> list[ResourceState]:
@@ -538,9 +578,8 @@ class Manager:
             return ResourceState(path=res.path, device=res.device, kind=res.kind, rclass=res.rclass,
                                  expected=expected, actual=actual, status=status, note=note or res.note)
 
-        if res.rclass is ResourceClass.UNHANDLED or res.kind is ResourceKind.TREE:
-            return state("", "", ResourceStatus.NOT_RELABELED,
-                         f"not relabeled: {res.note or 'directory trees are not relabeled by this svirtd version'}")
+        if res.rclass is ResourceClass.UNHANDLED:
+            return state("", "", ResourceStatus.NOT_RELABELED, f"not relabeled: {res.note}")
         target = self.spec.label_for(res.rclass, a.level)
         expected = str(target) if target is not None else ""
         try:
@@ -550,15 +589,15 @@ class Manager:
                     labels.check_labelable(opened)
                     actual = labels.get_label(opened) or ""
                 except labels.LabelUnsupported as exc:
-                    hint = f"; setsebool -P {exc.boolean} 1 lets guests use it" if exc.boolean else ""
-                    return state(expected, "", ResourceStatus.UNLABELABLE,
-                                 f"unlabelable ({exc.fstype}): isolation lost{hint}")
+                    return state(expected, "", ResourceStatus.UNLABELABLE, self._unlabelable_note(a, exc))
         except FileNotFoundError:
             return state(expected, "", ResourceStatus.ABSENT, "not present yet" if res.optional else "missing")
         except (UnsafePath, OSError) as exc:
             return state(expected, "", ResourceStatus.NOT_RELABELED, f"refused: {exc}")
         if claim is not None and claim.phase != "applied":
             return state(expected, actual, ResourceStatus.PENDING)
+        if res.kind is ResourceKind.TREE and actual == expected:
+            return state(expected, actual, ResourceStatus.LABELED, "directory tree (label of its root shown)")
         if actual == expected:
             return state(expected, actual, ResourceStatus.LABELED)
         return state(expected, actual, ResourceStatus.DRIFTED, "on-disk label differs from svirtd's")

@@ -1,20 +1,27 @@
-"""Relabel planning (pure) and its application (through labels.py), with rollback.
+"""Relabel planning (pure) and its application (through labels.py and the tree helper), with rollback.
 
 A relabel is a small transaction: plan every resource's target label (pure, refuses hostile paths
 before anything is opened) -> probe (open each resource safely, read identity and current label) ->
 the manager records the claims with their originals in the store -> apply in sorted path order ->
 on any failure restore what was already changed, in reverse order.
+
+Single files are labeled here, through O_PATH descriptors. Directory trees are labeled by the
+treewalk helper process, which journals every original before changing it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from . import labels
-from .errors import RelabelFailed, UnsafePath
+from .errors import RelabelFailed, ResourceConflict, UnsafePath
 from .models import Level, Resource, ResourceClass, ResourceKind
 from .path_policy import check_resource_path
 from .policy import LabelSpec
@@ -51,13 +58,6 @@ def plan_relabel(
         if res.rclass is ResourceClass.UNHANDLED:
             unhandled.append(res)
             continue
-        if res.kind is ResourceKind.TREE:
-            # Directory trees (virtiofs/9p shares, TPM state) come with the relabeling engine's tree walker.
-            unhandled.append(res.model_copy(update={
-                "rclass": ResourceClass.UNHANDLED,
-                "note": "directory trees are not relabeled by this svirtd version",
-            }))
-            continue
         check_resource_path(res, denied_trees)
         target = spec.label_for(res.rclass, level)
         assert target is not None
@@ -66,7 +66,7 @@ def plan_relabel(
     return RelabelPlan(uuid=domain.uuid, level=level, items=tuple(items), unhandled=tuple(unhandled))
 
 
-# -- probing and applying (I/O through labels.py) -------------------------------------------------
+# -- probing (I/O through labels.py) --------------------------------------------------------------
 
 
 @dataclass
@@ -81,6 +81,10 @@ class Probed:
     @property
     def path(self) -> str:
         return self.planned.resource.path
+
+    @property
+    def is_tree(self) -> bool:
+        return self.planned.resource.kind is ResourceKind.TREE
 
     def close(self) -> None:
         if self.opened is not None:
@@ -99,7 +103,7 @@ class ProbeResult:
 
 
 def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
-    """Open every planned resource. UnsafePath (everything closed) if any is refused."""
+    """Open every planned resource. UnsafePath / ResourceConflict (everything closed) if any is refused."""
     result = ProbeResult()
     try:
         for item in plan.items:
@@ -112,6 +116,13 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
             if opened.path != item.resource.path:
                 # A symlinked parent or a /dev/disk link: judge the place it really lives in.
                 check_resource_path(item.resource.model_copy(update={"path": opened.path}), denied_trees)
+            if labels.libvirt_remembers(opened):
+                opened.close()
+                raise ResourceConflict(
+                    f"{item.resource.path}: libvirt's own SELinux driver has remembered a label on it "
+                    f"({labels.LIBVIRT_REMEMBER}), so a guest confined by libvirt's sVirt uses it. svirtd does "
+                    "not fight libvirt: stop that guest, or let one of the two manage the host "
+                    "(security_driver = \"none\" in /etc/libvirt/qemu.conf hands it to svirtd)")
             try:
                 labels.check_labelable(opened)
                 probed.current = labels.get_label(opened)
@@ -124,33 +135,6 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
         result.close()
         raise
     return result
-
-
-def apply_probed(items: Sequence[Probed]) -> None:
-    """Write every target label; on failure roll back in reverse order and raise RelabelFailed."""
-    done: list[Probed] = []
-    for item in items:
-        assert item.opened is not None
-        if item.current == item.planned.target:
-            continue
-        try:
-            labels.set_label(item.opened, item.planned.target)
-        except (OSError, labels.LabelUnsupported) as exc:
-            _rollback(done)
-            raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
-        done.append(item)
-
-
-def _rollback(done: list[Probed]) -> None:
-    for item in reversed(done):
-        assert item.opened is not None
-        try:
-            if item.current is None:
-                labels.remove_label(item.opened)
-            else:
-                labels.set_label(item.opened, item.current)
-        except (OSError, labels.LabelUnsupported) as exc:  # keep going: restore as much as we can
-            log.error("rollback of %s failed: %s", item.path, exc)
 
 
 def current_labels(resources: Iterable[Resource]) -> list[str]:
@@ -166,6 +150,94 @@ def current_labels(resources: Iterable[Resource]) -> list[str]:
         if label:
             found.append(label)
     return found
+
+
+# -- directory trees: the helper process ----------------------------------------------------------
+
+
+def journal_prefix(journal_dir: Path, uuid: str, dev: int, ino: int) -> Path:
+    return journal_dir / f"{uuid}-{dev}-{ino}"
+
+
+def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
+                 inode: tuple[int, int] | None = None) -> dict[str, int | str | float]:
+    """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job."""
+    cmd = [sys.executable, "-m", "svirtd.treewalk", action, "--root", root, "--target", target]
+    if journal is not None:
+        cmd += ["--journal", str(journal)]
+    if inode is not None:
+        cmd += ["--inode", f"{inode[0]}:{inode[1]}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    try:
+        result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise RelabelFailed(f"the tree helper failed on {root}: {proc.stderr.strip()[-400:] or 'no output'}") from None
+    if "fatal" in result:
+        raise RelabelFailed(f"tree {root}: {result['fatal']}")
+    return result
+
+
+def label_tree(item: Probed, journal: Path) -> dict[str, int | str | float]:
+    assert item.opened is not None
+    st = item.opened.st
+    result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino))
+    if int(result["errors"]):
+        raise RelabelFailed(f"tree {item.path}: {result['errors']} entries could not be labeled "
+                            f"(first: {result['first_error']})")
+    log.info("tree %s: %s entries, %s relabeled in %ss (left alone: %s symlinks, %s mount points, "
+             "%s hard-linked files)", item.path, result["entries"], result["changed"], result["seconds"],
+             result["symlinks"], result["mounts"], result["hardlinks"])
+    return result
+
+
+# -- applying and rolling back --------------------------------------------------------------------
+
+
+JournalFor = Callable[[Probed], Path]
+
+
+def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
+                 done_already: Callable[[Probed], bool] = lambda _p: False) -> None:
+    """Write every target label; on failure roll back in reverse order and raise RelabelFailed.
+
+    done_already(item): a tree whose last relabel completed and whose root still carries the target
+    is not walked again (the fast path: a re-converge of a 100k-file share costs one getxattr).
+    """
+    done: list[Probed] = []
+    for item in items:
+        assert item.opened is not None
+        if item.is_tree:
+            if done_already(item):
+                continue
+            try:
+                label_tree(item, journal_for(item))
+            except RelabelFailed:
+                _rollback([*done, item], journal_for)
+                raise
+            done.append(item)
+            continue
+        if item.current == item.planned.target:
+            continue
+        try:
+            labels.set_label(item.opened, item.planned.target)
+        except (OSError, labels.LabelUnsupported) as exc:
+            _rollback(done, journal_for)
+            raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
+        done.append(item)
+
+
+def _rollback(done: list[Probed], journal_for: JournalFor) -> None:
+    for item in reversed(done):
+        assert item.opened is not None
+        try:
+            if item.is_tree:
+                run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item))
+            elif item.current is None:
+                labels.remove_label(item.opened)
+            else:
+                labels.set_label(item.opened, item.current)
+        except (OSError, labels.LabelUnsupported, RelabelFailed) as exc:  # keep going: restore what we can
+            log.error("rollback of %s failed: %s", item.path, exc)
 
 
 # -- restoring ------------------------------------------------------------------------------------
@@ -184,7 +256,8 @@ class DefaultLabelLookup(Protocol):
     def lookup(self, path: str, mode: int) -> str | None: ...
 
 
-def restore_claims(claims: Iterable[Claim], defaults: DefaultLabelLookup | None = None) -> list[RestoreOutcome]:
+def restore_claims(claims: Iterable[Claim], journal_dir: Path,
+                   defaults: DefaultLabelLookup | None = None) -> list[RestoreOutcome]:
     """Put back what each claimed resource carried before svirtd touched it.
 
     A file that was replaced since (other inode) or relabeled by somebody else is left alone,
@@ -192,8 +265,30 @@ def restore_claims(claims: Iterable[Claim], defaults: DefaultLabelLookup | None 
     """
     outcomes: list[RestoreOutcome] = []
     for claim in sorted(claims, key=lambda c: c.path, reverse=True):
-        outcomes.append(_restore_one(claim, defaults))
+        if claim.kind is ResourceKind.TREE:
+            outcomes.append(_restore_tree(claim, journal_dir))
+        else:
+            outcomes.append(_restore_one(claim, defaults))
     return outcomes
+
+
+def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
+    journal = journal_prefix(journal_dir, claim.uuid, claim.dev, claim.ino)
+    try:
+        with labels.open_resource(claim.path, claim.kind) as opened:
+            if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
+                return RestoreOutcome(claim.path, False, "left alone: the directory was replaced since")
+            result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino))
+    except FileNotFoundError:
+        result = {"entries": 0, "changed": 0, "errors": 0}
+    except (UnsafePath, RelabelFailed) as exc:
+        return RestoreOutcome(claim.path, False, f"left alone: {exc}")
+    if int(result["errors"]):
+        return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
+                                                 f"(first: {result.get('first_error')}); journal kept at {journal}")
+    for part in journal.parent.glob(f"{journal.name}.*"):
+        part.unlink(missing_ok=True)
+    return RestoreOutcome(claim.path, True, f"tree restored: {result['changed']} of {result['entries']} entries")
 
 
 def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOutcome:
@@ -224,4 +319,3 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
         except (OSError, labels.LabelUnsupported) as exc:
             return RestoreOutcome(claim.path, False, f"restore failed: {exc}")
     return RestoreOutcome(claim.path, True, f"restored to {original or '(no label)'}")
-

@@ -29,6 +29,7 @@ from .errors import ConfigError
 from .libvirt_watch import LibvirtWatcher
 from .logsetup import setup_logging
 from .manager import Manager
+from .policy_judge import PolicyJudge, host_policy_file
 from .store import Store
 
 log = logging.getLogger("svirtd")
@@ -66,7 +67,8 @@ async def run(config: Config) -> int:
 
     watcher = LibvirtWatcher(config.libvirt_uri, on_event=lambda ev: manager.on_event(ev) if manager else None,
                              on_connected=on_connected, reconnect_max=config.reconnect_max_seconds)
-    manager = Manager(config, store, allocator, spec, watcher, defaults=selinux_host.DefaultLabels())
+    judge = PolicyJudge(Path(config.policy_file) if config.policy_file else host_policy_file())
+    manager = Manager(config, store, allocator, spec, watcher, defaults=selinux_host.DefaultLabels(), judge=judge)
     await manager.recover()
 
     bus = await connect_bus(config)
@@ -81,6 +83,8 @@ async def run(config: Config) -> int:
         log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
 
     await watcher.start()
+    # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
+    await watcher.wait_first_attempt(timeout=10.0)
     notify("READY=1")
     notify(f"STATUS=Confining {count} guests")
 

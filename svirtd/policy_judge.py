@@ -1,0 +1,126 @@
+"""Questions answered by the compiled policy itself, offline (edge adapter over libsepol).
+
+audit2why computes an access decision the way the kernel would, MCS constraints included, and names
+the booleans that would allow a denied access. setools reads filesystem labeling rules (genfscon,
+fs_use). Used to tell the admin which boolean would let guests use unlabelable storage, and (policy
+issue) to prove that the labels svirtd hands out are really isolated.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import selinux
+from selinux import audit2why
+
+log = logging.getLogger(__name__)
+
+
+class Verdict(enum.IntEnum):
+    """audit2why's answer codes."""
+
+    ALLOW = audit2why.ALLOW
+    DONTAUDIT = audit2why.DONTAUDIT
+    TERULE = audit2why.TERULE
+    BOOLEAN = audit2why.BOOLEAN
+    CONSTRAINT = audit2why.CONSTRAINT
+    RBAC = audit2why.RBAC
+    BOUNDS = audit2why.BOUNDS
+    BADSCON = audit2why.BADSCON
+    BADTCON = audit2why.BADTCON
+    BADTCLASS = audit2why.BADTCLASS
+    BADPERM = audit2why.BADPERM
+    BADCOMPUTE = audit2why.BADCOMPUTE
+    NOPOLICY = audit2why.NOPOLICY
+    UNKNOWN = audit2why.UNKNOWN
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    booleans: tuple[str, ...] = ()  # booleans that would allow it (verdict BOOLEAN)
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+
+def host_policy_file() -> Path | None:
+    """The binary policy of the configured SELinux type: the highest policy.N present."""
+    base = Path(selinux.selinux_binary_policy_path())
+    candidates = sorted(base.parent.glob(base.name + ".*"),
+                        key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1)
+    return candidates[-1] if candidates else None
+
+
+class PolicyJudge:
+    """One compiled policy, loaded once. audit2why keeps global state, hence the lock."""
+
+    _lock = threading.Lock()
+    _loaded: str | None = None
+
+    def __init__(self, policy_file: Path | None) -> None:
+        self.policy_file = policy_file
+        self._setools: Any = None
+
+    def _ensure_loaded(self) -> None:
+        if self.policy_file is None:
+            raise FileNotFoundError("no compiled SELinux policy found")
+        if PolicyJudge._loaded != str(self.policy_file):
+            if PolicyJudge._loaded is not None:
+                audit2why.finish()
+            audit2why.init(str(self.policy_file))
+            PolicyJudge._loaded = str(self.policy_file)
+
+    def decide(self, scontext: str, tcontext: str, tclass: str, perms: list[str]) -> Decision:
+        with PolicyJudge._lock:
+            self._ensure_loaded()
+            code, extra = audit2why.analyze(scontext, tcontext, tclass, perms)
+        booleans = tuple(name for name, _value in extra) if code == audit2why.BOOLEAN and extra else ()
+        return Decision(Verdict(code), booleans)
+
+    def fs_context(self, fstype: str) -> str | None:
+        """The label the policy gives files of a filesystem type without xattr support."""
+        policy = self._policy()
+        if policy is None:
+            return None
+        names = [fstype, fstype.split(".", 1)[0]]
+        for name in names:
+            for rule in policy.genfscons():
+                if rule.fs == name and rule.path == "/":
+                    return str(rule.context)
+            for rule in policy.fs_uses():
+                if rule.fs == name:
+                    return str(rule.context)
+        return None
+
+    def _policy(self) -> Any:
+        if self._setools is None and self.policy_file is not None:
+            try:
+                import setools  # noqa: PLC0415 - 0.2 s to load: only when a question needs it
+
+                self._setools = setools.SELinuxPolicy(str(self.policy_file))
+            except Exception as exc:
+                log.warning("cannot read %s with setools: %s", self.policy_file, exc)
+                return None
+        return self._setools
+
+    def booleans_for_storage(self, process_label: str, fstype: str) -> tuple[str, ...] | None:
+        """Booleans that let a guest read/write files on this filesystem; () when none can; None if unknown."""
+        context = self.fs_context(fstype)
+        if context is None:
+            return None
+        try:
+            decision = self.decide(process_label, context, "file", ["read", "write", "open"])
+        except (OSError, ValueError) as exc:
+            log.debug("policy question failed: %s", exc)
+            return None
+        if decision.verdict is Verdict.BOOLEAN:
+            return tuple(b for b in decision.booleans if re.match(r"^virt_", b)) or decision.booleans
+        return ()

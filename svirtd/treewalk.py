@@ -1,0 +1,415 @@
+"""Directory-tree relabeling, run as a helper process: `python -m svirtd.treewalk label|restore|check ...`.
+
+Why a separate process: a safe walk must never resolve more than one path component at a time (the
+tree may be writable by a guest, who could swap a directory for a symlink to /etc mid-walk). The walk
+therefore works inside each directory with fchdir() on an fd opened O_NOFOLLOW, and labels entries
+by their bare names with l{get,set}xattr. fchdir() changes the working directory of a whole process,
+so it cannot happen inside the threaded daemon; here it can, and the helper can also fork workers to
+use every core.
+
+Crash safety: every original label is appended to a journal and fdatasync'ed BEFORE that entry is
+changed. A run killed half-way is simply run again (entries already carrying the target are skipped;
+their originals are already journaled); restore replays journals oldest run first, first record per
+path wins. The helper dies with its parent (PR_SET_PDEATHSIG).
+
+Never: follows a symlink, crosses a mount point, relabels a hard-linked file (its other names may live
+outside the tree), or opens a file (device nodes and FIFOs included) for I/O.
+
+Standalone on purpose: stdlib only on the labeling path, so it starts in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import errno
+import functools
+import json
+import os
+import signal
+import stat
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+XATTR = "security.selinux"
+Summary = dict[str, int | str | float]
+BATCH = 4096  # entries journaled per fdatasync
+MAX_PENDING_DIRS = 256  # directory fds held while a batch is pending
+PR_SET_PDEATHSIG = 1
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def die_with_parent() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def open_root(path: str) -> int:
+    """fd of the tree root, every component opened with O_NOFOLLOW."""
+    fd = os.open("/", _DIR_FLAGS)
+    for part in [p for p in path.split("/") if p]:
+        nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    return fd
+
+
+def get_label(name: str) -> bytes | None:
+    try:
+        return os.getxattr(name, XATTR, follow_symlinks=False).rstrip(b"\0")
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.entries = self.changed = self.symlinks = self.mounts = self.hardlinks = self.errors = 0
+        self.first_error = ""
+
+    def error(self, where: str, exc: OSError) -> None:
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = f"{where}: {exc.strerror}"
+
+    def as_dict(self) -> Summary:
+        return dict(vars(self))
+
+    def add(self, other: Summary) -> None:
+        for key, value in other.items():
+            if isinstance(value, int):
+                setattr(self, key, getattr(self, key) + value)
+            elif isinstance(value, str) and value and not self.first_error:
+                self.first_error = value
+
+
+class Labeler:
+    """One worker's share of a labeling walk."""
+
+    def __init__(self, target: bytes, journal: Path, root_dev: int) -> None:
+        self.target = target
+        self.root_dev = root_dev
+        self.journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.stats = Stats()
+        self._records: list[bytes] = []
+        # (scan number, our dup of the directory fd, names) waiting for the journal sync. Scan numbers,
+        # not fd numbers, identify a directory: a closed fd's number is reused by the next open.
+        self._pending: list[tuple[int, int, list[str]]] = []
+        self._scan_no = 0
+        self._pending_count = 0
+
+    def visit_entry(self, dfd: int, rel: bytes, entry: os.DirEntry[str]) -> bool:
+        """Label one directory entry (cwd is its directory). True when it is a directory to descend into."""
+        self.stats.entries += 1
+        name = entry.name
+        try:
+            if entry.is_symlink():
+                self.stats.symlinks += 1
+                return False
+            is_dir = entry.is_dir(follow_symlinks=False)
+            st = entry.stat(follow_symlinks=False)
+            if is_dir and st.st_dev != self.root_dev:
+                self.stats.mounts += 1
+                return False
+            if not is_dir and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                self.stats.hardlinks += 1
+                return False
+            current = get_label(name)
+        except OSError as exc:
+            self.stats.error(os.fsdecode(rel + name.encode()), exc)
+            return False
+        if current != self.target:
+            self._records.append(rel + os.fsencode(name) + b"\0" + (current or b"") + b"\0")
+            self._queue(dfd, name)
+        return is_dir
+
+    def _queue(self, dfd: int, name: str) -> None:
+        if not self._pending or self._pending[-1][0] != self._scan_no:
+            self._pending.append((self._scan_no, os.dup(dfd), []))
+        self._pending[-1][2].append(name)
+        self._pending_count += 1
+        if self._pending_count >= BATCH or len(self._pending) >= MAX_PENDING_DIRS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Journal the originals durably, then write the labels."""
+        if self._records:
+            os.write(self.journal_fd, b"".join(self._records))
+            os.fdatasync(self.journal_fd)
+            self._records.clear()
+        cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for _walked, dfd, names in self._pending:
+                os.fchdir(dfd)
+                for name in names:
+                    try:
+                        os.setxattr(name, XATTR, self.target, follow_symlinks=False)
+                        self.stats.changed += 1
+                    except OSError as exc:
+                        self.stats.error(name, exc)
+                os.close(dfd)
+            os.fchdir(cwd)
+        finally:
+            os.close(cwd)
+        self._pending.clear()
+        self._pending_count = 0
+
+    def walk(self, dfd: int, rel: bytes, only: set[str] | None = None) -> None:
+        """Depth-first below dfd (not dfd itself). only: restrict to these top-level names."""
+        stack: list[tuple[int, bytes, list[str]]] = []
+        self._scan(dfd, rel, only, stack)
+        while stack:
+            parent, prel, subdirs = stack[-1]
+            if not subdirs:
+                stack.pop()
+                if parent != dfd:
+                    os.close(parent)
+                continue
+            name = subdirs.pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            except OSError as exc:
+                self.stats.error(os.fsdecode(prel) + name, exc)
+                continue
+            self._scan(child, prel + os.fsencode(name) + b"/", None, stack)
+
+    def _scan(self, dfd: int, rel: bytes, only: set[str] | None, stack: list[tuple[int, bytes, list[str]]]) -> None:
+        self._scan_no += 1
+        os.fchdir(dfd)
+        subdirs: list[str] = []
+        with os.scandir(dfd) as it:
+            for entry in it:
+                if only is not None and entry.name not in only:
+                    continue
+                if self.visit_entry(dfd, rel, entry):
+                    subdirs.append(entry.name)
+        stack.append((dfd, rel, subdirs))
+
+    def close(self) -> None:
+        self.flush()
+        os.close(self.journal_fd)
+
+
+def label_tree(root: str, target: bytes, journal_prefix: Path, workers: int) -> Summary:
+    started = time.monotonic()
+    journal_prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    rfd = open_root(root)
+    root_st = os.fstat(rfd)
+    run = _next_run(journal_prefix)
+    # The root itself first (parent process, journaled like any entry).
+    os.fchdir(rfd)
+    root_labeler = Labeler(target, _journal(journal_prefix, run, "root"), root_st.st_dev)
+    current = get_label(".")
+    if current != target:
+        root_labeler._records.append(b".\0" + (current or b"") + b"\0")
+        root_labeler._queue(rfd, ".")  # scan number 0: the root itself
+    root_labeler.close()
+    names = sorted(os.listdir(rfd))
+    shares = [set(names[i::workers]) for i in range(workers)] if workers > 1 else [set(names)]
+    stats = Stats()
+    stats.add(root_labeler.stats.as_dict())
+    workers_started = [_fork_worker(rfd, share, target, _journal(journal_prefix, run, str(index)), root_st.st_dev)
+                       for index, share in enumerate(shares) if share]
+    for pid, read_end in workers_started:
+        data = b""
+        while chunk := os.read(read_end, 65536):
+            data += chunk
+        os.close(read_end)
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0 or not data:
+            stats.errors += 1
+            stats.first_error = stats.first_error or f"worker {pid} failed"
+        else:
+            stats.add(json.loads(data))
+    os.close(rfd)
+    result = stats.as_dict()
+    result["seconds"] = round(time.monotonic() - started, 4)
+    return result
+
+
+def _fork_worker(rfd: int, share: set[str], target: bytes, journal: Path, root_dev: int) -> tuple[int, int]:
+    """Fork a worker labeling `share` (top-level names below rfd); (pid, pipe carrying its stats)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        code = 0
+        try:
+            die_with_parent()
+            # Its own open file description: forked processes share a directory fd's read offset.
+            own = os.open(".", _DIR_FLAGS, dir_fd=rfd)
+            worker = Labeler(target, journal, root_dev)
+            worker.walk(own, b"", share)
+            worker.close()
+            os.write(write_end, json.dumps(worker.stats.as_dict()).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return pid, read_end
+
+
+def _journal(prefix: Path, run: int, worker: str) -> Path:
+    return prefix.with_name(f"{prefix.name}.{run:04d}.{worker}")
+
+
+def _next_run(prefix: Path) -> int:
+    runs = [int(p.name.split(".")[-2]) for p in prefix.parent.glob(f"{prefix.name}.*.*")]
+    return max(runs, default=0) + 1
+
+
+def read_journals(prefix: Path) -> dict[bytes, bytes]:
+    """relpath -> original label ('' = none); oldest run first, first record per path wins."""
+    originals: dict[bytes, bytes] = {}
+    for journal in sorted(prefix.parent.glob(f"{prefix.name}.*.*")):
+        fields = journal.read_bytes().split(b"\0")
+        for i in range(0, len(fields) - 1, 2):
+            originals.setdefault(fields[i], fields[i + 1])
+    return originals
+
+
+def restore_tree(root: str, target: bytes, journal_prefix: Path) -> Summary:
+    """Put every journaled original back (where the entry still carries the target), then sweep the tree
+    for entries that carry the target without a record (created after labeling): they get the policy
+    default, or lose the label. No trace of the freed pair may stay behind for its next owner."""
+    stats = Stats()
+    originals = read_journals(journal_prefix)
+    rfd = open_root(root)
+    root_dev = os.fstat(rfd).st_dev
+    lookup = _default_lookup()
+    stack: list[tuple[int, bytes]] = [(rfd, b"")]
+    while stack:
+        dfd, rel = stack.pop()
+        os.fchdir(dfd)
+        names = ["."] if rel == b"" else []
+        with os.scandir(dfd) as it:
+            entries = [e for e in it if not e.is_symlink()]
+        for entry in entries:
+            names.append(entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == root_dev:
+                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+                    stack.append((child, rel + os.fsencode(entry.name) + b"/"))
+            except OSError as exc:
+                stats.error(entry.name, exc)
+        for name in names:
+            key = b"." if name == "." else rel + os.fsencode(name)
+            stats.entries += 1
+            try:
+                default = functools.partial(lookup, f"{root}/{os.fsdecode(key)}", name)
+                if _restore_entry(name, target, originals.get(key), default):
+                    stats.changed += 1
+            except OSError as exc:
+                stats.error(os.fsdecode(key), exc)
+        if dfd != rfd:
+            os.close(dfd)
+    os.close(rfd)
+    return stats.as_dict()
+
+
+def _restore_entry(name: str, target: bytes, original: bytes | None, default: Callable[[], str | None]) -> bool:
+    """Restore one entry (cwd: its directory). False when it does not carry the target: never ours,
+    or changed by somebody since, so it is left alone."""
+    if get_label(name) != target:
+        return False
+    if original is None:  # created after labeling: the policy default, else no label
+        fallback = default()
+        original = fallback.encode() if fallback else b""
+    if original:
+        os.setxattr(name, XATTR, original, follow_symlinks=False)
+    else:
+        os.removexattr(name, XATTR, follow_symlinks=False)
+    return True
+
+
+def _default_lookup() -> Callable[[str, str], str | None]:
+    """selabel_lookup on the policy's file_contexts, when the bindings are there."""
+    try:
+        import selinux  # noqa: PLC0415 - only restore needs it; labeling stays stdlib-only
+
+        handle = selinux.selabel_open(selinux.SELABEL_CTX_FILE, None, 0)
+    except (ImportError, OSError):
+        return lambda _path, _name: None
+
+    def lookup(path: str, name: str) -> str | None:
+        try:
+            mode = os.lstat(name).st_mode
+            rc, context = selinux.selabel_lookup_raw(handle, path, mode)
+            return str(context) if rc == 0 else None
+        except OSError:
+            return None
+
+    return lookup
+
+
+def check_tree(root: str, target: bytes) -> Summary:
+    """Count entries (symlinks, other mounts and hard-linked files excluded) not carrying the target."""
+    stats = Stats()
+    rfd = open_root(root)
+    root_dev = os.fstat(rfd).st_dev
+    os.fchdir(rfd)
+    off = 0 if get_label(".") == target else 1
+    stack = [rfd]
+    while stack:
+        dfd = stack.pop()
+        os.fchdir(dfd)
+        with os.scandir(dfd) as it:
+            for entry in it:
+                if entry.is_symlink():
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    if st.st_dev != root_dev:
+                        continue
+                    stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=dfd))
+                elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    continue
+                stats.entries += 1
+                if get_label(entry.name) != target:
+                    off += 1
+        if dfd != rfd:
+            os.close(dfd)
+    os.close(rfd)
+    result = stats.as_dict()
+    result["off_target"] = off
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="svirtd-treewalk")
+    p.add_argument("action", choices=["label", "restore", "check"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--target", required=True)
+    p.add_argument("--journal", type=Path)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--inode", help="DEV:INO the root must be (what svirtd checked); anything else is refused")
+    args = p.parse_args(argv)
+    die_with_parent()
+    target = args.target.encode()
+    try:
+        if args.inode:
+            rfd = open_root(args.root)
+            st = os.fstat(rfd)
+            os.close(rfd)
+            if f"{st.st_dev}:{st.st_ino}" != args.inode:
+                print(json.dumps({"fatal": f"{args.root} is no longer the directory svirtd checked"}))
+                return 1
+        if args.action == "label":
+            result = label_tree(args.root, target, args.journal, max(1, min(args.workers, 16)))
+        elif args.action == "restore":
+            result = restore_tree(args.root, target, args.journal)
+        else:
+            result = check_tree(args.root, target)
+    except OSError as exc:
+        print(json.dumps({"fatal": f"{exc.filename or args.root}: {exc.strerror}"}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Issue 4: every guest resource labeled by class and restored exactly; hostile input refused.
+
+Real files on real filesystems (ext4, devtmpfs, ramfs, a FUSE mount), a real loop block device, real
+libvirt definitions, svirtd as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testbed.bus import PrivateBus
+from testbed.client import CallFailed, SvirtClient
+from testbed.daemon import SvirtdProcess
+from testbed.guests import Disk, GuestFactory, make_disk
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+StartSvirtd = Callable[..., SvirtdProcess]
+
+IMAGE = "system_u:object_r:svirt_image_t:"
+SHARED = "system_u:object_r:svirt_image_t:s0"
+CONTENT = "system_u:object_r:virt_content_t:s0"
+
+
+def xattr(path: Path | str) -> str | None:
+    try:
+        return os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode()
+    except OSError:
+        return None
+
+
+def setlabel(path: Path | str, label: str | None) -> None:
+    if label is None:
+        with contextlib.suppress(OSError):
+            os.removexattr(path, "security.selinux", follow_symlinks=False)
+    else:
+        os.setxattr(path, "security.selinux", label.encode(), follow_symlinks=False)
+
+
+def snapshot(*roots: Path | str) -> dict[str, str | None]:
+    """Every label under the given roots (symlinks themselves, never followed)."""
+    found: dict[str, str | None] = {}
+    for top in roots:
+        root = str(top)
+        found[root] = xattr(root)
+        if os.path.isdir(root) and not os.path.islink(root):
+            for dirpath, dirnames, filenames in os.walk(root):
+                for name in dirnames + filenames:
+                    full = os.path.join(dirpath, name)
+                    found[full] = xattr(full)
+    return found
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def call(bus: PrivateBus, member: str, signature: str = "", *args: Any) -> Any:
+    async with SvirtClient(bus.address) as client:
+        return await client.call(member, signature, *args)
+
+
+def labeled(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
+    try:
+        report = run(call(bus, "Query", "s", uuid))
+    except CallFailed:
+        return None
+    ok = all(r["status"] in ("labeled", "not-relabeled", "absent", "unlabelable") for r in report["resources"])
+    return report if ok else None
+
+
+@pytest.fixture
+def loopdev(tmp_path: Path) -> Iterator[str]:
+    backing = tmp_path / "block.img"
+    backing.write_bytes(b"\0" * 1024 * 1024)
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    original = xattr(dev)
+    yield dev
+    setlabel(dev, original)
+    subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def make_tree(root: Path, files: int, rng: random.Random, labels: list[str | None]) -> None:
+    for i in range(files):
+        sub = root / f"d{i % 7}" / f"e{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        f = sub / f"f{i}"
+        f.write_bytes(b"x")
+        setlabel(f, rng.choice(labels))
+    (root / "link-to-passwd").symlink_to("/etc/passwd")  # never followed
+
+
+def test_every_resource_class_is_labeled_and_restored_exactly(bus: PrivateBus, guests: GuestFactory,
+                                                             svirtd: StartSvirtd, loopdev: str) -> None:
+    d = guests.image_dir
+    rng = random.Random(7)
+    originals = [None, "system_u:object_r:virt_image_t:s0", "system_u:object_r:user_tmp_t:s0"]
+    files = {name: make_disk(d / name) for name in ("top.img", "base.img", "shared.img", "ro.img", "install.iso",
+                                                    "vmlinuz", "initrd", "vars.fd", "serial.log", "code.fd")}
+    for f in files.values():
+        setlabel(f, rng.choice(originals))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(d / "agent.sock"))
+    make_tree(d / "share", 300, rng, originals)
+    make_tree(d / "share-ro", 50, rng, originals)
+    swtpm = d / "swtpm"
+    extra_devices = f"""
+      <disk type='block' device='disk'><source dev='{loopdev}'/><target dev='vdz' bus='virtio'/></disk>
+      <serial type='file'><source path='{d}/serial.log'/><target port='0'/></serial>
+      <channel type='unix'><source mode='bind' path='{d}/agent.sock'/>
+        <target type='virtio' name='org.qemu.guest_agent.0'/></channel>
+      <filesystem type='mount' accessmode='passthrough'><source dir='{d}/share'/><target dir='share'/></filesystem>
+      <filesystem type='mount' accessmode='passthrough'><source dir='{d}/share-ro'/><target dir='ro'/>
+        <readonly/></filesystem>
+      <tpm model='tpm-crb'><backend type='emulator' version='2.0'/></tpm>
+      <hostdev mode='subsystem' type='pci' managed='yes'>
+        <source><address domain='0x0000' bus='0x01' slot='0x00' function='0x0'/></source></hostdev>"""
+    top = (f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{d}/top.img'/>"
+           f"<backingStore type='file'><format type='raw'/><source file='{d}/base.img'/><backingStore/>"
+           "</backingStore><target dev='vda' bus='virtio'/></disk>")
+    g = guests.new(define=False, disk_specs=[
+        Disk(files["shared.img"], "vdb", shareable=True),
+        Disk(files["ro.img"], "vdc", readonly=True),
+        Disk(files["install.iso"], "sda", device="cdrom"),
+    ], extra_devices=top + extra_devices)
+    g.xml = g.xml.replace("<os>", "<features><acpi/></features><os>").replace(
+        "<boot dev='hd'/>",
+        f"<loader readonly='yes' type='pflash'>{d}/code.fd</loader><nvram>{d}/vars.fd</nvram>"
+        f"<kernel>{d}/vmlinuz</kernel><initrd>{d}/initrd</initrd>")
+    tpm_state = swtpm / g.uuid
+    make_tree(tpm_state, 20, rng, originals)
+    everything: list[Path | str] = [d, loopdev]
+    before = snapshot(*everything)
+
+    svirtd(swtpm_dir=str(swtpm))
+    guests.define(g)
+    report = wait_until(lambda: labeled(bus, g.uuid), timeout=10, what="all resources labeled")
+    assert isinstance(report, dict)
+    level = report["level"]
+    private = IMAGE + level
+    expect = {
+        f"{d}/top.img": private, loopdev: private, f"{d}/vars.fd": private, f"{d}/serial.log": private,
+        f"{d}/agent.sock": private,
+        f"{d}/shared.img": SHARED,
+        f"{d}/ro.img": CONTENT, f"{d}/install.iso": CONTENT, f"{d}/base.img": CONTENT,
+        f"{d}/vmlinuz": CONTENT, f"{d}/initrd": CONTENT,
+    }
+    for path, label in expect.items():
+        assert xattr(path) == label, path
+    trees = {f"{d}/share": private, f"{d}/share-ro": CONTENT, str(tpm_state): private}
+    for root, label in trees.items():
+        labels = {p: v for p, v in snapshot(root).items() if not os.path.islink(p)}
+        assert set(labels.values()) == {label}, root
+    assert xattr(f"{d}/code.fd") == before[f"{d}/code.fd"]  # firmware code: never touched
+    assert xattr("/etc/passwd") != private  # the symlink inside the tree was not followed
+    by_path = {r["path"]: r for r in report["resources"]}
+    assert by_path[f"{d}/share"]["kind"] == "tree" and by_path[f"{d}/share"]["status"] == "labeled"
+    hostdev = [r for r in report["resources"] if r["device"] == "hostdev pci"]
+    assert hostdev and hostdev[0]["status"] == "not-relabeled" and "VFIO" in hostdev[0]["note"]
+    loader = [r for r in report["resources"] if r["device"] == "loader"]
+    assert loader and loader[0]["status"] == "not-relabeled"
+
+    run(call(bus, "Release", "s", g.uuid))
+    after = snapshot(*everything)
+    changed = {p: (before.get(p), after.get(p)) for p in after if before.get(p) != after.get(p)}
+    assert not changed, f"not restored exactly: {changed}"
+    sock.close()
+
+
+def test_shared_image_and_iso_between_two_guests(bus: PrivateBus, guests: GuestFactory,
+                                                 svirtd: StartSvirtd) -> None:
+    d = guests.image_dir
+    shared, iso = make_disk(d / "shared.img"), make_disk(d / "tools.iso")
+    setlabel(shared, "system_u:object_r:virt_image_t:s0")
+    svirtd()
+
+    def guest() -> Any:
+        own = make_disk(d / f"own-{len(guests.guests)}.img")
+        return guests.new(disk_specs=[Disk(own, "vda"), Disk(shared, "vdb", shareable=True),
+                                      Disk(iso, "sdb", device="cdrom")])
+
+    a, b = guest(), guest()
+    for g in (a, b):
+        wait_until(functools.partial(labeled, bus, g.uuid), what=f"{g.name} labeled")
+    assert xattr(shared) == SHARED and xattr(iso) == CONTENT
+    # Both start, in either order, against the same shared files.
+    for first, second in ((a, b), (b, a)):
+        guests.virsh("start", first.name)
+        guests.virsh("start", second.name)
+        guests.virsh("destroy", first.name)
+        guests.virsh("destroy", second.name)
+    run(call(bus, "Release", "s", a.uuid))
+    assert xattr(a.disk) is None  # a's private disk restored
+    assert xattr(shared) == SHARED and xattr(iso) == CONTENT  # b still uses them: untouched
+    guests.virsh("start", b.name)
+    guests.virsh("destroy", b.name)
+    run(call(bus, "Release", "s", b.uuid))
+    # The last user gone: the originals come back.
+    assert xattr(shared) == "system_u:object_r:virt_image_t:s0" and xattr(iso) is None
+
+
+def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, guests: GuestFactory,
+                                                            svirtd: StartSvirtd, loopdev: str) -> None:
+    d = guests.image_dir
+    svirtd(default_confined=False)
+    victim = guests.new()
+    run(call(bus, "Isolate", "ss", victim.uuid, ""))
+    (d / "shadow.img").symlink_to("/etc/shadow")
+    (d / "sub").mkdir()
+    root_dev = subprocess.run(["findmnt", "-n", "-o", "SOURCE", "/"], capture_output=True, text=True).stdout.strip()
+    cases: list[tuple[str, list[Disk], str, str]] = [
+        ("symlink to /etc/shadow", [Disk(d / "shadow.img", "vda")], "", "UnsafePath"),
+        ("dot-dot", [Disk(Path(f"{d}/sub/../../../../etc/passwd"), "vda")], "", "UnsafePath"),
+        ("device node as a file disk", [Disk(Path(loopdev), "vda")], "", "UnsafePath"),
+        ("char device as a block disk", [Disk(Path("/dev/null"), "vda", dtype="block")], "", "UnsafePath"),
+        ("another guest's private disk", [Disk(victim.disk, "vda")], "", "ResourceConflict"),
+        ("the home tree", [], "<filesystem type='mount'><source dir='/home'/><target dir='h'/></filesystem>",
+         "UnsafePath"),
+        ("the root tree", [], "<filesystem type='mount'><source dir='/'/><target dir='r'/></filesystem>", "UnsafePath"),
+    ]
+    if root_dev.startswith("/dev/"):
+        cases.append(("the host's mounted root disk", [Disk(Path(root_dev), "vda", dtype="block")], "",
+                      "UnsafePath"))
+    watched: list[Path | str] = ["/etc", d, loopdev, "/dev/null", *([root_dev] if root_dev.startswith("/dev/") else [])]
+    before = snapshot(*watched)
+    for what, disks, extra, error in cases:
+        g = guests.new(disk_specs=disks, extra_devices=extra)
+        with pytest.raises(CallFailed) as exc:
+            run(call(bus, "Isolate", "ss", g.uuid, ""))
+        assert exc.value.name == f"org.svirt.Manager1.Error.{error}", (what, exc.value)
+        assert len(exc.value.text) > 30, what
+        if error == "ResourceConflict":
+            assert victim.name in exc.value.text
+    after = snapshot(*watched)
+    assert {p: after.get(p) for p in before} == before  # not one existing label changed
+    new = {p: v for p, v in after.items() if p not in before}  # e.g. libvirt's own /etc/libvirt/qemu/*.xml
+    assert not [p for p, v in new.items() if v and "svirt" in v]
+    rows = run(call(bus, "List"))
+    assert [r[0] for r in rows] == [victim.uuid]
+
+
+def fuse_mount(source: Path, target: Path) -> None:
+    source.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["bindfs", "--xattr-none", str(source), str(target)], check=True)
+
+
+def test_unlabelable_storage_is_reported_with_the_boolean(bus: PrivateBus, guests: GuestFactory,
+                                                        svirtd: StartSvirtd, tmp_path: Path) -> None:
+    d = guests.image_dir
+    fuse = d / "fuse"
+    ram = d / "ram"
+    fuse_mount(tmp_path / "fuse-src", fuse)
+    ram.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "ramfs", "none", str(ram)], check=True)
+    try:
+        g = guests.new(disk_specs=[Disk(make_disk(d / "ok.img"), "vda"), Disk(make_disk(fuse / "nfs-like.img"), "vdb"),
+                                   Disk(make_disk(ram / "ram.img"), "vdc")])
+        svirtd()
+        report = wait_until(lambda: labeled(bus, g.uuid), what="isolated")
+        assert isinstance(report, dict)
+        by_path = {r["path"]: r for r in report["resources"]}
+        fuse_res, ram_res = by_path[str(fuse / "nfs-like.img")], by_path[str(ram / "ram.img")]
+        assert fuse_res["status"] == "unlabelable" and "isolation lost" in fuse_res["note"]
+        assert "setsebool -P virt_use_fusefs 1" in fuse_res["note"]  # named by the policy itself
+        assert ram_res["status"] == "unlabelable" and "no SELinux boolean" in ram_res["note"]
+        assert by_path[str(d / "ok.img")]["status"] == "labeled"
+    finally:
+        subprocess.run(["umount", str(fuse)], check=False)
+        subprocess.run(["umount", str(ram)], check=False)
+
+
+def test_refuse_unlabelable_refuses_the_guest(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                              tmp_path: Path) -> None:
+    d = guests.image_dir
+    fuse = d / "fuse"
+    fuse_mount(tmp_path / "fuse-src", fuse)
+    try:
+        ok = make_disk(d / "ok.img")
+        g = guests.new(disk_specs=[Disk(ok, "vda"), Disk(make_disk(fuse / "x.img"), "vdb")])
+        svirtd(refuse_unlabelable=True, default_confined=False)
+        with pytest.raises(CallFailed) as exc:
+            run(call(bus, "Isolate", "ss", g.uuid, ""))
+        assert exc.value.name == "org.svirt.Manager1.Error.Unlabelable"
+        assert "virt_use_fusefs" in exc.value.text and "refuse_unlabelable" in exc.value.text
+        assert xattr(ok) is None and run(call(bus, "List")) == []
+    finally:
+        subprocess.run(["umount", str(fuse)], check=False)
+
+
+def treewalk(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "svirtd.treewalk", *args], capture_output=True, text=True)
+    result = json.loads(out.stdout)
+    assert isinstance(result, dict)
+    return result
+
+
+def test_tree_walk_never_follows_symlinks_crosses_mounts_or_touches_hard_links(tmp_path: Path,
+                                                                               as_root: None) -> None:
+    root = tmp_path / "share"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "weird\nname").write_text("x")
+    (root / "to-etc").symlink_to("/etc")
+    outside = tmp_path / "outside.img"
+    outside.write_text("secret")
+    os.link(outside, root / "a" / "hardlink")
+    (root / "mnt").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "none", str(root / "mnt")], check=True)
+    try:
+        (root / "mnt" / "other-fs").write_text("x")
+        before = snapshot("/etc", outside, root / "mnt")
+        target = IMAGE + "s0:c1,c2"
+        result = treewalk("label", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
+        assert (result["symlinks"], result["mounts"], result["hardlinks"], result["errors"]) == (1, 1, 1, 0)
+        assert xattr(root / "a" / "weird\nname") == target and xattr(root) == target
+        assert snapshot("/etc", outside, root / "mnt") == before
+        result = treewalk("restore", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
+        assert xattr(root / "a" / "weird\nname") is None and xattr(root) is None
+        # The root swapped for another directory after svirtd checked it: refused.
+        bad = treewalk("label", "--root", str(root), "--target", target, "--inode", "1:1",
+                       "--journal", str(tmp_path / "j" / "u"))
+        assert "no longer the directory" in bad["fatal"]
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=False)
+
+
+def helper_running() -> bool:
+    out = subprocess.run(["pgrep", "-f", "svirtd.treewalk label"], capture_output=True, text=True)
+    return bool(out.stdout.strip())
+
+
+def test_sigkill_during_a_10000_file_tree_relabel(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    d = guests.image_dir
+    rng = random.Random(11)
+    originals = [None, "system_u:object_r:virt_image_t:s0", "system_u:object_r:user_tmp_t:s0"]
+    make_tree(d / "share", 10_000, rng, originals)
+    before = snapshot(d / "share")
+    extra = f"<filesystem type='mount'><source dir='{d}/share'/><target dir='share'/></filesystem>"
+    g = guests.new(define=False, extra_devices=extra)
+    midway = 0
+    for attempt in range(8):
+        proc = svirtd(default_confined=False)
+        if attempt == 0:
+            guests.define(g)
+        # Isolate in the background, SIGKILL svirtd while its tree helper is at work.
+        caller = subprocess.Popen(["busctl", f"--address={bus.address}", "call", "org.svirt.Manager",
+                                   "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", g.uuid, ""],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with contextlib.suppress(AssertionError):
+            wait_until(helper_running, timeout=5, interval=0.002, what="tree helper")
+        time.sleep(rng.uniform(0, 0.03))
+        assert proc.proc is not None
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        proc.kill()
+        caller.wait(10)
+        wait_until(lambda: not helper_running(), timeout=5, what="the helper to die with svirtd")
+        labels = snapshot(d / "share")
+        done = sum(1 for p, v in labels.items() if v is not None and v.startswith(IMAGE) and not os.path.islink(p))
+        if 0 < done < 10_000:
+            midway += 1
+        # Restart: the interrupted relabel is finished (rolled forward).
+        restarted = svirtd(default_confined=False)
+        report = wait_until(lambda: labeled(bus, g.uuid), timeout=20, what="relabel finished after restart")
+        assert isinstance(report, dict)
+        result = treewalk("check", "--root", str(d / "share"), "--target", IMAGE + report["level"])
+        assert result["off_target"] == 0, result
+        run(call(bus, "Release", "s", g.uuid))
+        assert snapshot(d / "share") == before, "not fully restored"
+        restarted.stop()
+    print(f"kills landing mid-relabel: {midway} of 8")
+    assert midway >= 1, "no kill landed in the middle of a relabel: the test proved nothing"
