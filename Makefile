@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv demo test unit integration lint install uninstall bench clean
+.PHONY: all deps venv demo test unit integration lint install uninstall bench clean policy policy-lint
 
 all: test
 
@@ -38,8 +38,15 @@ integration: venv
 test: venv lint
 	$(VENV)/bin/pytest
 
+# SELinux policy module for svirtd's own domain (refpolicy devel Makefile), and its lint.
+policy: deps
+	$(MAKE) -C policy -f /usr/share/selinux/devel/Makefile svirtd.pp
+
+policy-lint: deps
+	cd policy && selint -s -c selint.conf svirtd.te svirtd.if svirtd.fc
+
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info policy/tmp policy/*.pp

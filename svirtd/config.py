@@ -36,6 +36,9 @@ class Config(BaseModel):
     # Refuse to isolate a guest with a resource on storage that cannot carry labels (NFS, CIFS, FUSE,
     # vfat...) instead of isolating the rest and reporting the resource as "unlabelable".
     refuse_unlabelable: bool = False
+    # MCS translations (s0:cA,cB=<guest name>) for mcstrans; include it from setrans.conf with
+    # "Include=/run/svirtd/setrans.conf". Empty: no translation file.
+    setrans_file: str = "/run/svirtd/setrans.conf"
     # The compiled policy svirtd judges against (booleans, isolation proofs); empty = the host's own.
     policy_file: str = ""
     # Extra trees svirtd never relabels, on top of the built-in system trees.

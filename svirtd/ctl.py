@@ -48,6 +48,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"profile    {report['profile']}   state {report['state']}   origin {report['origin']}")
     if report.get("note"):
         print(f"note       {report['note']}")
+    print(f"isolation  {report.get('isolation', '')}")
     print("resources")
     for r in report["resources"]:
         print(f"  {r['status']:<14} {r['class']:<9} {r['device']:<22} {r['path']}")
@@ -96,12 +97,30 @@ async def cmd_status(bus: MessageBus, args: argparse.Namespace) -> None:
         print(f"{key:<18} {plain[key]}")
 
 
+async def cmd_verify(bus: MessageBus, args: argparse.Namespace) -> None:
+    (result,) = await call(bus, "Verify")
+    plain = unwrap(result)
+    if args.json:
+        print(json.dumps(plain, indent=2))
+    else:
+        print(f"policy        {plain['policy']}")
+        print(f"guests        {plain['guests']}   resources {plain['resources']}   "
+              f"ordered pairs {plain['ordered_pairs']}   checks {plain['checks']}")
+        print("isolation     " + ("OK: every guest is isolated from every other" if plain["ok"] else
+                                  f"VIOLATED ({len(plain['violations'])} findings)"))
+        for v in plain["violations"]:
+            print(f"  {v['kind']:<18} {v['message']}")
+    if not plain["ok"]:
+        raise SystemExit(3)
+
+
 COMMANDS: dict[str, Callable[[MessageBus, argparse.Namespace], Awaitable[None]]] = {
     "list": cmd_list,
     "query": cmd_query,
     "isolate": cmd_query,
     "release": cmd_release,
     "status": cmd_status,
+    "verify": cmd_verify,
 }
 
 
@@ -126,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every isolated guest")
     sub.add_parser("status", help="svirtd's properties (version, enforcing, free pairs...)")
+    sub.add_parser("verify", help="prove isolation against the compiled policy (exit 3 on a violation)")
     q = sub.add_parser("query", help="one guest's labels and resources")
     q.add_argument("guest", help="UUID or libvirt name")
     i = sub.add_parser("isolate", help="isolate a guest (root)")

@@ -21,7 +21,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors
 from .authz import Action, Authorizer
-from .manager import GuestReport, Manager
+from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ DOCS: dict[str, str] = {
     "Query": "The guest's assignment: label, level, categories, profile, state, and every resource with "
              "its expected and actual on-disk label. Anyone may call it.",
     "List": "Every guest svirtd isolates: (uuid, name, level, profile, state).",
+    "Verify": "Prove isolation against the compiled policy (MCS constraints included): every guest's process "
+              "label against every resource label on disk. Returns ok, counts and each violation with both "
+              "guests named. Query shows the last verdict per guest.",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
     "Released": "A guest's isolation was removed: uuid, name.",
     "Version": "svirtd's version.",
@@ -131,6 +134,11 @@ class ManagerInterface(ServiceInterface):
     @dbus_errors
     async def Query(self, guest: DBusStr) -> AssignmentDict:
         return report_to_dbus(await self._manager.query(guest))
+
+    @method()
+    @dbus_errors
+    async def Verify(self) -> AssignmentDict:
+        return verify_to_dbus(await self._manager.verify())
 
     @method()
     @dbus_errors
@@ -221,6 +229,35 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
         "created": Variant("t", int(a.created)),
         "updated": Variant("t", int(a.updated)),
         "resources": Variant("aa{sv}", resources),
+        "isolation": Variant("s", report.isolation),
+    }
+
+
+def verify_to_dbus(result: VerifyResult) -> dict[str, Variant]:
+    proof = result.proof
+    violations = [
+        {
+            "kind": Variant("s", v.kind),
+            "subject": Variant("s", v.subject_name),
+            "subject_uuid": Variant("s", v.subject_uuid),
+            "owner": Variant("s", v.owner_name),
+            "owner_uuid": Variant("s", v.owner_uuid),
+            "path": Variant("s", v.path),
+            "label": Variant("s", v.label),
+            "permission": Variant("s", v.permission),
+            "verdict": Variant("s", v.verdict),
+            "message": Variant("s", v.message),
+        }
+        for v in proof.violations
+    ]
+    return {
+        "ok": Variant("b", proof.ok),
+        "policy": Variant("s", result.policy),
+        "guests": Variant("u", proof.subjects),
+        "resources": Variant("u", proof.objects),
+        "ordered_pairs": Variant("u", proof.ordered_pairs),
+        "checks": Variant("u", proof.checks),
+        "violations": Variant("aa{sv}", violations),
     }
 
 

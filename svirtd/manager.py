@@ -27,6 +27,7 @@ from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
 from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, Unlabelable, UnsafePath
+from .isolation import Object, Proof, Subject, prove_isolation
 from .level_claims import LevelSource, level_claims
 from .logsetup import guest_fields
 from .models import (
@@ -44,7 +45,7 @@ from .models import (
 )
 from .path_policy import check_resource_path
 from .policy import LabelSpec
-from .policy_judge import PolicyJudge
+from .policy_judge import PolicyJudge, Verdict
 from .profiles import resolve_profile
 from .resources import DomainSpec, parse_domain
 from .store import Claim, Store
@@ -79,6 +80,21 @@ class Listener(Protocol):
     def released(self, uuid: str, name: str) -> None: ...
 
 
+class Listeners:
+    """Several listeners as one (D-Bus signals, the MCS translation file...)."""
+
+    def __init__(self, *listeners: Listener) -> None:
+        self._listeners = listeners
+
+    def isolated(self, assignment: Assignment) -> None:
+        for listener in self._listeners:
+            listener.isolated(assignment)
+
+    def released(self, uuid: str, name: str) -> None:
+        for listener in self._listeners:
+            listener.released(uuid, name)
+
+
 class _NoListener:
     def isolated(self, assignment: Assignment) -> None:
         pass
@@ -95,6 +111,14 @@ class GuestReport:
     process_label: str
     image_label: str
     resources: tuple[ResourceState, ...]
+    isolation: str  # the last proof's verdict about this guest
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    policy: str
+    at: float
+    proof: Proof
 
 
 def check_guest_ref(guest: str) -> str:
@@ -142,6 +166,8 @@ class Manager:
         # Levels in use by guests svirtd does not isolate (excluded, released, static labels of their
         # own): reserved so that no isolated guest is ever handed the same pair.
         self._foreign: dict[str, tuple[str, Level]] = {}
+        self.last_verify: VerifyResult | None = None
+        self._verify_lock = asyncio.Lock()
 
     @property
     def denied(self) -> tuple[str, ...]:
@@ -272,7 +298,80 @@ class Manager:
         states = await asyncio.to_thread(self._observe, a, domain, claims)
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
-                           image_label=str(self.spec.image_label(a.level)), resources=tuple(states))
+                           image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
+                           isolation=self._isolation_status(uuid))
+
+    def _isolation_status(self, uuid: str) -> str:
+        last = self.last_verify
+        if last is None:
+            return "not verified yet (run `svirtctl verify`)"
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last.at))
+        mine = last.proof.involving(uuid)
+        if mine:
+            more = f" (+{len(mine) - 1} more)" if len(mine) > 1 else ""
+            return f"VIOLATED at {stamp}: {mine[0].message}{more}"
+        return f"verified against {last.policy} at {stamp}"
+
+    # -- the proof of isolation -----------------------------------------------------------------
+
+    async def verify(self) -> VerifyResult:
+        """Judge every guest's process label against every resource label with the compiled policy."""
+        if self.judge is None or self.judge.policy_file is None:
+            raise SvirtError("no compiled SELinux policy to verify against; set policy_file in svirtd.conf")
+        async with self._verify_lock:
+            subjects = await self._proof_subjects()
+            owned = [(a, self.store.claims_for(a.uuid)) for a in self.store.assignments()]
+            objects = await asyncio.to_thread(self._proof_objects, owned)
+            proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide)
+            self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
+        for v in proof.violations:
+            log.error("isolation violated: %s", v.message, extra=guest_fields(v.subject_uuid, v.subject_name))
+        log.info("verified isolation of %d guests: %d checks, %d violations", proof.subjects, proof.checks,
+                 len(proof.violations))
+        return self.last_verify
+
+    def _decide(self, scontext: str, tcontext: str, tclass: str, perms: list[str]) -> tuple[bool, str]:
+        assert self.judge is not None
+        decision = self.judge.decide(scontext, tcontext, tclass, perms)
+        return decision.verdict is Verdict.ALLOW, decision.verdict.name
+
+    async def _proof_subjects(self) -> list[Subject]:
+        """Every isolated guest's process label, and every label a guest svirtd does not isolate runs
+        with (static seclabels, running qemu): a foreign label that dominates ours breaks isolation too."""
+        subjects: list[Subject] = []
+        for a in self.store.assignments():
+            domain = self._domains.get(a.uuid)
+            tcg = domain.is_tcg if domain is not None else False
+            subjects.append(Subject(a.uuid, a.name, str(self.spec.process_label(a.level, tcg))))
+        if self.hv.connected:
+            for info in await self.hv.list_domains():
+                if self.store.get(info.uuid) is not None:
+                    continue
+                domain = self._parse(info)
+                labels_seen = {s.label for s in domain.seclabels if s.type == "static" and s.label}
+                labels_seen.update(info.running_labels)
+                for label in sorted(labels_seen):
+                    if ":" in label and label.split(":")[2] in self._process_types():
+                        subjects.append(Subject(info.uuid, f"{info.name} (not isolated by svirtd)", label))
+        return subjects
+
+    def _process_types(self) -> set[str]:
+        return {self.spec.process.type} | ({self.spec.process_tcg.type} if self.spec.process_tcg else set())
+
+    @staticmethod
+    def _proof_objects(owned: list[tuple[Assignment, list[Claim]]]) -> list[Object]:
+        """The labels guest resources really carry on disk (worker thread: file I/O only)."""
+        objects: list[Object] = []
+        for a, claims in owned:
+            for claim in claims:
+                try:
+                    with labels.open_resource(claim.path, claim.kind) as opened:
+                        label = labels.get_label(opened)
+                except (OSError, UnsafePath, labels.LabelUnsupported):
+                    continue
+                if label:
+                    objects.append(Object(a.uuid, a.name, claim.path, label, claim.rclass))
+        return objects
 
     # -- reacting to libvirt ----------------------------------------------------------------------
 

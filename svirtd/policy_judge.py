@@ -8,6 +8,8 @@ issue) to prove that the labels svirtd hands out are really isolated.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import enum
 import logging
 import re
@@ -49,6 +51,25 @@ class Decision:
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
+
+
+def _sepol_check_context(policy_file: Path, context: str) -> bool:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fopen.restype = ctypes.c_void_p
+    libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    sepol = ctypes.CDLL(ctypes.util.find_library("sepol") or "libsepol.so.2")
+    sepol.sepol_set_policydb_from_file.argtypes = [ctypes.c_void_p]
+    sepol.sepol_check_context.argtypes = [ctypes.c_char_p]
+    fp = libc.fopen(str(policy_file).encode(), b"r")
+    if not fp:
+        raise OSError(ctypes.get_errno(), f"cannot open {policy_file}")
+    try:
+        if sepol.sepol_set_policydb_from_file(fp) != 0:
+            raise OSError(f"libsepol cannot read {policy_file}")
+    finally:
+        libc.fclose(fp)
+    return bool(sepol.sepol_check_context(context.encode()) == 0)
 
 
 def host_policy_file() -> Path | None:
@@ -110,6 +131,14 @@ class PolicyJudge:
                 log.warning("cannot read %s with setools: %s", self.policy_file, exc)
                 return None
         return self._setools
+
+    def valid_context(self, context: str) -> bool:
+        """libsepol's sepol_check_context: user, role, type, level and their combination all valid in
+        this policy (audit2why alone accepts a wrong role)."""
+        if self.policy_file is None:
+            return False
+        with PolicyJudge._lock:
+            return _sepol_check_context(self.policy_file, context)
 
     def booleans_for_storage(self, process_label: str, fstype: str) -> tuple[str, ...] | None:
         """Booleans that let a guest read/write files on this filesystem; () when none can; None if unknown."""

@@ -26,10 +26,11 @@ from .authz import Authorizer
 from .config import Config, load_config
 from .dbus_iface import BUS_NAME, ManagerInterface, export
 from .errors import ConfigError
-from .libvirt_watch import LibvirtWatcher
+from .libvirt_watch import DomainEvent, LibvirtWatcher
 from .logsetup import setup_logging
-from .manager import Manager
+from .manager import Listener, Listeners, Manager
 from .policy_judge import PolicyJudge, host_policy_file
+from .setrans import TranslationFile
 from .store import Store
 
 log = logging.getLogger("svirtd")
@@ -51,63 +52,93 @@ async def connect_bus(config: Config) -> MessageBus:
     return await MessageBus(bus_type=BusType.SYSTEM).connect()
 
 
+class Daemon:
+    """The wired daemon. start() builds it in order, run_until_stopped() serves, stop() tears down."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.database_path)
+        self.space = CategorySpace(config.category_set, config.reserved_set)
+        self.allocator = PairAllocator(self.space)
+        self.count = Manager.load_table(self.store, self.allocator)
+        self.judge = PolicyJudge(Path(config.policy_file) if config.policy_file else host_policy_file())
+        self.watcher = LibvirtWatcher(config.libvirt_uri, on_event=self._on_event, on_connected=self._on_connected,
+                                      reconnect_max=config.reconnect_max_seconds)
+        self.manager = Manager(config, self.store, self.allocator, selinux_host.load_label_spec(), self.watcher,
+                               defaults=selinux_host.DefaultLabels(), judge=self.judge)
+        self.translations = (TranslationFile(Path(config.setrans_file), self.store.translation_rows)
+                             if config.setrans_file else None)
+        self.bus: MessageBus | None = None
+
+    def _on_event(self, event: DomainEvent) -> None:
+        self.manager.on_event(event)
+
+    async def _on_connected(self) -> None:
+        await self.manager.reconcile()
+        if self.judge.policy_file is not None:
+            try:
+                await self.manager.verify()
+            except Exception as exc:  # a proof that cannot run must not stop confinement
+                log.warning("isolation could not be verified: %s", exc)
+        notify(f"STATUS=Confining {self.store.count()} guests; libvirt connected")
+
+    async def start(self) -> None:
+        await self.manager.recover()
+        self.bus = await connect_bus(self.config)
+        iface = ManagerInterface(self.manager, Authorizer(self.bus), enforcing=selinux_host.is_enforcing,
+                                 connected=lambda: self.watcher.connected)
+        listeners: list[Listener] = [iface]
+        if self.translations is not None:
+            self.translations.write_now()
+            listeners.append(self.translations)
+        self.manager.listener = Listeners(*listeners)
+        await export(self.bus, iface)
+        log.info("svirtd %s serving %s; %d guests in the table, %d of %d category pairs free (%s)", __version__,
+                 BUS_NAME, self.count, self.allocator.free, self.allocator.total, self.space.describe())
+        if not selinux_host.is_enforcing():
+            log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
+        await self.watcher.start()
+        # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
+        await self.watcher.wait_first_attempt(timeout=10.0)
+        notify("READY=1")
+        notify(f"STATUS=Confining {self.store.count()} guests")
+
+    async def run_until_stopped(self) -> int:
+        """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us)."""
+        assert self.bus is not None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        bus_gone = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({bus_gone, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if bus_gone.done():
+            log.error("lost the D-Bus connection; exiting so systemd restarts svirtd")
+            return 1
+        bus_gone.cancel()
+        return 0
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        log.info("stopping")
+        await self.watcher.stop()
+        await self.manager.drain()
+        if self.translations is not None:
+            await self.translations.flush()
+        if self.bus is not None:
+            self.bus.disconnect()
+        self.store.close()
+
+
 async def run(config: Config) -> int:
-    store = Store(config.database_path)
-    space = CategorySpace(config.category_set, config.reserved_set)
-    allocator = PairAllocator(space)
-    count = Manager.load_table(store, allocator)
-    spec = selinux_host.load_label_spec()
-    watcher: LibvirtWatcher | None = None
-    manager: Manager | None = None
-
-    async def on_connected() -> None:
-        assert manager is not None
-        await manager.reconcile()
-        notify(f"STATUS=Confining {store.count()} guests; libvirt connected")
-
-    watcher = LibvirtWatcher(config.libvirt_uri, on_event=lambda ev: manager.on_event(ev) if manager else None,
-                             on_connected=on_connected, reconnect_max=config.reconnect_max_seconds)
-    judge = PolicyJudge(Path(config.policy_file) if config.policy_file else host_policy_file())
-    manager = Manager(config, store, allocator, spec, watcher, defaults=selinux_host.DefaultLabels(), judge=judge)
-    await manager.recover()
-
-    bus = await connect_bus(config)
-    authorizer = Authorizer(bus)
-    iface = ManagerInterface(manager, authorizer, enforcing=selinux_host.is_enforcing,
-                             connected=lambda: watcher.connected)
-    manager.listener = iface
-    await export(bus, iface)
-    log.info("svirtd %s serving %s; %d guests in the table, %d of %d category pairs free (%s)",
-             __version__, BUS_NAME, count, allocator.free, allocator.total, space.describe())
-    if not selinux_host.is_enforcing():
-        log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
-
-    await watcher.start()
-    # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
-    await watcher.wait_first_attempt(timeout=10.0)
-    notify("READY=1")
-    notify(f"STATUS=Confining {count} guests")
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    bus_gone = asyncio.ensure_future(bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({bus_gone, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    code = 0
-    if bus_gone.done():
-        log.error("lost the D-Bus connection; exiting so systemd restarts svirtd")
-        code = 1
-    notify("STOPPING=1")
-    log.info("stopping")
-    await watcher.stop()
-    await manager.drain()
-    stopper.cancel()
-    bus_gone.cancel()
-    bus.disconnect()
-    store.close()
-    return code
+    daemon = Daemon(config)
+    await daemon.start()
+    try:
+        return await daemon.run_until_stopped()
+    finally:
+        await daemon.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

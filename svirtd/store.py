@@ -157,6 +157,10 @@ class Store:
         return self._db.execute("SELECT uuid, name, level, profile, state FROM assignments ORDER BY name, uuid"
                                 ).fetchall()
 
+    def translation_rows(self) -> list[tuple[str, str, str]]:
+        """(level, name, uuid) of every guest, for the MCS translation file."""
+        return self._db.execute("SELECT level, name, uuid FROM assignments WHERE phase = 'active'").fetchall()
+
     def levels(self) -> Iterator[tuple[str, Level]]:
         """(uuid, level) of every assignment, streamed: cheap even with 100k guests."""
         for uuid, level in self._db.execute("SELECT uuid, level FROM assignments"):
