@@ -1,13 +1,29 @@
-"""Who may call what. The caller's identity always comes from the bus, never from the caller."""
+"""Who may call what: polkit decides, with root always allowed and root-only when polkit is absent.
+
+The caller's identity always comes from the bus (GetConnectionUnixUser, polkit's system-bus-name
+subject), never from anything the caller sends. Every check passes the guest as action details
+(guest_uuid, guest_name), so polkit rules can delegate single guests to users or groups.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
+from typing import Any
 
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from .errors import AccessDenied
+
+log = logging.getLogger(__name__)
+
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+POLKIT_PATH = "/org/freedesktop/PolicyKit1/Authority"
+POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
+_ALLOW_USER_INTERACTION = 1
+_UNAVAILABLE = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner")
 
 
 class Action(enum.StrEnum):
@@ -16,29 +32,66 @@ class Action(enum.StrEnum):
     RELEASE = "org.svirt.manager1.release"
 
 
+class PolkitUnavailable(Exception):
+    """polkitd is not on the bus."""
+
+
+async def _call(bus: MessageBus, msg: Message, timeout: float) -> Message:
+    reply = await asyncio.wait_for(bus.call(msg), timeout)
+    if reply is None:
+        raise AccessDenied("no reply from the bus; refusing")
+    return reply
+
+
 async def caller_uid(bus: MessageBus, sender: str) -> int:
     """The Unix uid behind a unique bus name, as the bus daemon knows it."""
-    reply = await bus.call(Message(
+    reply = await _call(bus, Message(
         destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
         member="GetConnectionUnixUser", signature="s", body=[sender],
-    ))
-    if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+    ), 10)
+    if reply.message_type is not MessageType.METHOD_RETURN:
         raise AccessDenied(f"cannot establish who {sender} is; refusing")
     return int(reply.body[0])
 
 
 class Authorizer:
-    """Root-only for state-changing actions; anyone may query."""
-
-    def __init__(self, bus: MessageBus) -> None:
+    def __init__(self, bus: MessageBus, timeout: float = 30.0) -> None:
         self._bus = bus
+        self._timeout = timeout
 
-    async def check(self, sender: str | None, action: Action, guest: str = "") -> None:
+    async def check(self, sender: str | None, action: Action, details: dict[str, str],
+                    interactive: bool = False) -> None:
+        """AccessDenied (with what to do about it) unless the caller may perform the action."""
         if action is Action.QUERY:
             return
         if not sender:
             raise AccessDenied("the call carries no sender; refusing")
-        uid = await caller_uid(self._bus, sender)
-        if uid != 0:
-            what = action.value.rsplit(".", 1)[1]
-            raise AccessDenied(f"only root may {what} guests (caller uid {uid})")
+        verb = action.value.rsplit(".", 1)[1]
+        guest = details.get("guest_name") or details.get("guest") or "guests"
+        if await caller_uid(self._bus, sender) == 0:
+            return
+        try:
+            authorized = await self._polkit(sender, action, details, interactive)
+        except PolkitUnavailable:
+            raise AccessDenied(f"polkit is not running, so only root may {verb} {guest}") from None
+        except (TimeoutError, OSError) as exc:
+            log.warning("polkit check failed (%s): denying", exc)
+            raise AccessDenied(f"the authorization check failed ({exc}); refusing to {verb} {guest}") from None
+        if not authorized:
+            raise AccessDenied(f"not authorized to {verb} {guest} (polkit action {action.value}); an admin can "
+                               "grant it with a polkit rule, see 50-svirtd-delegate.rules.example")
+
+    async def _polkit(self, sender: str, action: Action, details: dict[str, str], interactive: bool) -> bool:
+        subject: list[Any] = ["system-bus-name", {"name": Variant("s", sender)}]
+        flags = _ALLOW_USER_INTERACTION if interactive else 0
+        reply = await _call(self._bus, Message(
+            destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE, member="CheckAuthorization",
+            signature="(sa{sv})sa{ss}us", body=[subject, action.value, details, flags, ""],
+        ), self._timeout)
+        if reply.message_type is MessageType.ERROR:
+            if reply.error_name in _UNAVAILABLE:
+                raise PolkitUnavailable()
+            text = reply.body[0] if reply.body else ""
+            raise AccessDenied(f"polkit refused the check ({reply.error_name}: {text}); refusing")
+        is_authorized, _is_challenge, _details = reply.body[0]
+        return bool(is_authorized)

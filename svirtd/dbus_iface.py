@@ -16,7 +16,7 @@ from dbus_fast import DBusError, Message, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
-from dbus_fast.constants import NameFlag, PropertyAccess, RequestNameReply
+from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors
@@ -106,6 +106,12 @@ def _sender() -> str | None:
     return msg.sender if msg is not None else None
 
 
+def _interactive() -> bool:
+    """The caller set ALLOW_INTERACTIVE_AUTHORIZATION: polkit may ask its agent for a password."""
+    msg = current_message.get()
+    return msg is not None and bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)
+
+
 class ManagerInterface(ServiceInterface):
     def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
                  connected: Callable[[], bool]) -> None:
@@ -120,14 +126,16 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Isolate(self, guest: DBusStr, profile: DBusStr) -> AssignmentDict:
-        await self._authz.check(_sender(), Action.ISOLATE, guest)
+        details = await self._manager.identify(guest)
+        await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
         await self._manager.isolate(guest, profile)
         return report_to_dbus(await self._manager.query(guest))
 
     @method()
     @dbus_errors
     async def Release(self, guest: DBusStr) -> None:
-        await self._authz.check(_sender(), Action.RELEASE, guest)
+        details = await self._manager.identify(guest, isolated_only=True)
+        await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
         await self._manager.release(guest)
 
     @method()

@@ -250,6 +250,22 @@ class Manager:
             self.listener.isolated(final)
         return final
 
+    async def identify(self, guest: str, isolated_only: bool = False) -> dict[str, str]:
+        """Authorization details for a guest reference: guest_uuid and guest_name when the guest can be
+        found, else just what the caller gave (so a denial does not reveal whether the guest exists)."""
+        ref = check_guest_ref(guest)
+        try:
+            if isolated_only:
+                a = self.store.get(self._resolve_assigned(ref))
+                if a is not None:
+                    return {"guest_uuid": a.uuid, "guest_name": a.name}
+            else:
+                info = await self.hv.lookup(ref)
+                return {"guest_uuid": info.uuid, "guest_name": info.name}
+        except SvirtError:
+            pass
+        return {"guest": ref}
+
     async def release(self, guest: str, optout: bool = True) -> None:
         """Restore the guest's resources and free its pair.
 

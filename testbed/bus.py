@@ -10,6 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 POLICY_FILE = REPO / "data" / "org.svirt.Manager.conf"
+# polkitd must be able to own its name on the private bus, as on the system bus.
+POLKIT_POLICY = Path("/usr/share/dbus-1/system.d/org.freedesktop.PolicyKit1.conf")
 
 # The default policy of /usr/share/dbus-1/system.conf: deny owning and method calls unless a
 # policy file allows them. Only the listen address, the daemon plumbing and includedir differ.
@@ -49,7 +51,7 @@ class BusPolicyError(RuntimeError):
 
 
 class PrivateBus:
-    def __init__(self, workdir: Path, policy_files: tuple[Path, ...] = (POLICY_FILE,)) -> None:
+    def __init__(self, workdir: Path, policy_files: tuple[Path, ...] = (POLICY_FILE, POLKIT_POLICY)) -> None:
         self.workdir = workdir
         self.socket = workdir / "system_bus_socket"
         self.policy_dir = workdir / "system.d"
