@@ -39,6 +39,9 @@ class Config(BaseModel):
     # MCS translations (s0:cA,cB=<guest name>) for mcstrans; include it from setrans.conf with
     # "Include=/run/svirtd/setrans.conf". Empty: no translation file.
     setrans_file: str = "/run/svirtd/setrans.conf"
+    # Where AVC denials come from: "netlink" (the kernel's audit multicast; no auditd needed),
+    # "file:/var/log/audit/audit.log" (follow auditd's log), or "none".
+    audit_source: str = "netlink"
     # The compiled policy svirtd judges against (booleans, isolation proofs); empty = the host's own.
     policy_file: str = ""
     # Extra trees svirtd never relabels, on top of the built-in system trees.
@@ -53,6 +56,13 @@ class Config(BaseModel):
     @classmethod
     def _mcs_syntax(cls, value: str) -> str:
         parse_categories(value)
+        return value
+
+    @field_validator("audit_source")
+    @classmethod
+    def _audit_source(cls, value: str) -> str:
+        if value not in ("netlink", "none") and not (value.startswith("file:/") and len(value) > 6):
+            raise ValueError('expected "netlink", "none" or "file:/absolute/path"')
         return value
 
     @field_validator("denied_paths")

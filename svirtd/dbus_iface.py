@@ -21,6 +21,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors
 from .authz import Action, Authorizer
+from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment
 
@@ -59,6 +60,10 @@ DOCS: dict[str, str] = {
               "guests named. Query shows the last verdict per guest.",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
     "Released": "A guest's isolation was removed: uuid, name.",
+    "Denied": "An SELinux denial involving a guest: source/target guest (uuid, name), permissions, class, path, "
+              "contexts, a plain-words explanation computed from the policy, the command that would change it "
+              "(if any) and the raw record.",
+    "AuditStats": "Audit records seen (received), attributed to guests, unattributed, malformed (skipped), lost.",
     "Version": "svirtd's version.",
     "Enforcing": "True when SELinux is enabled and enforcing on this host, i.e. the kernel applies the labels.",
     "CategoriesFree": "How many more guests can be isolated: free category pairs in the configured range.",
@@ -114,9 +119,12 @@ def _interactive() -> bool:
 
 class ManagerInterface(ServiceInterface):
     def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
-                 connected: Callable[[], bool]) -> None:
+                 connected: Callable[[], bool], denials: DenialTracker | None = None,
+                 audit_stats: Callable[[], dict[str, int]] | None = None) -> None:
         super().__init__(INTERFACE)
         self._manager = manager
+        self._denials = denials
+        self._audit_stats = audit_stats
         self._authz = authorizer
         self._enforcing = enforcing
         self._connected = connected
@@ -129,7 +137,7 @@ class ManagerInterface(ServiceInterface):
         details = await self._manager.identify(guest)
         await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
         await self._manager.isolate(guest, profile)
-        return report_to_dbus(await self._manager.query(guest))
+        return self._report(await self._manager.query(guest))
 
     @method()
     @dbus_errors
@@ -141,7 +149,13 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Query(self, guest: DBusStr) -> AssignmentDict:
-        return report_to_dbus(await self._manager.query(guest))
+        return self._report(await self._manager.query(guest))
+
+    def _report(self, report: GuestReport) -> dict[str, Variant]:
+        out = report_to_dbus(report)
+        history = self._denials.history(report.assignment.uuid) if self._denials is not None else []
+        out["denials"] = Variant("aa{sv}", [denial_to_dbus(e) for e in history])
+        return out
 
     @method()
     @dbus_errors
@@ -158,6 +172,10 @@ class ManagerInterface(ServiceInterface):
     @signal()
     def Isolated(self, uuid: str, name: str, label: str) -> Annotated[list[str], DBusSignature("sss")]:
         return [uuid, name, label]
+
+    @signal()
+    def Denied(self, event: dict[str, Variant]) -> Annotated[dict[str, Variant], DBusSignature("a{sv}")]:
+        return event
 
     @signal()
     def Released(self, uuid: str, name: str) -> Annotated[list[str], DBusSignature("ss")]:
@@ -184,6 +202,13 @@ class ManagerInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtConnected(self) -> DBusBool:
         return self._connected()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def AuditStats(self) -> Annotated[dict[str, int], DBusSignature("a{st}")]:
+        return self._audit_stats() if self._audit_stats is not None else {}
+
+    def denied(self, event: DenialEvent) -> None:
+        self.Denied(denial_to_dbus(event))
 
     # -- manager.Listener ----------------------------------------------------------------------
 
@@ -238,6 +263,27 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
         "updated": Variant("t", int(a.updated)),
         "resources": Variant("aa{sv}", resources),
         "isolation": Variant("s", report.isolation),
+    }
+
+
+def denial_to_dbus(event: DenialEvent) -> dict[str, Variant]:
+    a = event.attribution
+    rec = a.record
+    return {
+        "time": Variant("d", event.at),
+        "source_uuid": Variant("s", a.source.uuid if a.source else ""),
+        "source_name": Variant("s", a.source.name if a.source else ""),
+        "target_uuid": Variant("s", a.target.uuid if a.target else ""),
+        "target_name": Variant("s", a.target.name if a.target else ""),
+        "permissions": Variant("as", list(rec.permissions)),
+        "tclass": Variant("s", rec.tclass),
+        "path": Variant("s", rec.path),
+        "scontext": Variant("s", rec.scontext),
+        "tcontext": Variant("s", rec.tcontext),
+        "explanation": Variant("s", event.explanation.text),
+        "command": Variant("s", event.explanation.command),
+        "raw": Variant("s", rec.raw),
+        "suppressed": Variant("u", event.suppressed),
     }
 
 

@@ -10,6 +10,7 @@ private resources. The manager keeps the first claim that is free and re-maps on
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ class LevelClaim:
     source: LevelSource
 
 
+@functools.lru_cache(maxsize=4096)  # the same few contexts repeat in every audit record of a flood
 def pair_of(context_text: str) -> Level | None:
     """The guest level in a context, or None when it is not a pair (s0, a range, a DAC label...)."""
     try:

@@ -26,6 +26,7 @@ from typing import Protocol
 from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
+from .denials import GuestRef
 from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, Unlabelable, UnsafePath
 from .isolation import Object, Proof, Subject, prove_isolation
 from .level_claims import LevelSource, level_claims
@@ -493,6 +494,16 @@ class Manager:
     @staticmethod
     def _remap_note(conflicts: list[str], level: Level) -> str:
         return f"re-mapped to {level}: {'; '.join(conflicts)}" if conflicts else ""
+
+    def guest_at(self, level: Level) -> GuestRef | None:
+        """The guest (isolated, or running with a foreign label) that holds a level."""
+        found = self.store.guest_at_level(level)
+        if found is not None:
+            return GuestRef(*found)
+        for uuid, (name, held) in self._foreign.items():
+            if held == level:
+                return GuestRef(uuid, f"{name} (not isolated by svirtd)")
+        return None
 
     def _holder_of(self, level: Level, uuid: str) -> str | None:
         """Name of the guest (other than uuid) holding level, or None when it is free for uuid."""

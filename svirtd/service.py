@@ -22,9 +22,11 @@ from dbus_fast.aio import MessageBus
 
 from . import __version__, selinux_host
 from .allocator import CategorySpace, PairAllocator
+from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
 from .config import Config, load_config
 from .dbus_iface import BUS_NAME, ManagerInterface, export
+from .denial_tracker import DenialTracker
 from .errors import ConfigError
 from .libvirt_watch import DomainEvent, LibvirtWatcher
 from .logsetup import setup_logging
@@ -68,7 +70,21 @@ class Daemon:
                                defaults=selinux_host.DefaultLabels(), judge=self.judge)
         self.translations = (TranslationFile(Path(config.setrans_file), self.store.translation_rows)
                              if config.setrans_file else None)
+        self.audit_counters = AuditCounters()
+        self.denials = DenialTracker(self.manager.guest_at, self.judge)
+        self.audit_source = self._audit_source(config.audit_source)
         self.bus: MessageBus | None = None
+
+    def _audit_source(self, source: str) -> NetlinkAuditSource | FileAuditSource | None:
+        if source == "netlink":
+            return NetlinkAuditSource(self.denials.on_record, self.audit_counters)
+        if source.startswith("file:"):
+            return FileAuditSource(Path(source[5:]), self.denials.on_record, self.audit_counters)
+        return None
+
+    def audit_stats(self) -> dict[str, int]:
+        return {**self.audit_counters.as_dict(), "attributed": self.denials.attributed,
+                "unattributed": self.denials.unattributed}
 
     def _on_event(self, event: DomainEvent) -> None:
         self.manager.on_event(event)
@@ -86,8 +102,13 @@ class Daemon:
         await self.manager.recover()
         self.bus = await connect_bus(self.config)
         iface = ManagerInterface(self.manager, Authorizer(self.bus), enforcing=selinux_host.is_enforcing,
-                                 connected=lambda: self.watcher.connected)
-        listeners: list[Listener] = [iface]
+                                 connected=lambda: self.watcher.connected, denials=self.denials,
+                                 audit_stats=self.audit_stats)
+        self.denials.emit = iface.denied
+        spec = self.manager.spec
+        machine_ids = MachineIdEmitter(lambda a: str(spec.process_label(a.level)),
+                                       lambda a: str(spec.image_label(a.level)))
+        listeners: list[Listener] = [iface, self.denials, machine_ids]
         if self.translations is not None:
             self.translations.write_now()
             listeners.append(self.translations)
@@ -97,6 +118,11 @@ class Daemon:
                  BUS_NAME, self.count, self.allocator.free, self.allocator.total, self.space.describe())
         if not selinux_host.is_enforcing():
             log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
+        if self.audit_source is not None:
+            try:
+                self.audit_source.start()
+            except OSError as exc:  # denials go unexplained, confinement goes on
+                log.error("cannot watch audit records (%s); set audit_source in svirtd.conf", exc)
         await self.watcher.start()
         # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
         await self.watcher.wait_first_attempt(timeout=10.0)
@@ -123,6 +149,8 @@ class Daemon:
     async def stop(self) -> None:
         notify("STOPPING=1")
         log.info("stopping")
+        if self.audit_source is not None:
+            self.audit_source.stop()
         await self.watcher.stop()
         await self.manager.drain()
         if self.translations is not None:

@@ -147,6 +147,11 @@ class Store:
                                (str(level),)).fetchone()
         return _assignment(row) if row else None
 
+    def guest_at_level(self, level: Level) -> tuple[str, str] | None:
+        """(uuid, name) holding a level: the hot path of denial attribution, so no model is built."""
+        row = self._db.execute("SELECT uuid, name FROM assignments WHERE level = ?", (str(level),)).fetchone()
+        return (str(row[0]), str(row[1])) if row else None
+
     def assignments(self) -> list[Assignment]:
         rows = self._db.execute(f"SELECT {_A_COLS} FROM assignments ORDER BY name, uuid").fetchall()  # noqa: S608
         return [_assignment(r) for r in rows]

@@ -1,0 +1,266 @@
+"""Issue 7: denials attributed to guests, live from the kernel's audit netlink multicast.
+
+Records are injected the way a userspace object manager sends them (USER_AVC through libaudit: they
+reach the multicast even with audit disabled), travel through the kernel and arrive in svirtd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import audit
+import pytest
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from testbed.bus import PrivateBus
+from testbed.client import SvirtClient, plain
+from testbed.daemon import SvirtdProcess
+from testbed.guests import Guest, GuestFactory
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+StartSvirtd = Callable[..., SvirtdProcess]
+
+
+def avc_text(source_level: str, target_level: str, marker: str = "qemu-system-x86",
+             target_type: str = "svirt_image_t") -> str:
+    return (f'avc:  denied  {{ read write }} for  pid=4242 comm="{marker}" name="disk.img" dev="vda" ino=12 '
+            f"scontext=system_u:system_r:svirt_t:{source_level} "
+            f"tcontext=system_u:object_r:{target_type}:{target_level} tclass=file permissive=0")
+
+
+def inject(text: str) -> None:
+    fd = audit.audit_open()
+    try:
+        audit.audit_log_user_avc_message(fd, audit.AUDIT_USER_AVC, text, None, None, None, 0)
+    finally:
+        audit.audit_close(fd)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def query(bus: PrivateBus, uuid: str) -> dict[str, Any]:
+    async with SvirtClient(bus.address) as c:
+        result = await c.call("Query", "s", uuid)
+        assert isinstance(result, dict)
+        return result
+
+
+async def stats(bus: PrivateBus) -> dict[str, int]:
+    async with SvirtClient(bus.address) as c:
+        result = await c.prop("AuditStats")
+        assert isinstance(result, dict)
+        return result
+
+
+def level_of(bus: PrivateBus, uuid: str) -> str:
+    return str(run(query(bus, uuid))["level"])
+
+
+def levels_of(bus: PrivateBus, *gs: Guest) -> list[str]:
+    return [str(wait_until(functools.partial(level_of, bus, g.uuid), what="isolated")) for g in gs]
+
+
+@pytest.fixture
+def pair(guests: GuestFactory, svirtd: StartSvirtd, bus: PrivateBus) -> Iterator[tuple[SvirtdProcess, Guest, Guest,
+                                                                                          str, str]]:
+    proc = svirtd()
+    a, b = guests.new(), guests.new()
+    la, lb = levels_of(bus, a, b)
+    yield proc, a, b, la, lb
+
+
+def test_denial_reaches_a_subscriber_within_a_second_naming_both_guests(bus: PrivateBus, pair: Any) -> None:
+    _proc, a, b, la, lb = pair
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        client = await MessageBus(bus_address=bus.address).connect()
+        got: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+        def handler(msg: Message) -> None:
+            if msg.message_type is MessageType.SIGNAL and msg.member == "Denied" and not got.done():
+                got.set_result(plain(msg.body[0]))
+
+        client.add_message_handler(handler)
+        await client.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                  interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                                  body=["type='signal',interface='org.svirt.Manager1',member='Denied'"]))
+        t0 = time.monotonic()
+        await asyncio.to_thread(inject, avc_text(la, lb))
+        event = await asyncio.wait_for(got, 5)
+        elapsed = time.monotonic() - t0
+        client.disconnect()
+        return event, elapsed
+
+    event, elapsed = run(scenario())
+    assert elapsed < 1.0, f"Denied arrived after {elapsed:.3f}s"
+    assert (event["source_uuid"], event["source_name"]) == (a.uuid, a.name)
+    assert (event["target_uuid"], event["target_name"]) == (b.uuid, b.name)
+    assert f"MCS isolation between guest {a.name} and guest {b.name}" in event["explanation"]
+    assert event["permissions"] == ["read", "write"] and event["tclass"] == "file"
+    history = run(query(bus, a.uuid))["denials"]
+    assert history and history[-1]["target_name"] == b.name and "raw" in history[-1]
+    assert run(query(bus, b.uuid))["denials"][-1]["source_name"] == a.name
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+FLOOD = textwrap.dedent("""
+    import audit, sys
+    la, lb, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    fd = audit.audit_open()
+    for i in range(n):
+        if i % 3 == 0:
+            s, t, marker = la, lb, "flood-a2b"
+        elif i % 3 == 1:
+            s, t, marker = lb, la, "flood-b2a"
+        else:
+            s, t, marker = "s0:c1022,c1023", "s0:c1021,c1022", "flood-none"   # nobody's levels
+        text = ('avc:  denied  { read } for  pid=1 comm="%s" name="x" dev="vda" ino=1 '
+                'scontext=system_u:system_r:svirt_t:%s tcontext=system_u:object_r:svirt_image_t:%s '
+                'tclass=file permissive=0' % (marker, s, t))
+        audit.audit_log_user_avc_message(fd, audit.AUDIT_USER_AVC, text, None, None, None, 0)
+""")
+
+
+def test_a_flood_of_10000_records_keeps_svirtd_responsive_and_bounded(bus: PrivateBus, pair: Any) -> None:
+    proc, a, b, la, lb = pair
+    assert proc.proc is not None
+    before_stats = run(stats(bus))
+    rss_before = rss_kb(proc.proc.pid)
+    flood = subprocess.Popen([sys.executable, "-c", FLOOD, la, lb, "10000"])
+    latencies: list[float] = []
+
+    async def probe() -> None:
+        """Query A every 10 ms until svirtd has taken in the whole flood (not just until it was sent)."""
+        async with SvirtClient(bus.address) as c:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                t0 = time.monotonic()
+                await c.call("Query", "s", a.uuid)
+                latencies.append(time.monotonic() - t0)
+                if (await c.prop("AuditStats"))["received"] - before_stats["received"] >= 10000:
+                    return
+                await asyncio.sleep(0.01)
+
+    run(probe())
+    assert flood.wait(120) == 0
+    wait_until(lambda: run(stats(bus))["received"] - before_stats["received"] >= 10000, timeout=20,
+               what="all flood records received")
+    after = run(stats(bus))
+    rss_after = rss_kb(proc.proc.pid)
+    received = after["received"] - before_stats["received"]
+    attributed = after["attributed"] - before_stats["attributed"]
+    unattributed = after["unattributed"] - before_stats["unattributed"]
+    print(f"flood: {len(latencies)} Queries, max {max(latencies) * 1000:.1f} ms; received {received}, "
+          f"attributed {attributed}, unattributed {unattributed}, lost {after['lost']}; "
+          f"RSS {rss_before} -> {rss_after} kB")
+    assert len(latencies) >= 5 and max(latencies) < 0.100, f"Query took up to {max(latencies) * 1000:.1f} ms"
+    assert after["lost"] == 0 and after["malformed"] == before_stats["malformed"]
+    assert attributed == 6667 and unattributed == 3333  # i % 3: a2b, b2a vs. nobody's levels
+    assert rss_after - rss_before < 30 * 1024, "memory grew with the flood"
+    for guest, other, own_marker, other_marker in ((a, b, "flood-a2b", "flood-b2a"), (b, a, "flood-b2a", "flood-a2b")):
+        history = run(query(bus, guest.uuid))["denials"]
+        assert 0 < len(history) <= 50  # bounded
+        for entry in history:
+            pair_names = {entry["source_name"], entry["target_name"]}
+            assert pair_names == {guest.name, other.name}, entry
+            expected_source = guest.name if own_marker in entry["raw"] else other.name
+            assert other_marker in entry["raw"] or own_marker in entry["raw"]
+            assert entry["source_name"] == expected_source, "attributed to the wrong guest"
+
+
+def test_1000_malformed_records_are_counted_never_fatal(bus: PrivateBus, pair: Any) -> None:
+    proc, a, _b, la, lb = pair
+    before = run(stats(bus))
+    good = avc_text(la, lb)
+    fd = audit.audit_open()
+    try:
+        for i in range(1000):
+            cut = good[: (i * 7) % 180]  # truncated at every length, contexts missing
+            if i % 4 == 0:
+                cut = good.replace("scontext=", "scontxt=")
+            elif i % 4 == 1:
+                cut = good.replace("{ read write }", "{ }")
+            audit.audit_log_user_avc_message(fd, audit.AUDIT_USER_AVC, cut, None, None, None, 0)
+    finally:
+        audit.audit_close(fd)
+    wait_until(lambda: run(stats(bus))["received"] - before["received"] >= 1000, timeout=20, what="records received")
+    after = run(stats(bus))
+    assert after["malformed"] - before["malformed"] == 1000
+    assert proc.proc is not None and proc.proc.poll() is None
+    assert run(query(bus, a.uuid))["uuid"] == a.uuid  # still serving
+
+
+@contextlib.contextmanager
+def audit_enabled() -> Iterator[None]:
+    fd = audit.audit_open()
+    was = audit.audit_is_enabled(fd)
+    audit.audit_set_enabled(fd, 1)
+    try:
+        yield
+    finally:
+        audit.audit_set_enabled(fd, was)
+        audit.audit_close(fd)
+
+
+def test_virt_machine_id_record_for_a_new_binding(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    svirtd()
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)
+    sock.bind((0, 1))
+    sock.settimeout(0.5)
+    with audit_enabled():
+        g = guests.new()
+        deadline = time.monotonic() + 5
+        found = ""
+        while time.monotonic() < deadline and not found:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            length, msg_type = struct.unpack_from("=IH", data)
+            text = data[16:length].decode(errors="replace")
+            if msg_type == audit.AUDIT_VIRT_MACHINE_ID and g.uuid in text:
+                found = text
+    sock.close()
+    assert found, "no VIRT_MACHINE_ID record for the new binding"
+    level = run(query(bus, g.uuid))["level"]
+    assert f"vm-ctx=system_u:system_r:svirt_t:{level}" in found
+    assert f"img-ctx=system_u:object_r:svirt_image_t:{level}" in found and "model=selinux" in found
+    assert f'vm="{g.name}"' in found
+
+
+def test_audit_log_file_fallback(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    log.write_text("type=DAEMON_START msg=audit(1795643000.000:1): op=start\n")
+    svirtd(audit_source=f"file:{log}")
+    a, b = guests.new(), guests.new()
+    la, lb = levels_of(bus, a, b)
+    with log.open("a") as fh:
+        fh.write(f'type=AVC msg=audit(1795643064.286:7): {avc_text(la, lb).replace("qemu-system-x86", "qemu")}\n')
+    history = wait_until(lambda: run(query(bus, a.uuid))["denials"], what="denial from audit.log")
+    assert isinstance(history, list) and history[-1]["target_name"] == b.name
+    os.truncate(log, 0)  # rotation/truncation: keeps following
+    with log.open("a") as fh:
+        fh.write(f"type=AVC msg=audit(1795643065.286:8): {avc_text(lb, la)}\n")
+    wait_until(lambda: run(query(bus, b.uuid))["denials"][-1]["target_name"] == a.name, what="after truncation")
