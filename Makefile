@@ -45,6 +45,39 @@ policy: deps
 policy-lint: deps
 	cd policy && selint -s -c selint.conf svirtd.te svirtd.if svirtd.fc
 
+# Install on this host (as root): a venv in /opt/svirtd, the bus/polkit/systemd/libvirt-hook files, the
+# config (kept if present) and the policy module. DESTDIR stages everything under a root instead.
+INSTALL_VENV := /opt/svirtd/venv
+install: deps policy
+	/usr/bin/python3 -m venv --system-site-packages $(DESTDIR)$(INSTALL_VENV)
+	$(DESTDIR)$(INSTALL_VENV)/bin/python -m pip install -q .
+	install -d $(DESTDIR)/usr/local/sbin $(DESTDIR)/usr/local/bin
+	ln -sf $(INSTALL_VENV)/bin/svirtd $(DESTDIR)/usr/local/sbin/svirtd
+	ln -sf $(INSTALL_VENV)/bin/svirtctl $(DESTDIR)/usr/local/bin/svirtctl
+	install -D -m 0644 data/org.svirt.Manager.conf $(DESTDIR)/usr/share/dbus-1/system.d/org.svirt.Manager.conf
+	install -D -m 0644 data/org.svirt.Manager.service $(DESTDIR)/usr/share/dbus-1/system-services/org.svirt.Manager.service
+	install -D -m 0644 data/org.svirt.Manager.policy $(DESTDIR)/usr/share/polkit-1/actions/org.svirt.Manager.policy
+	install -D -m 0644 systemd/svirtd.service $(DESTDIR)/etc/systemd/system/svirtd.service
+	install -D -m 0644 systemd/svirtd-audit.socket $(DESTDIR)/etc/systemd/system/svirtd-audit.socket
+	install -d -m 0755 $(DESTDIR)/etc/libvirt/hooks/qemu.d
+	sed 's|@HOOK_ENV@|/run/svirtd/hook.env|' data/libvirt/svirtd-hook.sh > $(DESTDIR)/etc/libvirt/hooks/qemu.d/svirtd
+	chmod 0755 $(DESTDIR)/etc/libvirt/hooks/qemu.d/svirtd
+	test -e $(DESTDIR)/etc/svirt/svirtd.conf || install -D -m 0644 data/svirtd.conf $(DESTDIR)/etc/svirt/svirtd.conf
+	install -D -m 0644 policy/svirtd.pp $(DESTDIR)/usr/share/selinux/packages/svirtd.pp
+	install -D -m 0644 data/polkit/50-svirtd-delegate.rules.example $(DESTDIR)/usr/share/doc/svirtd/50-svirtd-delegate.rules.example
+	if [ -z "$(DESTDIR)" ]; then semodule -i policy/svirtd.pp && restorecon -R /opt/svirtd /usr/local/sbin/svirtd /etc/svirt 2>/dev/null; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
+	  echo "Installed. Now: systemctl enable --now svirtd-audit.socket svirtd.service, and restart libvirtd once (it discovers hooks at start)."; fi
+
+uninstall:
+	rm -f /usr/local/sbin/svirtd /usr/local/bin/svirtctl /etc/libvirt/hooks/qemu.d/svirtd
+	rm -f /usr/share/dbus-1/system.d/org.svirt.Manager.conf /usr/share/dbus-1/system-services/org.svirt.Manager.service
+	rm -f /usr/share/polkit-1/actions/org.svirt.Manager.policy /etc/systemd/system/svirtd.service
+	rm -f /etc/systemd/system/svirtd-audit.socket /usr/share/selinux/packages/svirtd.pp
+	-semodule -r svirtd
+	rm -rf /opt/svirtd
+	@echo "Kept: /etc/svirt (config) and /var/lib/svirtd (the table). Release guests first to restore their labels."
+
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 

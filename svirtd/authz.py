@@ -54,8 +54,15 @@ async def caller_uid(bus: MessageBus, sender: str) -> int:
     return int(reply.body[0])
 
 
+async def require_root(bus: MessageBus, sender: str | None, what: str) -> None:
+    """For calls only the libvirt hook (running as root) makes: no polkit, no delegation."""
+    if not sender or await caller_uid(bus, sender) != 0:
+        raise AccessDenied(f"only root (the libvirt hook) may call {what}")
+
+
 class Authorizer:
     def __init__(self, bus: MessageBus, timeout: float = 30.0) -> None:
+        self.bus = bus
         self._bus = bus
         self._timeout = timeout
 

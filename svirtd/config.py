@@ -30,6 +30,12 @@ class Config(BaseModel):
     # Mirror libvirt's security_default_confined / security_require_confined (qemu.conf).
     default_confined: bool = True
     require_confined: bool = False
+    # Write <seclabel type='static' model='selinux' relabel='no'> with the guest's label into its
+    # definition, so libvirt execs qemu in it: "auto" = where SELinux is enabled (libvirt refuses to
+    # start such guests where it is not), "always", "never".
+    write_seclabels: Literal["auto", "always", "never"] = "auto"
+    # Where svirtd tells its libvirt hook how to reach it (bus address, require_confined).
+    hook_env_file: str = "/run/svirtd/hook.env"
     # Automatic confinement applies to guests whose name matches one of these shell patterns
     # (fnmatch); Isolate works on any guest. E.g. ["prod-*", "web??"].
     auto_confine_names: tuple[str, ...] = ("*",)
@@ -48,8 +54,9 @@ class Config(BaseModel):
     denied_paths: tuple[str, ...] = ()
     # Where libvirt keeps swtpm state (<dir>/<uuid>).
     swtpm_dir: str = "/var/lib/libvirt/swtpm"
-    # Longest wait between reconnect attempts when libvirtd is down (seconds).
-    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=3600)
+    # Longest wait between reconnect attempts when libvirtd is down (seconds). A reconnect is one
+    # unix-socket connect: cheap, and every second waited is a second of changes seen late.
+    reconnect_max_seconds: float = Field(default=2.0, gt=0, le=3600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("categories", "reserved_categories")

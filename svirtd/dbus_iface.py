@@ -20,7 +20,7 @@ from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNa
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors
-from .authz import Action, Authorizer
+from .authz import Action, Authorizer, require_root
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment
@@ -41,6 +41,7 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.UnsafePath: ERROR_PREFIX + "UnsafePath",
     errors.Unlabelable: ERROR_PREFIX + "Unlabelable",
     errors.LibvirtUnavailable: ERROR_PREFIX + "LibvirtUnavailable",
+    errors.NotConfined: ERROR_PREFIX + "NotConfined",
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }
@@ -55,6 +56,11 @@ DOCS: dict[str, str] = {
     "Query": "The guest's assignment: label, level, categories, profile, state, and every resource with "
              "its expected and actual on-disk label. Anyone may call it.",
     "List": "Every guest svirtd isolates: (uuid, name, level, profile, state).",
+    "PrepareStart": "For svirtd's libvirt hook only (root): the definition of a guest about to start. Makes sure "
+                    "it is isolated and labeled before qemu exists, without calling back into libvirt. Returns "
+                    "the assignment and confined=true, or confined=false when it starts unconfined; fails with "
+                    "NotConfined when require_confined forbids that.",
+    "GuestStopped": "For svirtd's libvirt hook only (root): the guest's qemu is gone.",
     "Verify": "Prove isolation against the compiled policy (MCS constraints included): every guest's process "
               "label against every resource label on disk. Returns ok, counts and each violation with both "
               "guests named. Query shows the last verdict per guest.",
@@ -156,6 +162,21 @@ class ManagerInterface(ServiceInterface):
         history = self._denials.history(report.assignment.uuid) if self._denials is not None else []
         out["denials"] = Variant("aa{sv}", [denial_to_dbus(e) for e in history])
         return out
+
+    @method()
+    @dbus_errors
+    async def PrepareStart(self, domain_xml: DBusStr) -> AssignmentDict:
+        await require_root(self._authz.bus, _sender(), "PrepareStart")
+        assignment = await self._manager.prepare_start(domain_xml)
+        if assignment is None:
+            return {"confined": Variant("b", False)}
+        return {**self._report(await self._manager.query(assignment.uuid)), "confined": Variant("b", True)}
+
+    @method()
+    @dbus_errors
+    async def GuestStopped(self, guest: DBusStr) -> None:
+        await require_root(self._authz.bus, _sender(), "GuestStopped")
+        await self._manager.guest_stopped(guest)
 
     @method()
     @dbus_errors

@@ -33,6 +33,10 @@ class Unlabelable(SvirtError):
     """A resource lives on storage that cannot carry SELinux labels and config refuses that."""
 
 
+class NotConfined(SvirtError):
+    """A guest would start without svirtd's confinement and require_confined forbids that."""
+
+
 class LibvirtUnavailable(SvirtError):
     """libvirtd cannot be reached right now."""
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -196,6 +197,47 @@ class LibvirtWatcher:
             raise LibvirtUnavailable(f"libvirtd ({self.uri}) is not reachable right now; svirtd keeps retrying. "
                                      "Check that libvirtd is running.")
         return conn
+
+    async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool:
+        """Redefine a persistent domain with transform(its inactive XML), unless that returns None."""
+        conn = self._require()
+        return await self._call(self._rewrite_blocking, conn, uuid, transform)
+
+    def _rewrite_blocking(self, conn: Any, uuid: str, transform: Callable[[str], str | None]) -> bool:
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            if not dom.isPersistent():
+                return False
+            new = transform(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
+            if new is None:
+                return False
+            conn.defineXML(new)
+            return True
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(f"rewriting the definition of {uuid} failed: {_msg(exc)}") from exc
+
+    async def define_nwfilter(self, name: str, xml: str) -> None:
+        """Define (or update) an nwfilter svirtd owns."""
+        conn = self._require()
+        await self._call(self._nwfilter_blocking, conn, name, xml)
+
+    def _nwfilter_blocking(self, conn: Any, name: str, xml: str) -> None:
+        try:
+            try:
+                existing = conn.nwfilterLookupByName(name)
+            except libvirt.libvirtError:
+                existing = None
+            if existing is not None:
+                # Updating a filter means redefining it under its UUID (else: "already exists").
+                root = ET.fromstring(xml)  # noqa: S314 - svirtd's own filter definitions
+                if root.find("uuid") is None:
+                    uuid_el = ET.Element("uuid")
+                    uuid_el.text = existing.UUIDString()
+                    root.insert(0, uuid_el)
+                xml = ET.tostring(root, encoding="unicode")
+            conn.nwfilterDefineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(f"defining nwfilter {name} failed: {_msg(exc)}") from exc
 
     async def list_domains(self) -> list[DomainInfo]:
         conn = self._require()

@@ -18,7 +18,7 @@ import fnmatch
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,7 +27,16 @@ from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
 from .denials import GuestRef
-from .errors import InvalidArgument, NoSuchGuest, ResourceConflict, SvirtError, Unlabelable, UnsafePath
+from .errors import (
+    InvalidArgument,
+    NoSuchGuest,
+    NotConfined,
+    ResourceConflict,
+    SvirtError,
+    Unlabelable,
+    UnsafePath,
+)
+from .identity import chain_filter_xml, chained_filters, rewrite_definition
 from .isolation import Object, Proof, Subject, prove_isolation
 from .level_claims import LevelSource, level_claims
 from .logsetup import guest_fields
@@ -47,7 +56,7 @@ from .models import (
 from .path_policy import check_resource_path
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
-from .profiles import resolve_profile
+from .profiles import NWFILTERS, Profile, resolve_profile
 from .resources import DomainSpec, parse_domain
 from .store import Claim, Store
 
@@ -74,6 +83,19 @@ class Hypervisor(Protocol):
     def connected(self) -> bool: ...
     async def lookup(self, guest: str) -> DomainInfoLike: ...
     async def list_domains(self) -> Sequence[DomainInfoLike]: ...
+    async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool: ...
+    async def define_nwfilter(self, name: str, xml: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class XmlDomain:
+    """A domain known only from XML handed over (the libvirt hook): libvirt must not be called."""
+
+    uuid: str
+    name: str
+    state: GuestState
+    xmls: tuple[str, ...]
+    running_labels: tuple[str, ...] = ()
 
 
 class Listener(Protocol):
@@ -150,6 +172,7 @@ class Manager:
         defaults: relabel.DefaultLabelLookup | None = None,
         listener: Listener | None = None,
         judge: PolicyJudge | None = None,
+        selinux_enabled: bool = False,
     ) -> None:
         self.config = config
         self.store = store
@@ -158,8 +181,12 @@ class Manager:
         self.hv = hypervisor
         self.defaults = defaults
         self.judge = judge
+        self.selinux_enabled = selinux_enabled
         self.listener: Listener = listener or _NoListener()
+        # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
+        # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         # One relabel transaction at a time: shared resources are read and written consistently.
         self._relabel_lock = asyncio.Lock()
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
@@ -203,14 +230,20 @@ class Manager:
         """Give the guest a pair (or keep its own) and label its resources. Idempotent."""
         ref = check_guest_ref(guest)
         profile_name = resolve_profile(profile).name if profile else ""
-        uuid = (await self.hv.lookup(ref)).uuid  # NoSuchGuest / LibvirtUnavailable
-        async with self._guest_locks[uuid]:
-            info = await self.hv.lookup(uuid)  # again under the lock: it may have changed meanwhile
-            return await self._isolate_locked(info, profile_name, origin)
+        # Never wait on libvirt while holding a guest lock: the libvirt hook (PrepareStart, GuestStopped)
+        # takes that lock while libvirtd waits for it with the domain locked. A definition that changes
+        # after this lookup comes with its own event, which converges again.
+        info = await self.hv.lookup(ref)  # NoSuchGuest / LibvirtUnavailable
+        async with self._guest_locks[info.uuid]:
+            assignment = await self._isolate_locked(info, profile_name, origin)
+        await self._write_identity(assignment, info)
+        return assignment
 
     async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin) -> Assignment:
+        """Allocate (or keep) the pair and converge the resources. No libvirt calls: see isolate()."""
         domain = self._parse(info)
         existing = self.store.get(domain.uuid)
+        self._check_profile(domain, resolve_profile(profile or (existing.profile if existing else "")))
         now = time.time()
         if existing is None:
             level, note = await self._choose_level(domain, info)  # LabelSpaceExhausted
@@ -266,6 +299,99 @@ class Manager:
         except SvirtError:
             pass
         return {"guest": ref}
+
+    # -- the libvirt hook ------------------------------------------------------------------------
+
+    async def prepare_start(self, xml: str) -> Assignment | None:
+        """The hook's `prepare begin`: make sure the guest is isolated and labeled before qemu exists.
+
+        Everything comes from the XML libvirt handed the hook: libvirt is blocked on the hook, so it
+        is not called. None when the guest is to run unconfined (released by an admin, or not covered
+        by automatic confinement) and require_confined allows that.
+        """
+        domain = parse_domain(xml, self.config.swtpm_dir)
+        info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
+        async with self._guest_locks[domain.uuid]:
+            if self.store.get(domain.uuid) is None and (self.store.is_opted_out(domain.uuid)
+                                                         or not self._wants_auto(domain.name)):
+                why = ("it was released by an admin" if self.store.is_opted_out(domain.uuid)
+                       else "automatic confinement does not cover it (default_confined / auto_confine_names)")
+                if self.config.require_confined:
+                    raise NotConfined(f"{domain.name} is not isolated ({why}) and require_confined = true; "
+                                      f"`svirtctl isolate {domain.name}` confines it")
+                log.warning("guest %s starts UNCONFINED: %s", domain.name, why,
+                            extra=guest_fields(domain.uuid, domain.name))
+                return None
+            # The identity (metadata, seclabel) is written at the next event, outside the hook.
+            return await self._isolate_locked(info, "", Origin.AUTO)
+
+    async def guest_stopped(self, guest: str) -> None:
+        """The hook's `release end`: the guest's qemu is gone."""
+        ref = check_guest_ref(guest)
+        self._clear_unconfined_marker(ref)
+        try:
+            uuid = self._resolve_assigned(ref)
+        except NoSuchGuest:
+            return
+        # No guest lock: its holder may be waiting on libvirtd, which is waiting for this hook.
+        a = self.store.get(uuid)
+        if a is not None:
+            note = "" if a.note.startswith("running UNCONFINED") else a.note
+            self.store.update_assignment(uuid, state=GuestState.SHUTOFF.value, note=note)
+
+    @property
+    def _unconfined_dir(self) -> Path:
+        """Where the hook leaves a marker when a guest started while svirtd was unreachable."""
+        return Path(self.config.hook_env_file).parent / "unconfined"
+
+    def _clear_unconfined_marker(self, name: str) -> None:
+        (self._unconfined_dir / name).unlink(missing_ok=True)
+
+    def _note_unconfined_starts(self, info: DomainInfoLike) -> None:
+        marker = self._unconfined_dir / info.name
+        if not marker.exists() or info.state is not GuestState.RUNNING:
+            return
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.stat().st_mtime))
+        note = (f"running UNCONFINED since {when}: svirtd could not confine it when it started (unreachable, "
+                "or it refused; see the log); restart the guest to confine it")
+        log.error("guest %s is %s", info.name, note, extra=guest_fields(info.uuid, info.name))
+        if self.store.get(info.uuid) is not None:
+            self.store.update_assignment(info.uuid, note=note)
+
+    def _check_profile(self, domain: DomainSpec, profile: Profile) -> None:
+        if profile.forbid_interfaces and domain.interfaces:
+            raise InvalidArgument(f"profile {profile.name}: {domain.name} has {len(domain.interfaces)} network "
+                                  "interface(s); remove them from its definition or choose another profile")
+
+    async def _write_identity(self, a: Assignment | None, info: DomainInfoLike) -> None:
+        """Metadata, static seclabel and profile filters into the persistent definition (only if they
+        differ: the redefinition's own event then changes nothing). Called without any guest lock."""
+        if a is None or not self.hv.connected:
+            return
+        xml = info.xmls[0]
+        tcg = self._parse(info).is_tcg
+        profile = resolve_profile(a.profile)
+        if self.config.write_seclabels == "always" or (self.config.write_seclabels == "auto" and self.selinux_enabled):
+            seclabel: str | None = str(self.spec.process_label(a.level, tcg))
+        else:
+            seclabel = None
+
+        def transform(definition: str) -> str | None:
+            return rewrite_definition(definition, a.uuid, a.level, a.profile, seclabel, profile.nwfilter)
+
+        try:
+            if profile.nwfilter is not None:
+                # The profile's filter, and any chain of it with a filter an interface already had.
+                await self.hv.define_nwfilter(profile.nwfilter, NWFILTERS[profile.nwfilter])
+                for chain in chained_filters(transform(xml) or xml, profile.nwfilter):
+                    await self.hv.define_nwfilter(chain, chain_filter_xml(chain))
+
+            if await self.hv.rewrite_definition(a.uuid, transform):
+                log.info("wrote %s's identity%s into its definition", a.name,
+                         " and static seclabel" if seclabel else "", extra=guest_fields(a.uuid, a.name))
+        except SvirtError as exc:
+            log.warning("could not write %s's identity into its definition: %s", a.name, exc,
+                        extra=guest_fields(a.uuid, a.name))
 
     async def release(self, guest: str, optout: bool = True) -> None:
         """Restore the guest's resources and free its pair.
@@ -400,30 +526,42 @@ class Manager:
 
     async def _handle_event(self, event: DomainEventLike) -> None:
         uuid = event.uuid
+        self._generation[uuid] += 1
+        generation = self._generation[uuid]
         try:
-            async with self._guest_locks[uuid]:
-                if event.kind == "undefined":
-                    await self._forget(uuid)
-                    return
+            info: DomainInfoLike | None = None
+            if event.kind != "undefined":
+                # Looked up outside the guest lock (see isolate()); the generation keeps events in
+                # order: a handler overtaken by a newer event for the same guest leaves it to that one.
                 try:
                     info = await self.hv.lookup(uuid)
                 except NoSuchGuest:  # a transient guest that stopped, or undefined meanwhile
+                    info = None
+            assignment = None
+            async with self._guest_locks[uuid]:
+                if self._generation[uuid] != generation:
+                    return
+                if info is None:
                     await self._forget(uuid)
                     return
-                await self._auto_isolate(info)
-                if self.store.get(uuid) is None:
+                assignment = await self._auto_isolate(info)
+                if assignment is None:
                     self._reserve_foreign(info)
+                self._note_unconfined_starts(info)
+            await self._write_identity(assignment, info)
         except SvirtError as exc:
             log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
                       extra=guest_fields(uuid, event.name))
         except Exception:
             log.exception("handling %s of %s failed", event.kind, event.name, extra=guest_fields(uuid, event.name))
 
-    async def _auto_isolate(self, info: DomainInfoLike) -> None:
-        if self.store.get(info.uuid) is not None:
-            await self._isolate_locked(info, "", Origin.AUTO)  # converge: the definition may have changed
-        elif self._wants_auto(info.name) and not self.store.is_opted_out(info.uuid):
-            await self._isolate_locked(info, "", Origin.AUTO)
+    async def _auto_isolate(self, info: DomainInfoLike) -> Assignment | None:
+        """Converge an isolated guest (its definition may have changed), or isolate one that automatic
+        confinement covers. None when the guest stays unconfined."""
+        if self.store.get(info.uuid) is not None or (self._wants_auto(info.name)
+                                                      and not self.store.is_opted_out(info.uuid)):
+            return await self._isolate_locked(info, "", Origin.AUTO)
+        return None
 
     def _wants_auto(self, name: str) -> bool:
         return self.config.default_confined and any(
@@ -460,7 +598,9 @@ class Manager:
         for info in ordered:
             try:
                 async with self._guest_locks[info.uuid]:
-                    await self._auto_isolate(info)
+                    assignment = await self._auto_isolate(info)
+                    self._note_unconfined_starts(info)
+                await self._write_identity(assignment, info)
             except SvirtError as exc:
                 log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
         log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -32,7 +33,7 @@ from .libvirt_watch import DomainEvent, LibvirtWatcher
 from .logsetup import setup_logging
 from .manager import Listener, Listeners, Manager
 from .policy_judge import PolicyJudge, host_policy_file
-from .setrans import TranslationFile
+from .setrans import TranslationFile, write_atomically
 from .store import Store
 
 log = logging.getLogger("svirtd")
@@ -67,7 +68,8 @@ class Daemon:
         self.watcher = LibvirtWatcher(config.libvirt_uri, on_event=self._on_event, on_connected=self._on_connected,
                                       reconnect_max=config.reconnect_max_seconds)
         self.manager = Manager(config, self.store, self.allocator, selinux_host.load_label_spec(), self.watcher,
-                               defaults=selinux_host.DefaultLabels(), judge=self.judge)
+                               defaults=selinux_host.DefaultLabels(), judge=self.judge,
+                               selinux_enabled=selinux_host.is_enabled())
         self.translations = (TranslationFile(Path(config.setrans_file), self.store.translation_rows)
                              if config.setrans_file else None)
         self.audit_counters = AuditCounters()
@@ -114,6 +116,7 @@ class Daemon:
             listeners.append(self.translations)
         self.manager.listener = Listeners(*listeners)
         await export(self.bus, iface)
+        self._write_hook_env()
         log.info("svirtd %s serving %s; %d guests in the table, %d of %d category pairs free (%s)", __version__,
                  BUS_NAME, self.count, self.allocator.free, self.allocator.total, self.space.describe())
         if not selinux_host.is_enforcing():
@@ -128,6 +131,20 @@ class Daemon:
         await self.watcher.wait_first_attempt(timeout=10.0)
         notify("READY=1")
         notify(f"STATUS=Confining {self.store.count()} guests")
+
+    def _write_hook_env(self) -> None:
+        """Tell the libvirt hook how to reach us (its environment is sanitized by libvirtd). Kept after
+        svirtd stops: require_confined must hold while svirtd is down."""
+        if not self.config.hook_env_file:
+            return
+        address = self.config.bus_address or os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", "")
+        text = ("# Written by svirtd at start: how its libvirt hook reaches it. Do not edit.\n"
+                f"SVIRTD_BUS={shlex.quote(address)}\n"
+                f"SVIRTD_REQUIRE_CONFINED={1 if self.config.require_confined else 0}\n")
+        try:
+            write_atomically(Path(self.config.hook_env_file), text)
+        except OSError as exc:
+            log.warning("cannot write %s for the libvirt hook: %s", self.config.hook_env_file, exc)
 
     async def run_until_stopped(self) -> int:
         """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us)."""

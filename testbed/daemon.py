@@ -34,7 +34,8 @@ class SvirtdProcess:
         self.bus_address = bus_address
         self.config: dict[str, object] = {"state_dir": str(self.state_dir), "bus_address": bus_address,
                                           "libvirt_uri": "qemu:///system", "log_level": "debug",
-                                          "setrans_file": str(workdir / "setrans.conf"), **config}
+                                          "setrans_file": str(workdir / "setrans.conf"),
+                                          "hook_env_file": "/run/svirtd-testbed/hook.env", **config}
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
         self._notify: socket.socket | None = None

@@ -60,6 +60,13 @@ class Libvirtd:
         )
         _wait_for(answers, timeout, "libvirtd to answer virsh version")
 
+    def restart_libvirtd(self, timeout: float = 60.0) -> None:
+        """Stop whichever libvirtd runs (ours or not) and start ours: e.g. so that it sees a new hook."""
+        pid = int(Path("/run/libvirtd.pid").read_text().strip())
+        os.kill(pid, signal.SIGTERM)
+        _wait_for(lambda: not answers(timeout=1), 30, "libvirtd to stop")
+        self.start_libvirtd(timeout)
+
     def kill_libvirtd(self) -> None:
         """SIGKILL libvirtd (not its guests), as a crash would."""
         pid = int(Path("/run/libvirtd.pid").read_text().strip())

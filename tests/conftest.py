@@ -15,7 +15,8 @@ import pytest
 from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
 from testbed.guests import GuestFactory, remove_domains
-from testbed.libvirtd import Libvirtd
+from testbed.hook import clear_hook_env, install_hook, remove_hook
+from testbed.libvirtd import Libvirtd, answers
 
 TEST_PREFIX = "svt-"
 
@@ -56,11 +57,18 @@ def bus(as_root: None) -> Iterator[PrivateBus]:
 
 @pytest.fixture(scope="session")
 def libvirtd(as_root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Libvirtd]:
-    daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd")).ensure()
+    # The hook first: libvirtd only discovers hooks when it starts.
+    fresh_hook = install_hook()
+    clear_hook_env()
+    daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
+    if fresh_hook and answers():
+        daemon.restart_libvirtd()
+    daemon.ensure()
     remove_domains("qemu:///system", lambda name: name.startswith(TEST_PREFIX))  # leftovers of a crashed run
     yield daemon
     remove_domains("qemu:///system", lambda name: name.startswith(TEST_PREFIX))
     daemon.stop()
+    remove_hook()
 
 
 @pytest.fixture
@@ -85,3 +93,4 @@ def svirtd(bus: PrivateBus, guests: GuestFactory, tmp_path: Path) -> Iterator[Ca
     yield start
     for proc in started:
         proc.stop()
+    clear_hook_env()
