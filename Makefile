@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all deps venv demo test unit integration lint install uninstall bench clean policy policy-lint
+.PHONY: all deps venv demo test unit integration lint install install-files uninstall bench clean policy policy-lint e2e
 
 all: test
 
@@ -48,9 +48,14 @@ policy-lint: deps
 # Install on this host (as root): a venv in /opt/svirtd, the bus/polkit/systemd/libvirt-hook files, the
 # config (kept if present) and the policy module. DESTDIR stages everything under a root instead.
 INSTALL_VENV := /opt/svirtd/venv
-install: deps policy
+# What pip installs into that venv; the e2e image passes prebuilt wheels (its chroot has no PyPI).
+PIP_INSTALL ?= .
+install: deps policy install-files
+
+# The copying half of install, for a prebuilt policy/svirtd.pp (the e2e image runs it in its chroot).
+install-files:
 	/usr/bin/python3 -m venv --system-site-packages $(DESTDIR)$(INSTALL_VENV)
-	$(DESTDIR)$(INSTALL_VENV)/bin/python -m pip install -q .
+	$(DESTDIR)$(INSTALL_VENV)/bin/python -m pip install -q $(PIP_INSTALL)
 	install -d $(DESTDIR)/usr/local/sbin $(DESTDIR)/usr/local/bin
 	ln -sf $(INSTALL_VENV)/bin/svirtd $(DESTDIR)/usr/local/sbin/svirtd
 	ln -sf $(INSTALL_VENV)/bin/svirtctl $(DESTDIR)/usr/local/bin/svirtctl
@@ -65,7 +70,7 @@ install: deps policy
 	test -e $(DESTDIR)/etc/svirt/svirtd.conf || install -D -m 0644 data/svirtd.conf $(DESTDIR)/etc/svirt/svirtd.conf
 	install -D -m 0644 policy/svirtd.pp $(DESTDIR)/usr/share/selinux/packages/svirtd.pp
 	install -D -m 0644 data/polkit/50-svirtd-delegate.rules.example $(DESTDIR)/usr/share/doc/svirtd/50-svirtd-delegate.rules.example
-	if [ -z "$(DESTDIR)" ]; then semodule -i policy/svirtd.pp && restorecon -R /opt/svirtd /usr/local/sbin/svirtd /etc/svirt 2>/dev/null; \
+	if [ -z "$(DESTDIR)" ]; then semodule -i policy/svirtd.pp; restorecon -R /opt/svirtd /etc/svirt 2>/dev/null; \
 	  if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi; \
 	  echo "Installed. Now: systemctl enable --now svirtd-audit.socket svirtd.service, and restart libvirtd once (it discovers hooks at start)."; fi
 
@@ -77,6 +82,11 @@ uninstall:
 	-semodule -r svirtd
 	rm -rf /opt/svirtd
 	@echo "Kept: /etc/svirt (config) and /var/lib/svirtd (the table). Release guests first to restore their labels."
+
+# End to end on a real SELinux-enforcing kernel (a Debian 12 VM under TCG): builds or reuses the image
+# (cached in .cache/e2e, keyed on its inputs), boots it, prints one RESULT line per assertion.
+e2e: venv policy
+	$(VENV)/bin/pytest -m e2e -s tests/e2e
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -73,8 +73,13 @@ def _sepol_check_context(policy_file: Path, context: str) -> bool:
 
 
 def host_policy_file() -> Path | None:
-    """The binary policy of the configured SELinux type: the highest policy.N present."""
+    """The binary policy the kernel loaded (policy.<its version>); without SELinux enabled, the highest
+    policy.N of the configured type."""
     base = Path(selinux.selinux_binary_policy_path())
+    if selinux.is_selinux_enabled():
+        loaded = base.with_name(f"{base.name}.{selinux.security_policyvers()}")
+        if loaded.exists():
+            return loaded
     candidates = sorted(base.parent.glob(base.name + ".*"),
                         key=lambda p: int(p.suffix[1:]) if p.suffix[1:].isdigit() else -1)
     return candidates[-1] if candidates else None
