@@ -32,6 +32,7 @@ EXPECTED = (
     "own_disk_open_allowed",     # control: it can open its own
     "kernel_avc",                # the kernel logged the MCS denial
     "denial_attributed",         # svirtd's audit watcher named both guests (read over D-Bus)
+    "journal_fields",            # and logged it to the journal with GUEST_NAME / AVC_* fields
     "verify_ok",                 # the proof of isolation against the loaded policy
     "labels_restored",           # undefine restored the original label
     "no_svirtd_denials",         # svirtd's own domain was never denied anything

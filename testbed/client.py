@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
+
+from svirtd.ctl import unwrap as plain  # Variants -> plain values, as svirtctl prints them
 
 
 class CallFailed(Exception):
@@ -13,16 +15,6 @@ class CallFailed(Exception):
         super().__init__(f"{name}: {text}")
         self.name = name
         self.text = text
-
-
-def plain(value: Any) -> Any:
-    if isinstance(value, Variant):
-        return plain(value.value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
 
 
 class SvirtClient:

@@ -87,6 +87,9 @@ sys.exit(0 if any(x["source_name"] == "e2e-a" and x["target_name"] == "e2e-b" an
 wait_for 10 attributed
 result denial_attributed "$(attributed; echo $?)" "$(svirtctl --json query e2e-a | python3 -c 'import json,sys; d=json.load(sys.stdin)["denials"]; print(d[-1]["explanation"] if d else "none")')"
 
+journal=$(journalctl -o json --no-pager GUEST_NAME=e2e-a | grep -c '"AVC_TCONTEXT"')
+result journal_fields "$([ "$journal" -gt 0 ]; echo $?)" "$journal journal entries with GUEST_NAME=e2e-a and AVC_* fields"
+
 svirtctl verify > /tmp/verify.txt; status=$?
 result verify_ok "$status" "$(tr '\n' ' ' < /tmp/verify.txt)"
 

@@ -17,7 +17,8 @@ from tests.conftest import TEST_PREFIX  # noqa: F401 - same harness conventions
 
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started", "qemu_label_a", "qemu_label_b",
-            "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "verify_ok",
+            "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "journal_fields",
+            "verify_ok",
             "labels_restored", "no_svirtd_denials")
 
 pytestmark = pytest.mark.e2e

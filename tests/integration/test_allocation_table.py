@@ -9,7 +9,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -19,21 +18,15 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import GuestFactory
 from testbed.libvirtd import Libvirtd
 from tests.conftest import wait_until
+from tests.helpers import run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
 IMAGE = "system_u:object_r:svirt_image_t:"
 
 
-def xattr(path: Path) -> str | None:
-    try:
-        return os.getxattr(path, "security.selinux").rstrip(b"\0").decode()
-    except OSError:
-        return None
 
 
-def run(coro: object) -> object:
-    return asyncio.run(coro)  # type: ignore[arg-type]
 
 
 async def isolate(bus: PrivateBus, guest: str) -> dict[str, object]:
@@ -188,7 +181,7 @@ def test_pairs_survive_a_libvirtd_restart(bus: PrivateBus, guests: GuestFactory,
     wait_until(lambda: run(reconnected()), timeout=15, what="svirtd reconnected to libvirtd")
     assert run(levels()) == before
     for g in gs:
-        assert xattr(g.disk) == IMAGE + before[g.uuid]  # type: ignore[index]
+        assert xattr(g.disk) == IMAGE + before[g.uuid]
 
 
 class Burst:
@@ -251,7 +244,8 @@ def assert_table_agrees(bus: PrivateBus, guests: GuestFactory, uuids: set[str]) 
                         await client.call("Query", "s", g.uuid)  # not a guest svirtd forgot
             return len(rows), free
 
-    return run(check())  # type: ignore[return-value]
+    counts: tuple[int, int] = run(check())
+    return counts
 
 
 def reconciled(proc: SvirtdProcess) -> bool:

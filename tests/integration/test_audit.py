@@ -25,11 +25,13 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from svirtd.ctl import unwrap as plain
 from testbed.bus import PrivateBus
-from testbed.client import SvirtClient, plain
+from testbed.client import SvirtClient
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Guest, GuestFactory
 from tests.conftest import wait_until
+from tests.helpers import run
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -50,8 +52,6 @@ def inject(text: str) -> None:
         audit.audit_close(fd)
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
 async def query(bus: PrivateBus, uuid: str) -> dict[str, Any]:

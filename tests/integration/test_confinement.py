@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -14,16 +13,16 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from testbed.bus import PrivateBus
-from testbed.client import CallFailed, SvirtClient
+from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Guest, GuestFactory, make_disk
 from testbed.libvirtd import Libvirtd
 from tests.conftest import wait_until
+from tests.helpers import call, run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -31,20 +30,10 @@ IMAGE = "system_u:object_r:svirt_image_t:"
 PROBE = Path("/etc/libvirt/hooks/qemu.d/zz-svirtd-probe")
 
 
-def xattr(path: Path | str) -> str | None:
-    try:
-        return os.getxattr(path, "security.selinux").rstrip(b"\0").decode()
-    except OSError:
-        return None
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
-async def call(bus: PrivateBus, member: str, signature: str = "", *args: Any) -> Any:
-    async with SvirtClient(bus.address) as client:
-        return await client.call(member, signature, *args)
 
 
 def table(bus: PrivateBus) -> dict[str, str]:

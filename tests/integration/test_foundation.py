@@ -18,6 +18,7 @@ from testbed.bus import POLICY_FILE, BusPolicyError, PrivateBus
 from testbed.daemon import SvirtdProcess, busctl, call_json
 from testbed.guests import GuestFactory
 from tests.conftest import wait_until
+from tests.helpers import xattr
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_LABEL = re.compile(r"^system_u:object_r:svirt_image_t:s0:c(\d+),c(\d+)$")
@@ -27,11 +28,6 @@ pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
 
 
-def xattr(path: Path) -> str | None:
-    try:
-        return os.getxattr(path, "security.selinux").rstrip(b"\0").decode()
-    except OSError:
-        return None
 
 
 def query(bus: PrivateBus, guest: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ constraints included; sepol_check_context). Real guests, real xattrs, real svirt
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.policy_store import REPO, PolicyStoreCopy, build_module
 from tests.conftest import wait_until
+from tests.helpers import call, run
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -43,13 +43,8 @@ def module_policy(as_root: None, tmp_path_factory: pytest.TempPathFactory) -> It
     yield store.policy_file
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
-async def call(bus: PrivateBus, member: str, signature: str = "", *args: Any) -> Any:
-    async with SvirtClient(bus.address) as client:
-        return await client.call(member, signature, *args)
 
 
 def test_module_installs_with_neverallow_checking_and_defines_its_types(module_policy: Path) -> None:

@@ -6,7 +6,6 @@ libvirt definitions, svirtd as a real process.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
@@ -24,10 +23,11 @@ from typing import Any
 import pytest
 
 from testbed.bus import PrivateBus
-from testbed.client import CallFailed, SvirtClient
+from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from tests.conftest import wait_until
+from tests.helpers import call, run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -37,11 +37,6 @@ SHARED = "system_u:object_r:svirt_image_t:s0"
 CONTENT = "system_u:object_r:virt_content_t:s0"
 
 
-def xattr(path: Path | str) -> str | None:
-    try:
-        return os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode()
-    except OSError:
-        return None
 
 
 def setlabel(path: Path | str, label: str | None) -> None:
@@ -66,13 +61,8 @@ def snapshot(*roots: Path | str) -> dict[str, str | None]:
     return found
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
 
 
-async def call(bus: PrivateBus, member: str, signature: str = "", *args: Any) -> Any:
-    async with SvirtClient(bus.address) as client:
-        return await client.call(member, signature, *args)
 
 
 def labeled(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
@@ -385,3 +375,15 @@ def test_sigkill_during_a_10000_file_tree_relabel(bus: PrivateBus, guests: Guest
         restarted.stop()
     print(f"kills landing mid-relabel: {midway} of 8")
     assert midway >= 1, "no kill landed in the middle of a relabel: the test proved nothing"
+
+
+def test_a_file_libvirts_own_driver_manages_is_not_fought_over(bus: PrivateBus, guests: GuestFactory,
+                                                                svirtd: StartSvirtd) -> None:
+    svirtd(default_confined=False)
+    g = guests.new()
+    os.setxattr(g.disk, "trusted.libvirt.security.selinux", b"system_u:object_r:virt_image_t:s0")
+    with pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", g.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
+    assert "libvirt's own SELinux driver" in exc.value.text and str(g.disk) in exc.value.text
+    assert xattr(g.disk) is None and run(call(bus, "List")) == []
