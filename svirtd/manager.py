@@ -369,7 +369,8 @@ class Manager:
         if a is None or not self.hv.connected:
             return
         xml = info.xmls[0]
-        tcg = self._parse(info).is_tcg
+        cached = self._domains.get(a.uuid)  # parsed by _isolate_locked moments ago
+        tcg = cached.is_tcg if cached is not None else self._parse(info).is_tcg
         profile = resolve_profile(a.profile)
         if self.config.write_seclabels == "always" or (self.config.write_seclabels == "auto" and self.selinux_enabled):
             seclabel: str | None = str(self.spec.process_label(a.level, tcg))

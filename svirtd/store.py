@@ -171,10 +171,6 @@ class Store:
         for uuid, level in self._db.execute("SELECT uuid, level FROM assignments"):
             yield uuid, Level.parse(level)
 
-    def phase(self, uuid: str) -> str | None:
-        row = self._db.execute("SELECT phase FROM assignments WHERE uuid = ?", (uuid,)).fetchone()
-        return str(row[0]) if row else None
-
     def releasing(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT uuid FROM assignments WHERE phase = 'releasing'")]
 
@@ -189,10 +185,6 @@ class Store:
 
     def claims_on_inode(self, dev: int, ino: int) -> list[Claim]:
         rows = self._db.execute(f"SELECT {_C_COLS} FROM claims WHERE dev = ? AND ino = ?", (dev, ino))  # noqa: S608
-        return [_claim(r) for r in rows]
-
-    def unfinished_claims(self) -> list[Claim]:
-        rows = self._db.execute(f"SELECT {_C_COLS} FROM claims WHERE phase != 'applied'")  # noqa: S608
         return [_claim(r) for r in rows]
 
     def put_claims(self, claims: Iterable[Claim]) -> None:
@@ -218,11 +210,6 @@ class Store:
             self._db.executemany("DELETE FROM claims WHERE uuid = ? AND path = ?", [(uuid, p) for p in paths])
 
     # -- opt-outs ------------------------------------------------------------------------------
-
-    def add_optout(self, uuid: str, name: str) -> None:
-        with self._tx():
-            self._db.execute("INSERT OR REPLACE INTO optouts (uuid, name, at) VALUES (?, ?, ?)",
-                             (uuid, name, time.time()))
 
     def remove_optout(self, uuid: str) -> None:
         with self._tx():

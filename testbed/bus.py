@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .process import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 POLICY_FILE = REPO / "data" / "org.svirt.Manager.conf"
 # polkitd must be able to own its name on the private bus, as on the system bus.
@@ -94,11 +96,5 @@ class PrivateBus:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         self.proc = None

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .process import stop_process
+
 URI = "qemu:///system"
 
 
@@ -75,13 +77,7 @@ class Libvirtd:
 
     def stop(self) -> None:
         for proc in (self.libvirtd, self.virtlogd):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc, 20)
         self.libvirtd = self.virtlogd = None
 
 

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .process import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 ACTIONS = Path("/usr/share/polkit-1/actions")
 POLKITD = "/usr/lib/polkit-1/polkitd"
@@ -56,11 +58,5 @@ class Polkitd:
         raise TimeoutError("polkitd did not take its bus name")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 10)
         self.proc = None
