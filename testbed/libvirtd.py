@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 from .process import stop_process
 
 URI = "qemu:///system"
+VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
 
 
 def answers(uri: str = URI, timeout: float = 5.0) -> bool:
@@ -21,6 +23,16 @@ def answers(uri: str = URI, timeout: float = 5.0) -> bool:
                               timeout=timeout).returncode == 0
     except subprocess.TimeoutExpired:
         return False
+
+
+def listening(path: Path) -> bool:
+    """Does a process accept connections on this unix socket (not merely: does the file exist)?"""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def fix_kvm_permissions() -> None:
@@ -42,16 +54,23 @@ class Libvirtd:
         return self.libvirtd is not None
 
     def ensure(self, timeout: float = 60.0) -> Libvirtd:
+        """virtlogd and libvirtd, each checked on its own: a running libvirtd cannot start guests without virtlogd."""
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self.ensure_virtlogd()
         if answers():
             return self
-        self.logdir.mkdir(parents=True, exist_ok=True)
         fix_kvm_permissions()
-        if not Path("/run/libvirt/virtlogd-sock").exists():
-            self.virtlogd = subprocess.Popen(["virtlogd"], stdout=subprocess.DEVNULL,
-                                             stderr=(self.logdir / "virtlogd.log").open("wb"))
-            _wait_for(lambda: Path("/run/libvirt/virtlogd-sock").exists(), 10, "virtlogd socket")
         self.start_libvirtd(timeout)
         return self
+
+    def ensure_virtlogd(self) -> None:
+        if not listening(VIRTLOGD_SOCKET):
+            # A socket file left by a virtlogd that died (or a snapshot of /run) refuses connections:
+            # every guest start would then fail with "Connection refused".
+            VIRTLOGD_SOCKET.unlink(missing_ok=True)
+            self.virtlogd = subprocess.Popen(["virtlogd"], stdout=subprocess.DEVNULL,
+                                             stderr=(self.logdir / "virtlogd.log").open("wb"))
+            _wait_for(lambda: listening(VIRTLOGD_SOCKET), 10, "virtlogd to accept connections")
 
     def start_libvirtd(self, timeout: float = 60.0) -> None:
         self.libvirtd = subprocess.Popen(
