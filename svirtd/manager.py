@@ -53,7 +53,7 @@ from .models import (
     canonical_uuid,
     looks_like_uuid,
 )
-from .path_policy import check_resource_path
+from .path_policy import Nesting, check_resource_path
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
@@ -745,9 +745,32 @@ class Manager:
         async with self._relabel_lock:
             probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
             try:
+                await self._check_nesting(a, probed.present)
                 await self._apply(domain, a, probed)
             finally:
                 probed.close()
+
+    async def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed]) -> None:
+        """ResourceConflict if a resource and another guest's directory tree overlap. Runs under the
+        relabel lock, so no claim appears between this check and this guest's own claims."""
+        has_tree = any(p.planned.resource.kind is ResourceKind.TREE for p in present)
+        others = self.store.claims_of_others(a.uuid, trees_only=not has_tree)
+        if not others or not present:
+            return
+        clash = await asyncio.to_thread(relabel.find_nesting, present, others)
+        if clash is None:
+            return
+        item, other, how = clash
+        owner = self.store.get(other.uuid)
+        whose = f"guest {owner.name if owner else other.uuid} ({other.uuid})"
+        what = f"{item.path} ({item.planned.resource.device})"
+        if how is Nesting.INSIDE:
+            raise ResourceConflict(
+                f"{what} lies inside {other.path}, a directory tree of {whose}: one file cannot carry two guests' "
+                "labels; move it out of that tree, or give that guest a directory holding no other guest's files")
+        raise ResourceConflict(
+            f"the directory tree {what} contains {other.path}, a resource of {whose}: labeling the tree would hand "
+            "that file to this guest; share a directory that holds no other guest's files")
 
     async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
         if probed.unlabelable:

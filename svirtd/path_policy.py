@@ -7,6 +7,7 @@ tricks, system trees, and directory trees so large that relabeling them would wr
 
 from __future__ import annotations
 
+import enum
 import posixpath
 from collections.abc import Iterable
 
@@ -69,3 +70,21 @@ def check_tree_root(path: str, extra_denied: Iterable[str] = ()) -> None:
     parent = posixpath.dirname(path)
     if parent == "/home":
         raise UnsafePath(f"{path}: a home directory is never relabeled as a whole; share a subdirectory")
+
+
+class Nesting(enum.Enum):
+    NONE = "none"
+    INSIDE = "inside"  # the resource lies inside the other's directory tree
+    CONTAINS = "contains"  # the resource is a directory tree holding the other
+
+
+def nesting(path: str, is_tree: bool, other: str, other_is_tree: bool) -> Nesting:
+    """How two resources overlap. Both paths are real (symlinks resolved). The very same path is
+    not nesting: the shared/private inode rules decide that case."""
+    if path == other:
+        return Nesting.NONE
+    if other_is_tree and _inside(path, other):
+        return Nesting.INSIDE
+    if is_tree and _inside(other, path):
+        return Nesting.CONTAINS
+    return Nesting.NONE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -23,7 +24,7 @@ from typing import Protocol
 from . import labels
 from .errors import RelabelFailed, ResourceConflict, UnsafePath
 from .models import Level, Resource, ResourceClass, ResourceKind
-from .path_policy import check_resource_path
+from .path_policy import Nesting, check_resource_path, nesting
 from .policy import LabelSpec
 from .resources import DomainSpec
 from .store import Claim
@@ -135,6 +136,21 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
         result.close()
         raise
     return result
+
+
+def find_nesting(present: Sequence[Probed], others: Sequence[Claim]) -> tuple[Probed, Claim, Nesting] | None:
+    """The first resource that lies inside another guest's directory tree, or is a tree holding
+    another guest's resource: relabeling it would hand that guest's files to this one (or the
+    reverse). Other guests' paths are resolved here, so a symlinked parent hides nothing."""
+    real = {c.path: os.path.realpath(c.path) for c in others}
+    for item in present:
+        assert item.opened is not None
+        is_tree = item.planned.resource.kind is ResourceKind.TREE
+        for other in others:
+            how = nesting(item.opened.path, is_tree, real[other.path], other.kind is ResourceKind.TREE)
+            if how is not Nesting.NONE:
+                return item, other, how
+    return None
 
 
 def current_labels(resources: Iterable[Resource]) -> list[str]:

@@ -187,6 +187,12 @@ class Store:
         rows = self._db.execute(f"SELECT {_C_COLS} FROM claims WHERE dev = ? AND ino = ?", (dev, ino))  # noqa: S608
         return [_claim(r) for r in rows]
 
+    def claims_of_others(self, uuid: str, trees_only: bool = False) -> list[Claim]:
+        """Every other guest's claims (only their directory trees if trees_only)."""
+        where = "uuid != ?" + (" AND kind = 'tree'" if trees_only else "")
+        rows = self._db.execute(f"SELECT {_C_COLS} FROM claims WHERE {where}", (uuid,))  # noqa: S608
+        return [_claim(r) for r in rows]
+
     def put_claims(self, claims: Iterable[Claim]) -> None:
         with self._tx():
             # Upsert on the primary key only: any other uniqueness violation (a private inode

@@ -37,8 +37,6 @@ SHARED = "system_u:object_r:svirt_image_t:s0"
 CONTENT = "system_u:object_r:virt_content_t:s0"
 
 
-
-
 def setlabel(path: Path | str, label: str | None) -> None:
     if label is None:
         with contextlib.suppress(OSError):
@@ -223,6 +221,8 @@ def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, gu
         ("the home tree", [], "<filesystem type='mount'><source dir='/home'/><target dir='h'/></filesystem>",
          "UnsafePath"),
         ("the root tree", [], "<filesystem type='mount'><source dir='/'/><target dir='r'/></filesystem>", "UnsafePath"),
+        ("a tree holding another guest's disk", [],
+         f"<filesystem type='mount'><source dir='{d}'/><target dir='t'/></filesystem>", "ResourceConflict"),
     ]
     if root_dev.startswith("/dev/"):
         cases.append(("the host's mounted root disk", [Disk(Path(root_dev), "vda", dtype="block")], "",
@@ -243,6 +243,30 @@ def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, gu
     assert not [p for p, v in new.items() if v and "svirt" in v]
     rows = run(call(bus, "List"))
     assert [r[0] for r in rows] == [victim.uuid]
+
+
+def test_a_disk_inside_another_guests_tree_is_refused(bus: PrivateBus, guests: GuestFactory,
+                                                      svirtd: StartSvirtd) -> None:
+    """The reverse of "a tree holding another guest's disk": the tree came first. The disk is
+    reached through a symlinked parent, so only the resolved path gives the overlap away."""
+    d = guests.image_dir
+    svirtd(default_confined=False)
+    tree = d / "owner-share"
+    tree.mkdir(parents=True)
+    inner = make_disk(tree / "inner.img")
+    (d / "alias").symlink_to(tree)
+    owner = guests.new(extra_devices=f"<filesystem type='mount' accessmode='passthrough'><source dir='{tree}'/>"
+                                     "<target dir='share'/></filesystem>")
+    run(call(bus, "Isolate", "ss", owner.uuid, ""))
+    before = snapshot(d)
+    assert before[str(inner)] is not None and before[str(inner)] == before[str(tree)]  # the owner's label
+    intruder = guests.new(disk_specs=[Disk(d / "alias" / "inner.img", "vda")])
+    with pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", intruder.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
+    assert owner.name in exc.value.text and str(tree) in exc.value.text and "move it out" in exc.value.text
+    assert snapshot(d) == before
+    assert [r[0] for r in run(call(bus, "List"))] == [owner.uuid]
 
 
 def fuse_mount(source: Path, target: Path) -> None:

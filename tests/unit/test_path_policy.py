@@ -6,7 +6,7 @@ import pytest
 
 from svirtd.errors import UnsafePath
 from svirtd.models import Resource, ResourceClass, ResourceKind
-from svirtd.path_policy import check_resource_path
+from svirtd.path_policy import Nesting, check_resource_path, nesting
 
 
 def res(path: str, kind: ResourceKind = ResourceKind.FILE) -> Resource:
@@ -49,3 +49,18 @@ def test_allowed(path: str, kind: ResourceKind) -> None:
 def test_extra_denied_trees() -> None:
     with pytest.raises(UnsafePath, match="/var/lib/svirtd"):
         check_resource_path(res("/var/lib/svirtd/state.db"), ["/var/lib/svirtd"])
+
+
+@pytest.mark.parametrize(("path", "is_tree", "other", "other_is_tree", "expected"), [
+    ("/srv/a/disk.img", False, "/srv/a", True, Nesting.INSIDE),
+    ("/srv/a/deep/er/disk.img", False, "/srv/a", True, Nesting.INSIDE),
+    ("/srv/a", True, "/srv/a/disk.img", False, Nesting.CONTAINS),
+    ("/srv/a", True, "/srv/a/sub", True, Nesting.CONTAINS),
+    ("/srv/a/sub", True, "/srv/a", True, Nesting.INSIDE),
+    ("/srv/ab/disk.img", False, "/srv/a", True, Nesting.NONE),  # a sibling with a common prefix
+    ("/srv/a/disk.img", False, "/srv/a", False, Nesting.NONE),  # the other is a file, not a tree
+    ("/srv/a", True, "/srv/a", True, Nesting.NONE),  # the same tree: inode rules decide
+    ("/srv/a/x.img", False, "/srv/a/y.img", False, Nesting.NONE),
+])
+def test_nesting(path: str, is_tree: bool, other: str, other_is_tree: bool, expected: Nesting) -> None:
+    assert nesting(path, is_tree, other, other_is_tree) is expected
