@@ -57,6 +57,9 @@ class Config(BaseModel):
     # Longest wait between reconnect attempts when libvirtd is down (seconds). A reconnect is one
     # unix-socket connect: cheap, and every second waited is a second of changes seen late.
     reconnect_max_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # Verify (the O(guests^2) isolation proof) runs after each libvirt (re)connection up to this many
+    # isolated guests; above it only on demand (`svirtctl verify`). 0: only on demand.
+    auto_verify_max_guests: int = Field(default=200, ge=0, le=1_000_000)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("categories", "reserved_categories")

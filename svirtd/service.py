@@ -38,10 +38,6 @@ from .store import Store
 
 log = logging.getLogger("svirtd")
 
-# Above this many isolated guests, Verify runs only when asked (see Daemon._on_connected).
-AUTO_VERIFY_MAX_GUESTS = 200
-
-
 def notify(state: str) -> None:
     """sd_notify when started by systemd (Type=notify/dbus); a no-op otherwise."""
     if not os.environ.get("NOTIFY_SOCKET"):
@@ -97,11 +93,11 @@ class Daemon:
     async def _on_connected(self) -> None:
         await self.manager.reconcile()
         guests = self.store.count()
-        if guests > AUTO_VERIFY_MAX_GUESTS:
+        if guests > self.config.auto_verify_max_guests:
             # The proof is O(guests^2) policy decisions (1,000 guests: ~4M, ~50 s of CPU): not on
             # every reconnect. Query says "not verified yet"; `svirtctl verify` runs it on demand.
-            log.info("%d guests: isolation is verified on demand (svirtctl verify), not after each reconnect",
-                     guests)
+            log.info("%d guests (auto_verify_max_guests = %d): isolation is verified on demand "
+                     "(svirtctl verify), not after each reconnect", guests, self.config.auto_verify_max_guests)
         elif self.judge.policy_file is not None:
             try:
                 await self.manager.verify()

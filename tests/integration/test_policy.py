@@ -131,6 +131,17 @@ def test_proof_of_isolation_for_ten_real_guests(bus: PrivateBus, guests: GuestFa
     assert "verified against" in run(call(bus, "Query", "s", gs[0].uuid))["isolation"]
 
 
+def test_above_auto_verify_max_guests_the_proof_waits_to_be_asked(bus: PrivateBus, guests: GuestFactory,
+                                                                  svirtd: StartSvirtd, module_policy: Path) -> None:
+    gs = [guests.new() for _ in range(3)]
+    proc = svirtd(policy_file=str(module_policy), auto_verify_max_guests=2)
+    wait_until(lambda: len(run(call(bus, "List"))) == 3, what="three guests isolated")
+    wait_until(lambda: "auto_verify_max_guests = 2" in proc.log_text(), what="the on-demand notice")
+    assert run(call(bus, "Query", "s", gs[0].uuid))["isolation"].startswith("not verified yet")
+    assert run(call(bus, "Verify"))["ok"]
+    assert "verified against" in run(call(bus, "Query", "s", gs[0].uuid))["isolation"]
+
+
 def test_the_proof_fails_naming_the_pair_for_forged_labels(module_policy: Path) -> None:
     judge = PolicyJudge(module_policy)
     a = Subject("uuid-a", "web01", "system_u:system_r:svirt_t:s0:c1,c2")
