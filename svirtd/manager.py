@@ -31,6 +31,7 @@ from .errors import (
     InvalidArgument,
     NoSuchGuest,
     NotConfined,
+    RelabelFailed,
     ResourceConflict,
     SvirtError,
     Unlabelable,
@@ -53,6 +54,7 @@ from .models import (
     canonical_uuid,
     looks_like_uuid,
 )
+from .path_locks import KeyLocks, inode_key, path_key
 from .path_policy import Nesting, check_resource_path
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
@@ -63,6 +65,9 @@ from .store import Claim, Store
 log = logging.getLogger(__name__)
 
 MAX_GUEST_REF = 256
+# A relabel transaction re-locks when a file is swapped between its lock guess and its probe; a
+# file swapped on every attempt is an attack or a runaway script: give up, having changed nothing.
+LOCK_ATTEMPTS = 5
 
 
 class DomainInfoLike(Protocol):
@@ -187,8 +192,9 @@ class Manager:
         # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
-        # One relabel transaction at a time: shared resources are read and written consistently.
-        self._relabel_lock = asyncio.Lock()
+        # Relabel transactions lock the paths and inodes they touch (sorted: no deadlock), so guests
+        # that share nothing relabel in parallel. Always taken inside a guest lock, never around one.
+        self._resource_locks = KeyLocks()
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._tasks: set[asyncio.Task[None]] = set()
         # Levels in use by guests svirtd does not isolate (excluded, released, static labels of their
@@ -411,7 +417,8 @@ class Manager:
     async def _finish_release(self, a: Assignment, optout: bool) -> None:
         self.store.begin_release(a.uuid, optout)
         claims = self.store.claims_for(a.uuid)
-        async with self._relabel_lock:
+        keys = {path_key(c.path) for c in claims} | {inode_key(c.dev, c.ino) for c in claims}
+        async with self._resource_locks.hold(keys):
             outcomes = await self._restore(a.uuid, claims)
         for out in outcomes:
             (log.info if out.restored else log.warning)("%s: %s", out.path, out.message,
@@ -742,22 +749,39 @@ class Manager:
     async def _converge(self, domain: DomainSpec, a: Assignment) -> None:
         """Make the guest's resources carry the labels its level asks for; undo removed ones."""
         plan = relabel.plan_relabel(domain, a.level, self.spec, self.denied)  # UnsafePath: nothing touched
-        async with self._relabel_lock:
-            probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
-            try:
-                await self._check_nesting(a, probed.present)
-                await self._apply(domain, a, probed)
-            finally:
-                probed.close()
+        held = self.store.claims_for(a.uuid)  # stable: only this guest's transactions (guest lock held) change them
+        for _attempt in range(LOCK_ATTEMPTS):
+            keys = await asyncio.to_thread(relabel.lock_keys, plan, held)
+            async with self._resource_locks.hold(keys):
+                probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
+                try:
+                    if not relabel.probed_keys(probed) <= keys:
+                        continue  # a file was replaced between the guess and the probe: lock what is there now
+                    others_real = await self._resolve_others(a, probed.present)
+                    await self._apply(domain, a, probed, others_real)
+                    return
+                finally:
+                    probed.close()
+        raise RelabelFailed(f"{domain.name}: its files kept being replaced while svirtd labeled them "
+                            f"({LOCK_ATTEMPTS} attempts); nothing was changed. Try again when they are stable")
 
-    async def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed]) -> None:
-        """ResourceConflict if a resource and another guest's directory tree overlap. Runs under the
-        relabel lock, so no claim appears between this check and this guest's own claims."""
+    def _others_to_check(self, a: Assignment, present: Sequence[relabel.Probed]) -> list[Claim]:
+        """Other guests' claims a nesting check needs: all of them if this guest has a tree, else their trees."""
         has_tree = any(p.planned.resource.kind is ResourceKind.TREE for p in present)
-        others = self.store.claims_of_others(a.uuid, trees_only=not has_tree)
-        if not others or not present:
-            return
-        clash = await asyncio.to_thread(relabel.find_nesting, present, others)
+        return self.store.claims_of_others(a.uuid, trees_only=not has_tree) if present else []
+
+    async def _resolve_others(self, a: Assignment, present: Sequence[relabel.Probed]) -> dict[str, str]:
+        """Real paths of other guests' claims, resolved in a worker thread (there may be thousands)."""
+        others = self._others_to_check(a, present)
+        return await asyncio.to_thread(relabel.resolve_paths, [c.path for c in others]) if others else {}
+
+    def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed], real: dict[str, str]) -> None:
+        """ResourceConflict if a resource and another guest's directory tree overlap. Synchronous, and
+        followed by this guest's claims without an await: no claim can appear in between."""
+        others = self._others_to_check(a, present)
+        late = [c.path for c in others if c.path not in real]  # claimed while `real` was resolved: a few
+        real = {**real, **relabel.resolve_paths(late)} if late else real
+        clash = relabel.find_nesting(present, others, real)
         if clash is None:
             return
         item, other, how = clash
@@ -772,7 +796,8 @@ class Manager:
             f"the directory tree {what} contains {other.path}, a resource of {whose}: labeling the tree would hand "
             "that file to this guest; share a directory that holds no other guest's files")
 
-    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
+    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult,
+                     others_real: dict[str, str]) -> None:
         if probed.unlabelable:
             described = "; ".join(self._unlabelable_note(a, p.unlabelable) for p in probed.unlabelable
                                   if p.unlabelable is not None)
@@ -780,6 +805,7 @@ class Manager:
                 raise Unlabelable(f"{domain.name}: {described}. refuse_unlabelable = true in svirtd.conf: move "
                                   "these to labelable storage, or set it to false to isolate the rest")
             log.warning("%s: %s", domain.name, described, extra=guest_fields(a.uuid, a.name))
+        self._check_nesting(a, probed.present, others_real)
         existing = {c.path: c for c in self.store.claims_for(a.uuid)}
         claims: list[Claim] = []
         for item in probed.present:
@@ -822,7 +848,9 @@ class Manager:
         for other in self.store.claims_on_inode(dev, ino):
             if other.uuid == a.uuid:
                 continue
-            if ResourceClass.PRIVATE in (other.rclass, item.planned.resource.rclass):
+            # Private is never shared; shared and read-only want different labels on the same file.
+            if ResourceClass.PRIVATE in (other.rclass, item.planned.resource.rclass) \
+                    or other.rclass is not item.planned.resource.rclass:
                 owner = self.store.get(other.uuid)
                 owner_name = owner.name if owner else other.uuid
                 raise ResourceConflict(

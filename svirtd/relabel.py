@@ -24,6 +24,7 @@ from typing import Protocol
 from . import labels
 from .errors import RelabelFailed, ResourceConflict, UnsafePath
 from .models import Level, Resource, ResourceClass, ResourceKind
+from .path_locks import inode_key, path_key
 from .path_policy import Nesting, check_resource_path, nesting
 from .policy import LabelSpec
 from .resources import DomainSpec
@@ -138,11 +139,37 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
     return result
 
 
-def find_nesting(present: Sequence[Probed], others: Sequence[Claim]) -> tuple[Probed, Claim, Nesting] | None:
+def lock_keys(plan: RelabelPlan, held: Iterable[Claim]) -> set[str]:
+    """The keys a transaction on these resources locks: every path, and the inode each path leads
+    to right now (another guest may reach the same file by another name). Only a guess at the
+    inodes: the caller checks the probed ones against it and retries if a file was swapped."""
+    keys = {path_key(c.path) for c in held} | {inode_key(c.dev, c.ino) for c in held}
+    for item in plan.items:
+        keys.add(path_key(item.resource.path))
+        try:
+            st = os.stat(item.resource.path)
+        except OSError:
+            continue
+        keys.add(inode_key(st.st_dev, st.st_ino))
+    return keys
+
+
+def probed_keys(probed: ProbeResult) -> set[str]:
+    """Inode keys of the files a probe opened (and the transaction will label)."""
+    return {inode_key(p.opened.st.st_dev, p.opened.st.st_ino) for p in probed.present if p.opened is not None}
+
+
+def resolve_paths(paths: Iterable[str]) -> dict[str, str]:
+    """path -> real path (symlinked components resolved; the file itself need not exist)."""
+    return {p: os.path.realpath(p) for p in paths}
+
+
+def find_nesting(present: Sequence[Probed], others: Sequence[Claim],
+                 real: dict[str, str]) -> tuple[Probed, Claim, Nesting] | None:
     """The first resource that lies inside another guest's directory tree, or is a tree holding
     another guest's resource: relabeling it would hand that guest's files to this one (or the
-    reverse). Other guests' paths are resolved here, so a symlinked parent hides nothing."""
-    real = {c.path: os.path.realpath(c.path) for c in others}
+    reverse). Judged on real paths (`real` maps other guests' claim paths), so a symlinked parent
+    hides nothing."""
     for item in present:
         assert item.opened is not None
         is_tree = item.planned.resource.kind is ResourceKind.TREE

@@ -6,6 +6,7 @@ libvirt definitions, svirtd as a real process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -245,6 +246,21 @@ def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, gu
     assert [r[0] for r in rows] == [victim.uuid]
 
 
+def test_a_file_shared_by_one_guest_and_read_only_for_another_is_refused(bus: PrivateBus, guests: GuestFactory,
+                                                                          svirtd: StartSvirtd) -> None:
+    """Shared wants svirt_image_t:s0, read-only virt_content_t:s0: one label would cut the other guest off."""
+    shared = make_disk(guests.image_dir / "both.img")
+    svirtd(default_confined=False)
+    writer = guests.new(disk_specs=[Disk(shared, "vdb", shareable=True)])
+    run(call(bus, "Isolate", "ss", writer.uuid, ""))
+    reader = guests.new(disk_specs=[Disk(shared, "vdb", readonly=True)])
+    with pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", reader.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
+    assert writer.name in exc.value.text and "[shared]" in exc.value.text
+    assert xattr(shared) == SHARED
+
+
 def test_a_disk_inside_another_guests_tree_is_refused(bus: PrivateBus, guests: GuestFactory,
                                                       svirtd: StartSvirtd) -> None:
     """The reverse of "a tree holding another guest's disk": the tree came first. The disk is
@@ -298,6 +314,90 @@ def test_unlabelable_storage_is_reported_with_the_boolean(bus: PrivateBus, guest
     finally:
         subprocess.run(["umount", str(fuse)], check=False)
         subprocess.run(["umount", str(ram)], check=False)
+
+
+def test_a_guest_whose_storage_hangs_does_not_hold_up_the_others(bus: PrivateBus, guests: GuestFactory,
+                                                                svirtd: StartSvirtd, tmp_path: Path) -> None:
+    """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. svirtd must
+    go on confining the other guests (libvirt's hook waits on svirtd before each start)."""
+    d = guests.image_dir
+    src, hung = tmp_path / "hang-src", d / "hang"
+    fuse_mount(src, hung)
+    # Made behind the mount's back: the kernel has never looked it up, so the lookup must ask the daemon.
+    make_disk(src / "a.img")
+    daemon = subprocess.run(["pgrep", "-f", f"bindfs --xattr-none {src} {hung}"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert len(daemon) == 1, daemon
+    svirtd(default_confined=False)
+    a = guests.new(disk_specs=[Disk(hung / "a.img", "vda")])
+    b, c = guests.new(), guests.new()
+    os.kill(int(daemon[0]), signal.SIGSTOP)
+    stuck: subprocess.Popen[bytes] | None = None
+    try:
+        stuck = subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call", "org.svirt.Manager",
+                                  "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", a.uuid, ""],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert stuck.poll() is None, "the hung storage was not reached: the test proves nothing"
+        for g in (b, c):
+            run(asyncio.wait_for(call(bus, "Isolate", "ss", g.uuid, ""), 10))
+            assert (xattr(g.disk) or "").startswith(IMAGE)
+        run(asyncio.wait_for(call(bus, "Release", "s", b.uuid), 10))
+        assert xattr(b.disk) is None
+        assert stuck.poll() is None  # still waiting on its storage
+        os.kill(int(daemon[0]), signal.SIGCONT)
+        assert stuck.wait(30) == 0, stuck.stderr.read() if stuck.stderr else ""
+        report = labeled(bus, a.uuid)  # once its storage answers, the guest is confined like any other
+        assert report is not None and report["resources"][0]["status"] == "unlabelable"
+    finally:
+        os.kill(int(daemon[0]), signal.SIGCONT)
+        if stuck is not None and stuck.poll() is None:
+            stuck.kill()
+        subprocess.run(["umount", str(hung)], check=False)
+
+
+def test_guests_that_share_nothing_relabel_in_parallel(bus: PrivateBus, guests: GuestFactory,
+                                                        svirtd: StartSvirtd) -> None:
+    """A's tree walk is frozen mid-way (SIGSTOP on its helper) while it holds A's resource locks:
+    B, which shares nothing with A, is isolated and released meanwhile; C, which shares A's disk,
+    waits for A."""
+    d = guests.image_dir
+    make_tree(d / "big", 30_000, random.Random(3), [None])
+    shared = make_disk(d / "shared.img")
+    svirtd(default_confined=False)
+    a = guests.new(disk_specs=[Disk(shared, "vdb", shareable=True)],
+                   extra_devices=f"<filesystem type='mount'><source dir='{d}/big'/><target dir='big'/></filesystem>")
+    b = guests.new()
+    c = guests.new(disk_specs=[Disk(shared, "vdb", shareable=True)])
+    walking = subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call", "org.svirt.Manager",
+                                "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", a.uuid, ""],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    frozen: list[int] = []
+    waiting: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(helper_running, timeout=10, interval=0.002, what="A's tree helper")
+        frozen = [int(pid) for pid in subprocess.run(["pgrep", "-f", "svirtd.treewalk label"], capture_output=True,
+                                                     text=True).stdout.split()]
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        assert frozen and walking.poll() is None, "A's walk ended before it could be frozen: the test proves nothing"
+        run(asyncio.wait_for(call(bus, "Isolate", "ss", b.uuid, ""), 10))
+        assert (xattr(b.disk) or "").startswith(IMAGE)
+        run(asyncio.wait_for(call(bus, "Release", "s", b.uuid), 10))
+        assert xattr(b.disk) is None
+        waiting = subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call", "org.svirt.Manager",
+                                    "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", c.uuid, ""],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert waiting.poll() is None, "C relabeled A's shared disk while A's transaction held it"
+        assert walking.poll() is None
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert walking.wait(60) == 0, walking.stderr.read() if walking.stderr else ""
+    assert waiting is not None and waiting.wait(60) == 0, waiting.stderr.read() if waiting.stderr else ""
+    assert xattr(shared) == SHARED
 
 
 def test_refuse_unlabelable_refuses_the_guest(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
