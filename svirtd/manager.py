@@ -245,9 +245,10 @@ class Manager:
         await self._write_identity(assignment, info)
         return assignment
 
-    async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin) -> Assignment:
+    async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin,
+                              domain: DomainSpec | None = None) -> Assignment:
         """Allocate (or keep) the pair and converge the resources. No libvirt calls: see isolate()."""
-        domain = self._parse(info)
+        domain = domain or self._parse(info)
         existing = self.store.get(domain.uuid)
         self._check_profile(domain, resolve_profile(profile or (existing.profile if existing else "")))
         now = time.time()
@@ -316,6 +317,7 @@ class Manager:
         by automatic confinement) and require_confined allows that.
         """
         domain = parse_domain(xml, self.config.swtpm_dir)
+        self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks[domain.uuid]:
             if self.store.get(domain.uuid) is None and (self.store.is_opted_out(domain.uuid)
@@ -329,7 +331,7 @@ class Manager:
                             extra=guest_fields(domain.uuid, domain.name))
                 return None
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
-            return await self._isolate_locked(info, "", Origin.AUTO)
+            return await self._isolate_locked(info, "", Origin.AUTO, domain)
 
     async def guest_stopped(self, guest: str) -> None:
         """The hook's `release end`: the guest's qemu is gone."""
@@ -821,13 +823,6 @@ class Manager:
                                 kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
                                 dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
                                 original=original, phase="applying"))
-        # Originals are durable before the first label changes (trees: the helper journals each entry).
-        self.store.put_claims(claims)
-
-        def journal_for(item: relabel.Probed) -> Path:
-            assert item.opened is not None
-            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.opened.st.st_dev,
-                                          item.opened.st.st_ino)
 
         def done_already(item: relabel.Probed) -> bool:
             assert item.opened is not None
@@ -835,9 +830,21 @@ class Manager:
             return (mine is not None and mine.phase == "applied" and item.current == item.planned.target
                     and (mine.dev, mine.ino) == (item.opened.st.st_dev, item.opened.st.st_ino))
 
-        # Rolls back itself on failure.
-        await asyncio.to_thread(relabel.apply_probed, probed.present, journal_for, done_already)
-        self.store.set_claims_phase(a.uuid, [c.path for c in claims], "applied")
+        def journal_for(item: relabel.Probed) -> Path:
+            assert item.opened is not None
+            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.opened.st.st_dev,
+                                          item.opened.st.st_ino)
+
+        # Claims already on record and on disk need no write: a guest start (the hook) that finds
+        # everything in place costs no fsync.
+        changing = [c for c, item in zip(claims, probed.present, strict=True)
+                    if not (done_already(item) and existing[c.path] == c.model_copy(update={"phase": "applied"}))]
+        if changing:
+            # Originals are durable before the first label changes (trees: the helper journals each entry).
+            self.store.put_claims(changing)
+            # Rolls back itself on failure.
+            await asyncio.to_thread(relabel.apply_probed, probed.present, journal_for, done_already)
+            self.store.set_claims_phase(a.uuid, [c.path for c in changing], "applied")
         wanted = {c.path for c in claims}
         gone = [c for path, c in existing.items() if path not in wanted]
         if gone:

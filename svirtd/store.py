@@ -49,6 +49,8 @@ CREATE TABLE IF NOT EXISTS claims (
 CREATE INDEX IF NOT EXISTS claims_inode ON claims(dev, ino);
 -- A private resource belongs to exactly one guest.
 CREATE UNIQUE INDEX IF NOT EXISTS claims_private_inode ON claims(dev, ino) WHERE rclass = 'private';
+-- Every relabel checks other guests' directory trees (few) for overlaps: no scan of every claim.
+CREATE INDEX IF NOT EXISTS claims_trees ON claims(kind) WHERE kind = 'tree';
 
 -- Guests an admin released: automatic confinement leaves them alone until Isolate or undefine.
 CREATE TABLE IF NOT EXISTS optouts (
