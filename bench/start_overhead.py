@@ -1,8 +1,8 @@
 """What confinement costs a guest start, and how fast definitions get labeled.
 
 Same run, same guests (TCG, 4 disks each), real libvirtd, svirtd on a private bus:
-- `virsh start` of each guest with and without svirtd's hook, alternating per start (libvirtd re-reads
-  its hook directory on every start), median times and their ratio;
+- `virsh start` of each guest with and without svirtd's hook, alternating per start and in which one
+  goes first (libvirtd re-reads its hook directory on every start), median times and their ratio;
 - define -> all 4 disks labeled: p99 over 100 guests defined one after the other;
 - 1,000 guests defined in a burst: time until every disk of every one is labeled.
 
@@ -35,7 +35,7 @@ from testbed.libvirtd import Libvirtd, answers
 PREFIX = "svb-"
 DISKS = 4
 START_GUESTS = 10
-START_ROUNDS = 3
+START_ROUNDS = 4
 LATENCY_GUESTS = 100
 BURST = 1000
 
@@ -59,6 +59,27 @@ def timed_start(name: str) -> float:
     elapsed = time.perf_counter() - t0
     subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], check=True, capture_output=True)
     return elapsed
+
+
+def set_hook(text: str | None) -> None:
+    if text is None:
+        HOOK.unlink(missing_ok=True)
+    else:
+        HOOK.write_text(text)
+        HOOK.chmod(0o755)
+
+
+def compare_starts(names: list[str], hook_text: str) -> tuple[list[float], list[float]]:
+    """Start times without and with the hook; which goes first alternates (a start right after
+    another one is not the same start)."""
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for round_ in range(START_ROUNDS):
+        for i, name in enumerate(names):
+            for hooked in ((False, True) if (round_ + i) % 2 == 0 else (True, False)):
+                set_hook(hook_text if hooked else None)
+                times[hooked].append(timed_start(name))
+    set_hook(hook_text)
+    return times[False], times[True]
 
 
 def main() -> None:
@@ -86,15 +107,7 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(labeled(p) for p in images.glob(f"{PREFIX}start-*.img")):
             time.sleep(0.01)
-        without: list[float] = []
-        with_hook: list[float] = []
-        for _ in range(START_ROUNDS):
-            for name in names:
-                HOOK.unlink()
-                without.append(timed_start(name))
-                HOOK.write_text(hook_text)
-                HOOK.chmod(0o755)
-                with_hook.append(timed_start(name))
+        without, with_hook = compare_starts(names, hook_text)
         start_without, start_with = statistics.median(without), statistics.median(with_hook)
         print(f"virsh start (median of {len(without)}): without hook {start_without:.3f}s, "
               f"with svirtd's hook {start_with:.3f}s")
