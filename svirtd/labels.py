@@ -141,6 +141,22 @@ def libvirt_remembers(opened: Opened) -> bool:
     return True
 
 
+CAP_SYS_ADMIN = 21
+
+
+def can_read_trusted_xattrs() -> bool:
+    """Is CAP_SYS_ADMIN effective? Without it trusted.* xattrs are invisible (reads say "no such
+    attribute"), so libvirt_remembers() cannot see libvirt's records."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return False
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    return False
+
+
 def _walk_nofollow(path: str) -> int:
     """O_PATH fd of path; every component opened with O_NOFOLLOW relative to its parent."""
     parts = [p for p in path.split("/") if p]

@@ -21,7 +21,7 @@ import systemd.daemon as sd_daemon
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
-from . import __version__, selinux_host
+from . import __version__, labels, selinux_host
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
@@ -126,6 +126,12 @@ class Daemon:
                  BUS_NAME, self.count, self.allocator.free, self.allocator.total, self.space.describe())
         if not selinux_host.is_enforcing():
             log.warning("SELinux is not enforcing on this host: labels are kept but the kernel does not apply them")
+        if selinux_host.is_enabled() and not labels.can_read_trusted_xattrs():
+            # Only where libvirt's own SELinux driver can be at work. Said once, here: without the
+            # capability, a file that driver manages is not recognized.
+            log.warning("without CAP_SYS_ADMIN svirtd cannot see libvirt's remembered labels (trusted.libvirt.*): "
+                        "a file a guest under libvirt's own SELinux driver uses is not refused. Run guests under "
+                        "one of the two, or grant the capability (systemctl edit svirtd, see the unit's comments)")
         if self.audit_source is not None:
             try:
                 self.audit_source.start()

@@ -511,3 +511,18 @@ def test_a_file_libvirts_own_driver_manages_is_not_fought_over(bus: PrivateBus, 
     assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
     assert "libvirt's own SELinux driver" in exc.value.text and str(g.disk) in exc.value.text
     assert xattr(g.disk) is None and run(call(bus, "List")) == []
+
+
+def test_svirtd_knows_when_libvirts_remembered_labels_are_invisible_to_it(as_root: None, tmp_path: Path) -> None:
+    """Without CAP_SYS_ADMIN a trusted.* xattr reads as absent: svirtd must know it cannot see them."""
+    f = tmp_path / "img"
+    f.write_bytes(b"x")
+    os.setxattr(f, "trusted.libvirt.security.selinux", b"system_u:object_r:virt_image_t:s0")
+    probe = ("import sys; from svirtd import labels; from svirtd.models import ResourceKind; "
+             "o = labels.open_resource(sys.argv[1], ResourceKind.FILE); "
+             "print(labels.can_read_trusted_xattrs(), labels.libvirt_remembers(o))")
+    full = subprocess.run([sys.executable, "-c", probe, str(f)], capture_output=True, text=True, check=True)
+    assert full.stdout.split() == ["True", "True"]
+    dropped = subprocess.run(["setpriv", "--bounding-set=-sys_admin", sys.executable, "-c", probe, str(f)],
+                             capture_output=True, text=True, check=True)
+    assert dropped.stdout.split() == ["False", "False"]  # blind, and it knows it
