@@ -39,6 +39,10 @@ class Config(BaseModel):
     # Automatic confinement applies to guests whose name matches one of these shell patterns
     # (fnmatch); Isolate works on any guest. E.g. ["prod-*", "web??"].
     auto_confine_names: tuple[str, ...] = ("*",)
+    # Put back the original labels of shared and read-only files when the last guest using them is
+    # released. Set it to false (libvirt's way) when guests on OTHER hosts use the same files over
+    # shared storage: svirtd only counts this host's guests.
+    restore_shared: bool = True
     # Refuse to isolate a guest with a resource on storage that cannot carry labels (NFS, CIFS, FUSE,
     # vfat...) instead of isolating the rest and reporting the resource as "unlabelable".
     refuse_unlabelable: bool = False

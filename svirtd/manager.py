@@ -423,7 +423,7 @@ class Manager:
         async with self._resource_locks.hold(keys):
             outcomes = await self._restore(a.uuid, claims)
         for out in outcomes:
-            (log.info if out.restored else log.warning)("%s: %s", out.path, out.message,
+            (log.info if out.restored or out.intended else log.warning)("%s: %s", out.path, out.message,
                                                          extra=guest_fields(a.uuid, a.name))
         self.store.delete_assignment(a.uuid)
         self.allocator.release(a.level)
@@ -832,7 +832,8 @@ class Manager:
 
         def journal_for(item: relabel.Probed) -> Path:
             assert item.opened is not None
-            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.opened.st.st_dev,
+            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.planned.resource.rclass,
+                                          item.opened.st.st_dev,
                                           item.opened.st.st_ino)
 
         # Claims already on record and on disk need no write: a guest start (the hook) that finds
@@ -874,13 +875,23 @@ class Manager:
         return current if current is not None else ""
 
     async def _restore(self, uuid: str, claims: Iterable[Claim]) -> list[relabel.RestoreOutcome]:
-        """Restore the claims no other guest still holds; shared ones stay as long as anyone uses them."""
+        """Restore the claims no other guest still holds. Shared and read-only ones stay as long as anyone
+        uses them; with restore_shared = false for good (libvirt's way: a guest on another host sharing
+        the storage may use them without this host knowing)."""
         to_restore: list[Claim] = []
         kept: list[relabel.RestoreOutcome] = []
         for c in claims:
             others = [o for o in self.store.claims_on_inode(c.dev, c.ino) if o.uuid != uuid]
             if others:
-                kept.append(relabel.RestoreOutcome(c.path, False, f"kept: still used by {len(others)} other guest(s)"))
+                kept.append(relabel.RestoreOutcome(c.path, False, f"kept: still used by {len(others)} other guest(s)",
+                                                   intended=True))
+            elif c.rclass is not ResourceClass.PRIVATE and not self.config.restore_shared:
+                if c.kind is ResourceKind.TREE:
+                    relabel.discard_journal(c, self.config.journal_dir)
+                kept.append(relabel.RestoreOutcome(
+                    c.path, False, f"left as {c.expected}: {c.rclass.value} files are not restored (restore_shared = "
+                    f"false: other hosts' guests may use them); `restorecon {c.path}` puts back the policy default",
+                    intended=True))
             else:
                 to_restore.append(c)
         if to_restore:

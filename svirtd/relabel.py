@@ -198,8 +198,12 @@ def current_labels(resources: Iterable[Resource]) -> list[str]:
 # -- directory trees: the helper process ----------------------------------------------------------
 
 
-def journal_prefix(journal_dir: Path, uuid: str, dev: int, ino: int) -> Path:
-    return journal_dir / f"{uuid}-{dev}-{ino}"
+def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int, ino: int) -> Path:
+    """Where a tree's originals are journaled. A shared or read-only tree has ONE journal whoever labels
+    it: its first labeler records the originals, later ones find the target and record nothing, and
+    the last one to let go must put those originals back."""
+    owner = uuid if rclass is ResourceClass.PRIVATE else "shared"
+    return journal_dir / f"{owner}-{dev}-{ino}"
 
 
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
@@ -291,6 +295,14 @@ class RestoreOutcome:
     path: str
     restored: bool
     message: str
+    intended: bool = False  # not restored on purpose (still in use, shared): no warning
+
+
+def discard_journal(claim: Claim, journal_dir: Path) -> None:
+    """Forget a tree's originals (it stays as it is)."""
+    journal = journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
+    for part in journal.parent.glob(f"{journal.name}.*"):
+        part.unlink(missing_ok=True)
 
 
 class DefaultLabelLookup(Protocol):
@@ -316,7 +328,7 @@ def restore_claims(claims: Iterable[Claim], journal_dir: Path,
 
 
 def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
-    journal = journal_prefix(journal_dir, claim.uuid, claim.dev, claim.ino)
+    journal = journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
     try:
         with labels.open_resource(claim.path, claim.kind) as opened:
             if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
@@ -329,8 +341,7 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
     if int(result["errors"]):
         return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
                                                  f"(first: {result.get('first_error')}); journal kept at {journal}")
-    for part in journal.parent.glob(f"{journal.name}.*"):
-        part.unlink(missing_ok=True)
+    discard_journal(claim, journal_dir)
     return RestoreOutcome(claim.path, True, f"tree restored: {result['changed']} of {result['entries']} entries")
 
 

@@ -204,6 +204,36 @@ def test_shared_image_and_iso_between_two_guests(bus: PrivateBus, guests: GuestF
     assert xattr(shared) == "system_u:object_r:virt_image_t:s0" and xattr(iso) is None
 
 
+@pytest.mark.parametrize("restore_shared", [True, False])
+def test_shared_files_and_trees_after_the_last_user(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                                    restore_shared: bool) -> None:
+    """Two guests share an image, an ISO and a read-only tree. The tree's originals come from the first
+    guest's walk (the second finds them labeled already), yet the last one out restores them; with
+    restore_shared = false (shared storage across hosts) everything shared stays as it is."""
+    d = guests.image_dir
+    shared, iso = make_disk(d / "shared.img"), make_disk(d / "tools.iso")
+    (d / "ro-tree" / "sub").mkdir(parents=True)
+    (d / "ro-tree" / "sub" / "f").write_bytes(b"x")
+    setlabel(shared, "system_u:object_r:virt_image_t:s0")
+    proc = svirtd(restore_shared=restore_shared)
+    gs = [guests.new(disk_specs=[Disk(shared, "vdb", shareable=True), Disk(iso, "sdb", device="cdrom")],
+                     extra_devices=f"<filesystem type='mount'><source dir='{d}/ro-tree'/><target dir='ro'/><readonly/>"
+                                   "</filesystem>") for _ in range(2)]
+    for g in gs:
+        wait_until(functools.partial(labeled, bus, g.uuid), what=f"{g.name} labeled")
+    assert xattr(d / "ro-tree" / "sub" / "f") == CONTENT
+    run(call(bus, "Release", "s", gs[0].uuid))
+    assert xattr(shared) == SHARED and xattr(iso) == CONTENT  # the other one still uses them
+    run(call(bus, "Release", "s", gs[1].uuid))
+    if restore_shared:
+        assert xattr(shared) == "system_u:object_r:virt_image_t:s0" and xattr(iso) is None
+        assert xattr(d / "ro-tree" / "sub" / "f") is None
+    else:
+        assert xattr(shared) == SHARED and xattr(iso) == CONTENT
+        assert xattr(d / "ro-tree" / "sub" / "f") == CONTENT
+    assert not list((proc.state_dir / "trees").iterdir())  # no journal outlives the last user
+
+
 def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, guests: GuestFactory,
                                                             svirtd: StartSvirtd, loopdev: str) -> None:
     d = guests.image_dir
