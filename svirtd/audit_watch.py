@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 AVC_TYPES = {audit.AUDIT_AVC: "AVC", audit.AUDIT_USER_AVC: "USER_AVC"}
-BATCH = 32  # records per loop turn: a Query waits at most a few such turns
+BATCH = 8  # records per loop turn: a Query waits at most a few such turns
 _NLMSG = struct.Struct("=IHHII")
 
 

@@ -104,6 +104,12 @@ class PolicyJudge:
             audit2why.init(str(self.policy_file))
             PolicyJudge._loaded = str(self.policy_file)
 
+    def load(self) -> None:
+        """Read the policy now (tens of milliseconds), e.g. in a worker thread at start: not on the
+        event loop at the first denial of an audit flood."""
+        with PolicyJudge._lock:
+            self._ensure_loaded()
+
     def decide(self, scontext: str, tcontext: str, tclass: str, perms: list[str]) -> Decision:
         with PolicyJudge._lock:
             self._ensure_loaded()

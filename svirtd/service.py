@@ -132,6 +132,11 @@ class Daemon:
             log.warning("without CAP_SYS_ADMIN svirtd cannot see libvirt's remembered labels (trusted.libvirt.*): "
                         "a file a guest under libvirt's own SELinux driver uses is not refused. Run guests under "
                         "one of the two, or grant the capability (systemctl edit svirtd, see the unit's comments)")
+        if self.judge.policy_file is not None:
+            try:
+                await asyncio.to_thread(self.judge.load)
+            except (OSError, ValueError) as exc:  # explanations and Verify say "unknown" instead
+                log.warning("cannot read the policy %s: %s", self.judge.policy_file, exc)
         if self.audit_source is not None:
             try:
                 self.audit_source.start()
