@@ -801,8 +801,9 @@ class Manager:
     async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult,
                      others_real: dict[str, str]) -> None:
         if probed.unlabelable:
-            described = "; ".join(self._unlabelable_note(a, p.unlabelable) for p in probed.unlabelable
-                                  if p.unlabelable is not None)
+            # In a worker thread: the first question reads the policy with setools (~0.2 s).
+            described = await asyncio.to_thread(lambda: "; ".join(
+                self._unlabelable_note(a, p.unlabelable) for p in probed.unlabelable if p.unlabelable is not None))
             if self.config.refuse_unlabelable:
                 raise Unlabelable(f"{domain.name}: {described}. refuse_unlabelable = true in svirtd.conf: move "
                                   "these to labelable storage, or set it to false to isolate the rest")
