@@ -423,8 +423,8 @@ class Manager:
         async with self._resource_locks.hold(keys):
             outcomes = await self._restore(a.uuid, claims)
         for out in outcomes:
-            (log.info if out.restored or out.intended else log.warning)("%s: %s", out.path, out.message,
-                                                         extra=guest_fields(a.uuid, a.name))
+            level = logging.INFO if out.restored or out.intended else logging.WARNING
+            log.log(level, "%s: %s", out.path, out.message, extra=guest_fields(a.uuid, a.name))
         self.store.delete_assignment(a.uuid)
         self.allocator.release(a.level)
         self._domains.pop(a.uuid, None)
@@ -834,8 +834,7 @@ class Manager:
         def journal_for(item: relabel.Probed) -> Path:
             assert item.opened is not None
             return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.planned.resource.rclass,
-                                          item.opened.st.st_dev,
-                                          item.opened.st.st_ino)
+                                          item.opened.st.st_dev, item.opened.st.st_ino)
 
         # Claims already on record and on disk need no write: a guest start (the hook) that finds
         # everything in place costs no fsync.
