@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import logging
 import os
 import shlex
@@ -193,7 +194,15 @@ class Daemon:
         self.store.close()
 
 
+# Worker threads for file I/O (probes, relabels, Query's look at the disks). A guest on hung storage
+# (a dead NFS server) holds one until the storage answers; asyncio's default, cores + 4, would let a
+# handful of such guests stall every other guest's file work.
+IO_THREADS = 64
+
+
 async def run(config: Config) -> int:
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="svirtd-io"))
     daemon = Daemon(config)
     await daemon.start()
     try:

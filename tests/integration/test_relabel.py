@@ -346,43 +346,49 @@ def test_unlabelable_storage_is_reported_with_the_boolean(bus: PrivateBus, guest
         subprocess.run(["umount", str(ram)], check=False)
 
 
-def test_a_guest_whose_storage_hangs_does_not_hold_up_the_others(bus: PrivateBus, guests: GuestFactory,
-                                                                svirtd: StartSvirtd, tmp_path: Path) -> None:
-    """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. svirtd must
-    go on confining the other guests (libvirt's hook waits on svirtd before each start)."""
+def test_guests_whose_storage_hangs_do_not_hold_up_the_others(bus: PrivateBus, guests: GuestFactory,
+                                                              svirtd: StartSvirtd, tmp_path: Path) -> None:
+    """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. svirtd must go on
+    confining the other guests (libvirt's hook waits on svirtd before each start), even with more
+    guests stuck on it than asyncio's default worker pool has threads (cores + 4)."""
     d = guests.image_dir
     src, hung = tmp_path / "hang-src", d / "hang"
     fuse_mount(src, hung)
-    # Made behind the mount's back: the kernel has never looked it up, so the lookup must ask the daemon.
-    make_disk(src / "a.img")
+    stuck_count = (os.cpu_count() or 1) + 6
+    # Made behind the mount's back: the kernel has never looked them up, so each lookup must ask the daemon.
+    for i in range(stuck_count):
+        make_disk(src / f"{i}.img")
     daemon = subprocess.run(["pgrep", "-f", f"bindfs --xattr-none {src} {hung}"], capture_output=True,
                             text=True, check=True).stdout.split()
     assert len(daemon) == 1, daemon
     svirtd(default_confined=False)
-    a = guests.new(disk_specs=[Disk(hung / "a.img", "vda")])
+    hung_guests = [guests.new(disk_specs=[Disk(hung / f"{i}.img", "vda")]) for i in range(stuck_count)]
     b, c = guests.new(), guests.new()
     os.kill(int(daemon[0]), signal.SIGSTOP)
-    stuck: subprocess.Popen[bytes] | None = None
+    stuck: list[subprocess.Popen[bytes]] = []
     try:
-        stuck = subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call", "org.svirt.Manager",
-                                  "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", a.uuid, ""],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)
-        assert stuck.poll() is None, "the hung storage was not reached: the test proves nothing"
+        stuck = [subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call",
+                                   "org.svirt.Manager", "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss",
+                                   g.uuid, ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for g in hung_guests]
+        time.sleep(1)
+        assert all(p.poll() is None for p in stuck), "the hung storage was not reached: the test proves nothing"
         for g in (b, c):
             run(asyncio.wait_for(call(bus, "Isolate", "ss", g.uuid, ""), 10))
             assert (xattr(g.disk) or "").startswith(IMAGE)
         run(asyncio.wait_for(call(bus, "Release", "s", b.uuid), 10))
         assert xattr(b.disk) is None
-        assert stuck.poll() is None  # still waiting on its storage
+        assert all(p.poll() is None for p in stuck)  # still waiting on their storage
         os.kill(int(daemon[0]), signal.SIGCONT)
-        assert stuck.wait(30) == 0, stuck.stderr.read() if stuck.stderr else ""
-        report = labeled(bus, a.uuid)  # once its storage answers, the guest is confined like any other
+        for p in stuck:
+            assert p.wait(30) == 0, p.stderr.read() if p.stderr else ""
+        report = labeled(bus, hung_guests[0].uuid)  # once its storage answers, confined like any other
         assert report is not None and report["resources"][0]["status"] == "unlabelable"
     finally:
         os.kill(int(daemon[0]), signal.SIGCONT)
-        if stuck is not None and stuck.poll() is None:
-            stuck.kill()
+        for p in stuck:
+            if p.poll() is None:
+                p.kill()
         subprocess.run(["umount", str(hung)], check=False)
 
 
