@@ -759,31 +759,21 @@ class Manager:
                 try:
                     if not relabel.probed_keys(probed) <= keys:
                         continue  # a file was replaced between the guess and the probe: lock what is there now
-                    others_real = await self._resolve_others(a, probed.present)
-                    await self._apply(domain, a, probed, others_real)
+                    await self._apply(domain, a, probed)
                     return
                 finally:
                     probed.close()
         raise RelabelFailed(f"{domain.name}: its files kept being replaced while svirtd labeled them "
                             f"({LOCK_ATTEMPTS} attempts); nothing was changed. Try again when they are stable")
 
-    def _others_to_check(self, a: Assignment, present: Sequence[relabel.Probed]) -> list[Claim]:
-        """Other guests' claims a nesting check needs: all of them if this guest has a tree, else their trees."""
-        has_tree = any(p.planned.resource.kind is ResourceKind.TREE for p in present)
-        return self.store.claims_of_others(a.uuid, trees_only=not has_tree) if present else []
-
-    async def _resolve_others(self, a: Assignment, present: Sequence[relabel.Probed]) -> dict[str, str]:
-        """Real paths of other guests' claims, resolved in a worker thread (there may be thousands)."""
-        others = self._others_to_check(a, present)
-        return await asyncio.to_thread(relabel.resolve_paths, [c.path for c in others]) if others else {}
-
-    def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed], real: dict[str, str]) -> None:
+    def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed]) -> None:
         """ResourceConflict if a resource and another guest's directory tree overlap. Synchronous, and
         followed by this guest's claims without an await: no claim can appear in between."""
-        others = self._others_to_check(a, present)
-        late = [c.path for c in others if c.path not in real]  # claimed while `real` was resolved: a few
-        real = {**real, **relabel.resolve_paths(late)} if late else real
-        clash = relabel.find_nesting(present, others, real)
+        if not present:
+            return
+        # Every other claim if this guest has a tree (it may hold any of them), else only their trees.
+        has_tree = any(p.planned.resource.kind is ResourceKind.TREE for p in present)
+        clash = relabel.find_nesting(present, self.store.claims_of_others(a.uuid, trees_only=not has_tree))
         if clash is None:
             return
         item, other, how = clash
@@ -798,8 +788,7 @@ class Manager:
             f"the directory tree {what} contains {other.path}, a resource of {whose}: labeling the tree would hand "
             "that file to this guest; share a directory that holds no other guest's files")
 
-    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult,
-                     others_real: dict[str, str]) -> None:
+    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
         if probed.unlabelable:
             # In a worker thread: the first question reads the policy with setools (~0.2 s).
             described = await asyncio.to_thread(lambda: "; ".join(
@@ -808,7 +797,7 @@ class Manager:
                 raise Unlabelable(f"{domain.name}: {described}. refuse_unlabelable = true in svirtd.conf: move "
                                   "these to labelable storage, or set it to false to isolate the rest")
             log.warning("%s: %s", domain.name, described, extra=guest_fields(a.uuid, a.name))
-        self._check_nesting(a, probed.present, others_real)
+        self._check_nesting(a, probed.present)
         existing = {c.path: c for c in self.store.claims_for(a.uuid)}
         claims: list[Claim] = []
         for item in probed.present:
@@ -823,7 +812,7 @@ class Manager:
             claims.append(Claim(uuid=a.uuid, path=item.path, device=item.planned.resource.device,
                                 kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
                                 dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
-                                original=original, phase="applying"))
+                                original=original, phase="applying", real=item.opened.path))
 
         def done_already(item: relabel.Probed) -> bool:
             assert item.opened is not None

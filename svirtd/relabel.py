@@ -159,22 +159,15 @@ def probed_keys(probed: ProbeResult) -> set[str]:
     return {inode_key(p.opened.st.st_dev, p.opened.st.st_ino) for p in probed.present if p.opened is not None}
 
 
-def resolve_paths(paths: Iterable[str]) -> dict[str, str]:
-    """path -> real path (symlinked components resolved; the file itself need not exist)."""
-    return {p: os.path.realpath(p) for p in paths}
-
-
-def find_nesting(present: Sequence[Probed], others: Sequence[Claim],
-                 real: dict[str, str]) -> tuple[Probed, Claim, Nesting] | None:
+def find_nesting(present: Sequence[Probed], others: Sequence[Claim]) -> tuple[Probed, Claim, Nesting] | None:
     """The first resource that lies inside another guest's directory tree, or is a tree holding
     another guest's resource: relabeling it would hand that guest's files to this one (or the
-    reverse). Judged on real paths (`real` maps other guests' claim paths), so a symlinked parent
-    hides nothing."""
+    reverse). Judged on real paths (symlinked parents resolved), so an alias hides nothing."""
     for item in present:
         assert item.opened is not None
         is_tree = item.planned.resource.kind is ResourceKind.TREE
         for other in others:
-            how = nesting(item.opened.path, is_tree, real[other.path], other.kind is ResourceKind.TREE)
+            how = nesting(item.opened.path, is_tree, other.where, other.kind is ResourceKind.TREE)
             if how is not Nesting.NONE:
                 return item, other, how
     return None

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .models import Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: claims.real
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assignments (
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS claims (
     expected TEXT NOT NULL,
     original TEXT,                          -- NULL: the file carried no label
     phase    TEXT NOT NULL CHECK (phase IN ('applying', 'applied', 'restoring')),
+    real     TEXT NOT NULL DEFAULT '',      -- where the file really was when claimed (symlinked parents resolved)
     PRIMARY KEY (uuid, path)
 );
 CREATE INDEX IF NOT EXISTS claims_inode ON claims(dev, ino);
@@ -76,6 +77,12 @@ class Claim(BaseModel):
     expected: str
     original: str | None
     phase: str
+    real: str = ""  # the path with symlinked parents resolved, when claimed ('' from schema 1)
+
+    @property
+    def where(self) -> str:
+        """Where the file lives, for overlap checks."""
+        return self.real or self.path
 
 
 class Store:
@@ -89,6 +96,8 @@ class Store:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
+        if version == 1:  # a claims table without `real`: '' until the next relabel records it
+            self._db.execute("ALTER TABLE claims ADD COLUMN real TEXT NOT NULL DEFAULT ''")
         self._db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         path.chmod(0o600)
@@ -200,12 +209,12 @@ class Store:
             # Upsert on the primary key only: any other uniqueness violation (a private inode
             # claimed by a second guest) must fail, never silently replace the first claim.
             self._db.executemany(
-                f"INSERT INTO claims ({_C_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                f"INSERT INTO claims ({_C_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
                 " ON CONFLICT (uuid, path) DO UPDATE SET device = excluded.device, kind = excluded.kind,"
                 " rclass = excluded.rclass, dev = excluded.dev, ino = excluded.ino, expected = excluded.expected,"
-                " original = excluded.original, phase = excluded.phase",
+                " original = excluded.original, phase = excluded.phase, real = excluded.real",
                 [(c.uuid, c.path, c.device, c.kind.value, c.rclass.value, c.dev, c.ino, c.expected, c.original,
-                  c.phase) for c in claims],
+                  c.phase, c.real) for c in claims],
             )
 
     def set_claims_phase(self, uuid: str, paths: Iterable[str], phase: str) -> None:
@@ -233,7 +242,7 @@ class Store:
 
 
 _A_COLS = "uuid, name, level, profile, origin, state, note, created, updated"
-_C_COLS = "uuid, path, device, kind, rclass, dev, ino, expected, original, phase"
+_C_COLS = "uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real"
 
 
 def _assignment(row: tuple[str, str, str, str, str, str, str, float, float]) -> Assignment:
@@ -242,10 +251,10 @@ def _assignment(row: tuple[str, str, str, str, str, str, str, float, float]) -> 
                       state=GuestState(state), note=note, created=created, updated=updated)
 
 
-def _claim(row: tuple[str, str, str, str, str, int, int, str, str | None, str]) -> Claim:
-    uuid, path, device, kind, rclass, dev, ino, expected, original, phase = row
+def _claim(row: tuple[str, str, str, str, str, int, int, str, str | None, str, str]) -> Claim:
+    uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real = row
     return Claim(uuid=uuid, path=path, device=device, kind=ResourceKind(kind), rclass=ResourceClass(rclass),
-                 dev=dev, ino=ino, expected=expected, original=original, phase=phase)
+                 dev=dev, ino=ino, expected=expected, original=original, phase=phase, real=real)
 
 
 class _Transaction:

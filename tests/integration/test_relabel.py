@@ -276,6 +276,28 @@ def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, gu
     assert [r[0] for r in rows] == [victim.uuid]
 
 
+def test_a_tree_holding_a_disk_another_guest_reaches_through_a_symlink_is_refused(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    """The disk's owner named it through a symlinked directory: the tree is judged against where it
+    really lives (recorded when it was claimed), not against the name in the owner's XML."""
+    d = guests.image_dir
+    pool = d / "pool"
+    pool.mkdir(parents=True)
+    disk = make_disk(pool / "x.img")
+    (d / "via").symlink_to(pool)
+    svirtd(default_confined=False)
+    owner = guests.new(disk_specs=[Disk(d / "via" / "x.img", "vda")])
+    run(call(bus, "Isolate", "ss", owner.uuid, ""))
+    before = snapshot(d)
+    taker = guests.new(disk_specs=[], extra_devices=f"<filesystem type='mount'><source dir='{pool}'/>"
+                                                    "<target dir='pool'/></filesystem>")
+    with pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", taker.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
+    assert owner.name in exc.value.text and "contains" in exc.value.text
+    assert snapshot(d) == before and (xattr(disk) or "").startswith(IMAGE)
+
+
 def test_a_file_shared_by_one_guest_and_read_only_for_another_is_refused(bus: PrivateBus, guests: GuestFactory,
                                                                           svirtd: StartSvirtd) -> None:
     """Shared wants svirt_image_t:s0, read-only virt_content_t:s0: one label would cut the other guest off."""

@@ -62,3 +62,33 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(RuntimeError, match="newer svirtd"):
         Store(tmp_path / "state.db")
+
+
+SCHEMA_1_CLAIMS = """
+CREATE TABLE assignments (uuid TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL, level TEXT NOT NULL UNIQUE,
+    profile TEXT NOT NULL, origin TEXT NOT NULL, state TEXT NOT NULL,
+    phase TEXT NOT NULL DEFAULT 'active' CHECK (phase IN ('active', 'releasing')), note TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE claims (uuid TEXT NOT NULL REFERENCES assignments(uuid), path TEXT NOT NULL, device TEXT NOT NULL,
+    kind TEXT NOT NULL, rclass TEXT NOT NULL, dev INTEGER NOT NULL, ino INTEGER NOT NULL, expected TEXT NOT NULL,
+    original TEXT, phase TEXT NOT NULL CHECK (phase IN ('applying', 'applied', 'restoring')),
+    PRIMARY KEY (uuid, path));
+INSERT INTO assignments VALUES ('u1', 'web01', 's0:c1,c2', 'default', 'api', 'shutoff', 'active', '', 0, 0);
+INSERT INTO claims VALUES ('u1', '/srv/a.img', 'disk vda', 'file', 'private', 1, 7, 'x', NULL, 'applied');
+PRAGMA user_version=1;
+"""
+
+
+def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript(SCHEMA_1_CLAIMS)
+    db.close()
+    s = Store(tmp_path / "state.db")
+    [old] = s.claims_for("u1")
+    assert old.real == "" and old.where == "/srv/a.img"  # unknown until the next relabel records it
+    s.put_claims([old.model_copy(update={"real": "/data/a.img"})])
+    assert s.claims_for("u1")[0].where == "/data/a.img"
+    s.close()
+    s = Store(tmp_path / "state.db")  # opening an upgraded database again changes nothing
+    assert s.claims_for("u1")[0].real == "/data/a.img"
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
