@@ -876,7 +876,7 @@ class Manager:
                                                    intended=True))
             elif c.rclass is not ResourceClass.PRIVATE and not self.config.restore_shared:
                 if c.kind is ResourceKind.TREE:
-                    relabel.discard_journal(c, self.config.journal_dir)
+                    relabel.discard_journal(relabel.claim_journal(c, self.config.journal_dir))
                 kept.append(relabel.RestoreOutcome(
                     c.path, False, f"left as {c.expected}: {c.rclass.value} files are not restored (restore_shared = "
                     f"false: other hosts' guests may use them); `restorecon {c.path}` puts back the policy default",

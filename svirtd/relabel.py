@@ -291,9 +291,12 @@ class RestoreOutcome:
     intended: bool = False  # not restored on purpose (still in use, shared): no warning
 
 
-def discard_journal(claim: Claim, journal_dir: Path) -> None:
-    """Forget a tree's originals (it stays as it is)."""
-    journal = journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
+def claim_journal(claim: Claim, journal_dir: Path) -> Path:
+    return journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
+
+
+def discard_journal(journal: Path) -> None:
+    """Forget a tree's originals (the tree stays as it is)."""
     for part in journal.parent.glob(f"{journal.name}.*"):
         part.unlink(missing_ok=True)
 
@@ -321,7 +324,7 @@ def restore_claims(claims: Iterable[Claim], journal_dir: Path,
 
 
 def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
-    journal = journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
+    journal = claim_journal(claim, journal_dir)
     try:
         with labels.open_resource(claim.path, claim.kind) as opened:
             if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
@@ -334,7 +337,7 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
     if int(result["errors"]):
         return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
                                                  f"(first: {result.get('first_error')}); journal kept at {journal}")
-    discard_journal(claim, journal_dir)
+    discard_journal(journal)
     return RestoreOutcome(claim.path, True, f"tree restored: {result['changed']} of {result['entries']} entries")
 
 

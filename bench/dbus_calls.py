@@ -1,0 +1,127 @@
+"""What svirtd's D-Bus methods cost, against the bus's own GetId on the same bus, side by side.
+
+Real dbus-daemon (our policy file), real libvirtd, svirtd as a process, one guest with 4 disks:
+- in-process (one dbus-fast connection, the daemon's own cost): Query and PrepareStart (a guest
+  start whose resources are all in place, as the libvirt hook sends it) against GetId;
+- over busctl (a new process and connection per call, as the hook and admins do): the same.
+Calls alternate with GetId, medians of ROUNDS; the ratios are the numbers to watch.
+
+The LAST line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dbus_fast import Message
+
+from testbed.bus import PrivateBus
+from testbed.client import SvirtClient
+from testbed.daemon import SvirtdProcess
+from testbed.guests import GuestFactory
+from testbed.libvirtd import Libvirtd
+
+ROUNDS = 300
+BUSCTL_ROUNDS = 60
+PREFIX = "svb-dbus"
+
+
+async def in_process(address: str, uuid: str, xml: str) -> dict[str, float]:
+    async with SvirtClient(address) as client:
+        assert client.bus is not None
+        bus = client.bus
+
+        async def get_id() -> Any:
+            return await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                          interface="org.freedesktop.DBus", member="GetId"))
+
+        calls: dict[str, Callable[[], Awaitable[Any]]] = {
+            "getid": get_id,
+            "query": lambda: client.call("Query", "s", uuid),
+            "prepare_start": lambda: client.call("PrepareStart", "s", xml),
+        }
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for _ in range(ROUNDS):
+            for name, call in calls.items():
+                t0 = time.perf_counter()
+                await call()
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def over_busctl(address: str, uuid: str, xml: str) -> dict[str, float]:
+    base = ["busctl", f"--address={address}", "call"]
+    svirt = [*base, "org.svirt.Manager", "/org/svirt/Manager", "org.svirt.Manager1"]
+    commands = {
+        "getid": [*base, "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetId"],
+        "query": [*svirt, "Query", "s", uuid],
+        "prepare_start": [*svirt, "PrepareStart", "s", xml],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(BUSCTL_ROUNDS):
+        for name, cmd in commands.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="svirtd-bench-dbus-"))
+    libvirtd = Libvirtd(work / "libvirtd").ensure()
+    bus = PrivateBus(work / "bus").start()
+    guests = GuestFactory(prefix=PREFIX)
+    daemon = SvirtdProcess(work / "svirtd", bus.address, auto_confine_names=[f"{PREFIX}*"], log_level="warning")
+    try:
+        daemon.start()
+        guest = guests.new(disks=4)
+        deadline = time.monotonic() + 30
+        while asyncio.run(_isolated(bus.address, guest.uuid)) is False:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the guest was never isolated")
+            time.sleep(0.05)
+        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", guest.name], check=True,
+                             capture_output=True, text=True).stdout
+        inproc = asyncio.run(in_process(bus.address, guest.uuid, xml))
+        busctl = over_busctl(bus.address, guest.uuid, xml)
+        print(f"in-process medians of {ROUNDS} (ms): {', '.join(f'{k} {v:.3f}' for k, v in inproc.items())}")
+        print(f"busctl medians of {BUSCTL_ROUNDS} (ms): {', '.join(f'{k} {v:.2f}' for k, v in busctl.items())}")
+        print(json.dumps({
+            "getid_ms": round(inproc["getid"], 3),
+            "query_ms": round(inproc["query"], 3),
+            "prepare_start_ms": round(inproc["prepare_start"], 3),
+            "query_vs_getid": round(inproc["query"] / inproc["getid"], 2),
+            "prepare_start_vs_getid": round(inproc["prepare_start"] / inproc["getid"], 2),
+            "busctl_getid_ms": round(busctl["getid"], 2),
+            "busctl_query_ms": round(busctl["query"], 2),
+            "busctl_prepare_start_ms": round(busctl["prepare_start"], 2),
+            "busctl_prepare_start_vs_getid": round(busctl["prepare_start"] / busctl["getid"], 2),
+        }))
+    finally:
+        daemon.stop()
+        guests.cleanup()
+        bus.stop()
+        libvirtd.stop()  # only if this bench started it
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _isolated(address: str, uuid: str) -> bool:
+    async with SvirtClient(address) as client:
+        rows = await client.call("List")
+    return any(row[0] == uuid for row in rows)
+
+
+if __name__ == "__main__":
+    main()
