@@ -80,10 +80,11 @@ def over_busctl(address: str, uuid: str, xml: str) -> dict[str, float]:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="svirtd-bench-dbus-"))
-    libvirtd = Libvirtd(work / "libvirtd").ensure()
+    libvirtd = Libvirtd(work / "libvirtd").start()
     bus = PrivateBus(work / "bus").start()
-    guests = GuestFactory(prefix=PREFIX)
-    daemon = SvirtdProcess(work / "svirtd", bus.address, auto_confine_names=[f"{PREFIX}*"], log_level="warning")
+    guests = GuestFactory(prefix=PREFIX, uri=libvirtd.uri)
+    daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
+                           auto_confine_names=[f"{PREFIX}*"], log_level="warning")
     try:
         daemon.start()
         guest = guests.new(disks=4)
@@ -92,7 +93,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError("the guest was never isolated")
             time.sleep(0.05)
-        xml = subprocess.run(["virsh", "-c", "qemu:///system", "dumpxml", guest.name], check=True,
+        xml = subprocess.run(["virsh", "-c", libvirtd.uri, "dumpxml", guest.name], check=True,
                              capture_output=True, text=True).stdout
         inproc = asyncio.run(in_process(bus.address, guest.uuid, xml))
         busctl = over_busctl(bus.address, guest.uuid, xml)
@@ -113,7 +114,7 @@ def main() -> None:
         daemon.stop()
         guests.cleanup()
         bus.stop()
-        libvirtd.stop()  # only if this bench started it
+        libvirtd.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

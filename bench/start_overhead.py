@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
-from testbed.guests import Disk, domain_xml, make_disk, remove_domains
-from testbed.hook import HOOK, clear_hook_env, install_hook, remove_hook
-from testbed.libvirtd import Libvirtd, answers
+from testbed.guests import Disk, domain_xml, make_disk
+from testbed.libvirtd import HOOK_NAME, Libvirtd, remove_domains
 
 PREFIX = "svb-"
 DISKS = 4
@@ -53,50 +52,47 @@ def make_guest(images: Path, name: str) -> tuple[str, list[Path]]:
     return xml, disks
 
 
-def timed_start(name: str) -> float:
+def timed_start(uri: str, name: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run(["virsh", "-c", "qemu:///system", "start", name], check=True, capture_output=True)
+    subprocess.run(["virsh", "-c", uri, "start", name], check=True, capture_output=True)
     elapsed = time.perf_counter() - t0
-    subprocess.run(["virsh", "-c", "qemu:///system", "destroy", name], check=True, capture_output=True)
+    subprocess.run(["virsh", "-c", uri, "destroy", name], check=True, capture_output=True)
     return elapsed
 
 
-def set_hook(text: str | None) -> None:
+def set_hook(hook: Path, text: str | None) -> None:
     if text is None:
-        HOOK.unlink(missing_ok=True)
+        hook.unlink(missing_ok=True)
     else:
-        HOOK.write_text(text)
-        HOOK.chmod(0o755)
+        hook.write_text(text)
+        hook.chmod(0o755)
 
 
-def compare_starts(names: list[str], hook_text: str) -> tuple[list[float], list[float]]:
+def compare_starts(libvirtd: Libvirtd, names: list[str], hook_text: str) -> tuple[list[float], list[float]]:
     """Start times without and with the hook; which goes first alternates (a start right after
     another one is not the same start)."""
+    hook = libvirtd.hooks_dir / HOOK_NAME
     times: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(START_ROUNDS):
         for i, name in enumerate(names):
             for hooked in ((False, True) if (round_ + i) % 2 == 0 else (True, False)):
-                set_hook(hook_text if hooked else None)
-                times[hooked].append(timed_start(name))
-    set_hook(hook_text)
+                set_hook(hook, hook_text if hooked else None)
+                times[hooked].append(timed_start(libvirtd.uri, name))
+    set_hook(hook, hook_text)
     return times[False], times[True]
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="svirtd-bench-start-"))
     images = Path("/var/lib/libvirt/images") / "svirtd-bench"
-    fresh_hook = install_hook()
-    libvirtd = Libvirtd(work / "libvirtd")
-    if fresh_hook and answers():
-        libvirtd.restart_libvirtd()
-    libvirtd.ensure()
+    libvirtd = Libvirtd(work / "libvirtd").start()
     bus = PrivateBus(work / "bus").start()
-    daemon = SvirtdProcess(work / "svirtd", bus.address, auto_confine_names=[f"{PREFIX}*"], log_level="warning")
-    conn = libvirt.open("qemu:///system")
+    daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
+                           auto_confine_names=[f"{PREFIX}*"], log_level="warning")
+    conn = libvirt.open(libvirtd.uri)
     try:
-        remove_domains("qemu:///system", lambda n: n.startswith(PREFIX))
         daemon.start()
-        hook_text = HOOK.read_text()
+        hook_text = (libvirtd.hooks_dir / HOOK_NAME).read_text()
 
         # 1. virsh start with and without the hook.
         names = []
@@ -107,7 +103,7 @@ def main() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(labeled(p) for p in images.glob(f"{PREFIX}start-*.img")):
             time.sleep(0.01)
-        without, with_hook = compare_starts(names, hook_text)
+        without, with_hook = compare_starts(libvirtd, names, hook_text)
         start_without, start_with = statistics.median(without), statistics.median(with_hook)
         print(f"virsh start (median of {len(without)}): without hook {start_without:.3f}s, "
               f"with svirtd's hook {start_with:.3f}s")
@@ -150,14 +146,12 @@ def main() -> None:
         }))
     finally:
         daemon.stop()
-        remove_domains("qemu:///system", lambda n: n.startswith(PREFIX))
+        remove_domains(libvirtd.uri, lambda n: n.startswith(PREFIX))
         conn.close()
         bus.stop()
-        clear_hook_env()
         libvirtd.stop()
-        if fresh_hook:
-            remove_hook()
         shutil.rmtree(images, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -41,16 +41,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="svirtd-demo-"))
     bus = PrivateBus(work / "bus")
     libvirtd = Libvirtd(work / "libvirtd")
-    guests = GuestFactory(prefix="svirtd-demo")
+    guests = GuestFactory(prefix="svirtd-demo", uri=libvirtd.uri)
     daemon: SvirtdProcess | None = None
     try:
         bus.start()
         print(f"private system-like bus: {bus.address} (policy: data/org.svirt.Manager.conf)")
-        libvirtd.ensure()
-        print("libvirtd: " + ("started for the demo" if libvirtd.started_here else "already running, reused"))
-        guests.cleanup()
-        daemon = SvirtdProcess(work / "svirtd", bus.address, auto_confine_names=["svirtd-demo-*"],
-                               log_level="info")
+        libvirtd.start()
+        print(f"private libvirtd (its own namespace; the host's is untouched): {libvirtd.uri}")
+        daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
+                               auto_confine_names=["svirtd-demo-*"], log_level="info")
         daemon.start()
         print(f"svirtd: ready (state in {daemon.state_dir})")
 
@@ -92,7 +91,7 @@ def main() -> int:
             daemon.stop()
         guests.cleanup()
         bus.stop()
-        libvirtd.stop()  # only if the demo started it
+        libvirtd.stop()
         subprocess.run(["rm", "-rf", str(work)], check=False)
 
 

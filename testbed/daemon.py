@@ -26,16 +26,20 @@ def toml_value(value: object) -> str:
 
 
 class SvirtdProcess:
-    def __init__(self, workdir: Path, bus_address: str, **config: object) -> None:
+    """svirtd confining the guests of one libvirtd (its URI), serving on one bus; the hook of that
+    libvirtd finds it through hook_env_file."""
+
+    def __init__(self, workdir: Path, bus_address: str, libvirt_uri: str, hook_env_file: str | Path,
+                 **config: object) -> None:
         self.workdir = workdir
         self.state_dir = workdir / "state"
         self.config_path = workdir / "svirtd.conf"
         self.log_path = workdir / "svirtd.log"
         self.bus_address = bus_address
         self.config: dict[str, object] = {"state_dir": str(self.state_dir), "bus_address": bus_address,
-                                          "libvirt_uri": "qemu:///system", "log_level": "debug",
+                                          "libvirt_uri": libvirt_uri, "log_level": "debug",
                                           "setrans_file": str(workdir / "setrans.conf"),
-                                          "hook_env_file": "/run/svirtd-testbed/hook.env", **config}
+                                          "hook_env_file": str(hook_env_file), **config}
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[str] = []
         self._notify: socket.socket | None = None

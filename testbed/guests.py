@@ -11,6 +11,8 @@ from xml.sax.saxutils import quoteattr
 
 import libvirt
 
+from .libvirtd import remove_domains
+
 IMAGE_ROOT = Path("/var/lib/libvirt/images")
 # cli; hlt; jmp $-2 -- then the boot signature.
 BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + bytes([0x55, 0xAA])
@@ -78,7 +80,7 @@ class GuestFactory:
     """Defines guests with unique names under `prefix` and removes them (and their images) after."""
 
     prefix: str
-    uri: str = "qemu:///system"
+    uri: str  # the private libvirtd's (testbed.libvirtd.Libvirtd.uri)
     image_root: Path = IMAGE_ROOT
     guests: list[Guest] = field(default_factory=list)
     _count: int = 0
@@ -116,20 +118,3 @@ class GuestFactory:
     def cleanup(self) -> None:
         remove_domains(self.uri, lambda name: name.startswith(self.prefix))
         shutil.rmtree(self.image_dir, ignore_errors=True)
-
-
-def remove_domains(uri: str, wanted: object) -> None:
-    """Destroy and undefine every domain whose name `wanted(name)` accepts."""
-    conn = libvirt.open(uri)
-    try:
-        for dom in conn.listAllDomains(0):
-            if callable(wanted) and wanted(dom.name()):
-                try:
-                    if dom.isActive():
-                        dom.destroy()
-                    if dom.isPersistent():
-                        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-                except libvirt.libvirtError:
-                    pass
-    finally:
-        conn.close()

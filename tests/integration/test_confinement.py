@@ -27,7 +27,6 @@ from tests.helpers import call, run, xattr
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
 IMAGE = "system_u:object_r:svirt_image_t:"
-PROBE = Path("/etc/libvirt/hooks/qemu.d/zz-svirtd-probe")
 
 
 
@@ -50,11 +49,12 @@ def labeled_level(bus: PrivateBus, g: Guest) -> str | None:
 
 
 @pytest.fixture
-def probe_hook(tmp_path: Path) -> Iterator[Path]:
+def probe_hook(tmp_path: Path, libvirtd: Libvirtd) -> Iterator[Path]:
     """A second hook, run after svirtd's (hooks run in name order): records the disk's label right
     after `prepare begin`, and at `started begin` the label seen through qemu's own open file."""
     log = tmp_path / "probe.log"
-    PROBE.write_text(textwrap.dedent(f"""\
+    probe = libvirtd.hooks_dir / "zz-svirtd-probe"
+    probe.write_text(textwrap.dedent(f"""\
         #!/bin/sh
         xml=$(cat)
         disk=$(printf '%s' "$xml" | sed -n "s/.*<source file='\\([^']*\\.img\\)'.*/\\1/p" | head -n 1)
@@ -72,9 +72,9 @@ def probe_hook(tmp_path: Path) -> Iterator[Path]:
         esac
         exit 0
         """))
-    PROBE.chmod(0o755)
+    probe.chmod(0o755)
     yield log
-    PROBE.unlink(missing_ok=True)
+    probe.unlink(missing_ok=True)
 
 
 def test_the_disk_carries_its_label_when_qemu_starts(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
@@ -144,8 +144,8 @@ def test_libvirtd_killed_while_definitions_change(bus: PrivateBus, guests: Guest
     libvirtd.kill_libvirtd()
     # While libvirtd is down: one definition appears, one disappears (libvirtd reads them at start).
     g3 = guests.new(define=False)
-    Path(f"/etc/libvirt/qemu/{g3.name}.xml").write_text(g3.xml)
-    Path(f"/etc/libvirt/qemu/{g2.name}.xml").unlink()
+    (libvirtd.definitions_dir / f"{g3.name}.xml").write_text(g3.xml)
+    (libvirtd.definitions_dir / f"{g2.name}.xml").unlink()
     libvirtd.start_libvirtd()
     back = time.monotonic()
     # And right after it is back, before svirtd may have reconnected: a start and a definition.

@@ -7,6 +7,7 @@ rebuilt from what the database committed (Manager.load_table, as svirtd does at 
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -36,6 +37,7 @@ class TableMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.store.close()
+        shutil.rmtree(self.dir)  # one per hypothesis example: hundreds a run otherwise
 
     @rule()
     def isolate(self) -> None:
