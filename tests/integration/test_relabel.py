@@ -27,6 +27,7 @@ from testbed.bus import PrivateBus
 from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
+from testbed.mounts import Mounts
 from tests.conftest import wait_until
 from tests.helpers import call, run, xattr
 
@@ -74,15 +75,11 @@ def labeled(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture
-def loopdev(tmp_path: Path) -> Iterator[str]:
-    backing = tmp_path / "block.img"
-    backing.write_bytes(b"\0" * 1024 * 1024)
-    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+def loopdev(tmp_path: Path, mounts: Mounts) -> Iterator[str]:
+    dev = mounts.loop_device(tmp_path / "block.img")
     original = xattr(dev)
     yield dev
     setlabel(dev, original)
-    subprocess.run(["losetup", "-d", dev], check=False)
 
 
 def make_tree(root: Path, files: int, rng: random.Random, labels: list[str | None]) -> None:
@@ -337,56 +334,43 @@ def test_a_disk_inside_another_guests_tree_is_refused(bus: PrivateBus, guests: G
     assert [r[0] for r in run(call(bus, "List"))] == [owner.uuid]
 
 
-def fuse_mount(source: Path, target: Path) -> None:
-    source.mkdir(parents=True, exist_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["bindfs", "--xattr-none", str(source), str(target)], check=True)
-
-
 def test_unlabelable_storage_is_reported_with_the_boolean(bus: PrivateBus, guests: GuestFactory,
-                                                        svirtd: StartSvirtd, tmp_path: Path) -> None:
+                                                        svirtd: StartSvirtd, tmp_path: Path, mounts: Mounts) -> None:
     d = guests.image_dir
     fuse = d / "fuse"
     ram = d / "ram"
-    fuse_mount(tmp_path / "fuse-src", fuse)
-    ram.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "ramfs", "none", str(ram)], check=True)
-    try:
-        g = guests.new(disk_specs=[Disk(make_disk(d / "ok.img"), "vda"), Disk(make_disk(fuse / "nfs-like.img"), "vdb"),
-                                   Disk(make_disk(ram / "ram.img"), "vdc")])
-        svirtd()
-        report = wait_until(lambda: labeled(bus, g.uuid), what="isolated")
-        assert isinstance(report, dict)
-        by_path = {r["path"]: r for r in report["resources"]}
-        fuse_res, ram_res = by_path[str(fuse / "nfs-like.img")], by_path[str(ram / "ram.img")]
-        assert fuse_res["status"] == "unlabelable" and "isolation lost" in fuse_res["note"]
-        assert "setsebool -P virt_use_fusefs 1" in fuse_res["note"]  # named by the policy itself
-        assert ram_res["status"] == "unlabelable" and "no SELinux boolean" in ram_res["note"]
-        assert by_path[str(d / "ok.img")]["status"] == "labeled"
-    finally:
-        subprocess.run(["umount", str(fuse)], check=False)
-        subprocess.run(["umount", str(ram)], check=False)
+    mounts.bindfs(tmp_path / "fuse-src", fuse, "--xattr-none")
+    mounts.fs("ramfs", ram)
+    g = guests.new(disk_specs=[Disk(make_disk(d / "ok.img"), "vda"), Disk(make_disk(fuse / "nfs-like.img"), "vdb"),
+                               Disk(make_disk(ram / "ram.img"), "vdc")])
+    svirtd()
+    report = wait_until(lambda: labeled(bus, g.uuid), what="isolated")
+    assert isinstance(report, dict)
+    by_path = {r["path"]: r for r in report["resources"]}
+    fuse_res, ram_res = by_path[str(fuse / "nfs-like.img")], by_path[str(ram / "ram.img")]
+    assert fuse_res["status"] == "unlabelable" and "isolation lost" in fuse_res["note"]
+    assert "setsebool -P virt_use_fusefs 1" in fuse_res["note"]  # named by the policy itself
+    assert ram_res["status"] == "unlabelable" and "no SELinux boolean" in ram_res["note"]
+    assert by_path[str(d / "ok.img")]["status"] == "labeled"
 
 
 def test_guests_whose_storage_hangs_do_not_hold_up_the_others(bus: PrivateBus, guests: GuestFactory,
-                                                              svirtd: StartSvirtd, tmp_path: Path) -> None:
+                                                              svirtd: StartSvirtd, tmp_path: Path,
+                                                              mounts: Mounts) -> None:
     """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. svirtd must go on
     confining the other guests (libvirt's hook waits on svirtd before each start), even with more
     guests stuck on it than asyncio's default worker pool has threads (cores + 4)."""
     d = guests.image_dir
     src, hung = tmp_path / "hang-src", d / "hang"
-    fuse_mount(src, hung)
+    daemon = mounts.bindfs(src, hung, "--xattr-none")
     stuck_count = (os.cpu_count() or 1) + 6
     # Made behind the mount's back: the kernel has never looked them up, so each lookup must ask the daemon.
     for i in range(stuck_count):
         make_disk(src / f"{i}.img")
-    daemon = subprocess.run(["pgrep", "-f", f"bindfs --xattr-none {src} {hung}"], capture_output=True,
-                            text=True, check=True).stdout.split()
-    assert len(daemon) == 1, daemon
     svirtd(default_confined=False)
     hung_guests = [guests.new(disk_specs=[Disk(hung / f"{i}.img", "vda")]) for i in range(stuck_count)]
     b, c = guests.new(), guests.new()
-    os.kill(int(daemon[0]), signal.SIGSTOP)
+    os.kill(daemon.pid, signal.SIGSTOP)
     stuck: list[subprocess.Popen[bytes]] = []
     try:
         stuck = [subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call",
@@ -401,17 +385,17 @@ def test_guests_whose_storage_hangs_do_not_hold_up_the_others(bus: PrivateBus, g
         run(asyncio.wait_for(call(bus, "Release", "s", b.uuid), 10))
         assert xattr(b.disk) is None
         assert all(p.poll() is None for p in stuck)  # still waiting on their storage
-        os.kill(int(daemon[0]), signal.SIGCONT)
+        os.kill(daemon.pid, signal.SIGCONT)
         for p in stuck:
             assert p.wait(30) == 0, p.stderr.read() if p.stderr else ""
         report = labeled(bus, hung_guests[0].uuid)  # once its storage answers, confined like any other
         assert report is not None and report["resources"][0]["status"] == "unlabelable"
     finally:
-        os.kill(int(daemon[0]), signal.SIGCONT)
+        os.kill(daemon.pid, signal.SIGCONT)
         for p in stuck:
             if p.poll() is None:
                 p.kill()
-        subprocess.run(["umount", str(hung)], check=False)
+                p.wait()
 
 
 def test_guests_that_share_nothing_relabel_in_parallel(bus: PrivateBus, guests: GuestFactory,
@@ -433,9 +417,9 @@ def test_guests_that_share_nothing_relabel_in_parallel(bus: PrivateBus, guests: 
     frozen: list[int] = []
     waiting: subprocess.Popen[bytes] | None = None
     try:
-        wait_until(helper_running, timeout=10, interval=0.002, what="A's tree helper")
-        frozen = [int(pid) for pid in subprocess.run(["pgrep", "-f", "svirtd.treewalk label"], capture_output=True,
-                                                     text=True).stdout.split()]
+        found = wait_until(lambda: treewalk_pids(d / "big"), interval=0.002, what="A's tree helper")
+        assert isinstance(found, list)
+        frozen = found
         for pid in frozen:
             os.kill(pid, signal.SIGSTOP)
         assert frozen and walking.poll() is None, "A's walk ended before it could be frozen: the test proves nothing"
@@ -459,21 +443,18 @@ def test_guests_that_share_nothing_relabel_in_parallel(bus: PrivateBus, guests: 
 
 
 def test_refuse_unlabelable_refuses_the_guest(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path, mounts: Mounts) -> None:
     d = guests.image_dir
     fuse = d / "fuse"
-    fuse_mount(tmp_path / "fuse-src", fuse)
-    try:
-        ok = make_disk(d / "ok.img")
-        g = guests.new(disk_specs=[Disk(ok, "vda"), Disk(make_disk(fuse / "x.img"), "vdb")])
-        svirtd(refuse_unlabelable=True, default_confined=False)
-        with pytest.raises(CallFailed) as exc:
-            run(call(bus, "Isolate", "ss", g.uuid, ""))
-        assert exc.value.name == "org.svirt.Manager1.Error.Unlabelable"
-        assert "virt_use_fusefs" in exc.value.text and "refuse_unlabelable" in exc.value.text
-        assert xattr(ok) is None and run(call(bus, "List")) == []
-    finally:
-        subprocess.run(["umount", str(fuse)], check=False)
+    mounts.bindfs(tmp_path / "fuse-src", fuse, "--xattr-none")
+    ok = make_disk(d / "ok.img")
+    g = guests.new(disk_specs=[Disk(ok, "vda"), Disk(make_disk(fuse / "x.img"), "vdb")])
+    svirtd(refuse_unlabelable=True, default_confined=False)
+    with pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", g.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.Unlabelable"
+    assert "virt_use_fusefs" in exc.value.text and "refuse_unlabelable" in exc.value.text
+    assert xattr(ok) is None and run(call(bus, "List")) == []
 
 
 def treewalk(*args: str) -> dict[str, Any]:
@@ -483,8 +464,8 @@ def treewalk(*args: str) -> dict[str, Any]:
     return result
 
 
-def test_tree_walk_never_follows_symlinks_crosses_mounts_or_touches_hard_links(tmp_path: Path,
-                                                                               as_root: None) -> None:
+def test_tree_walk_never_follows_symlinks_crosses_mounts_or_touches_hard_links(tmp_path: Path, as_root: None,
+                                                                               mounts: Mounts) -> None:
     root = tmp_path / "share"
     (root / "a").mkdir(parents=True)
     (root / "a" / "weird\nname").write_text("x")
@@ -492,29 +473,45 @@ def test_tree_walk_never_follows_symlinks_crosses_mounts_or_touches_hard_links(t
     outside = tmp_path / "outside.img"
     outside.write_text("secret")
     os.link(outside, root / "a" / "hardlink")
-    (root / "mnt").mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "none", str(root / "mnt")], check=True)
+    mounts.fs("tmpfs", root / "mnt")
+    (root / "mnt" / "other-fs").write_text("x")
+    before = snapshot("/etc", outside, root / "mnt")
+    target = IMAGE + "s0:c1,c2"
+    result = treewalk("label", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
+    assert (result["symlinks"], result["mounts"], result["hardlinks"], result["errors"]) == (1, 1, 1, 0)
+    assert xattr(root / "a" / "weird\nname") == target and xattr(root) == target
+    assert snapshot("/etc", outside, root / "mnt") == before
+    result = treewalk("restore", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
+    assert xattr(root / "a" / "weird\nname") is None and xattr(root) is None
+    # The root swapped for another directory after svirtd checked it: refused.
+    bad = treewalk("label", "--root", str(root), "--target", target, "--inode", "1:1",
+                   "--journal", str(tmp_path / "j" / "u"))
+    assert "no longer the directory" in bad["fatal"]
+
+
+def worker_journaled(trees: Path, root: Path) -> str:
+    """pids of the tree helpers labeling root ('' until a worker has journaled a batch of originals)."""
+    if not any(j.stat().st_size for j in trees.glob("*.*.*") if not j.name.endswith(".root")):
+        return ""
+    return " ".join(str(pid) for pid in treewalk_pids(root)) or "gone"
+
+
+def treewalk_pids(root: Path) -> list[int]:
+    """The tree helpers (and their forked workers) labeling root: this run's only, never another's."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes().split(b"\0")
+            if b"svirtd.treewalk" in args and b"label" in args and os.fsencode(root) in args:
+                pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def alive(pid: int) -> bool:
     try:
-        (root / "mnt" / "other-fs").write_text("x")
-        before = snapshot("/etc", outside, root / "mnt")
-        target = IMAGE + "s0:c1,c2"
-        result = treewalk("label", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
-        assert (result["symlinks"], result["mounts"], result["hardlinks"], result["errors"]) == (1, 1, 1, 0)
-        assert xattr(root / "a" / "weird\nname") == target and xattr(root) == target
-        assert snapshot("/etc", outside, root / "mnt") == before
-        result = treewalk("restore", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
-        assert xattr(root / "a" / "weird\nname") is None and xattr(root) is None
-        # The root swapped for another directory after svirtd checked it: refused.
-        bad = treewalk("label", "--root", str(root), "--target", target, "--inode", "1:1",
-                       "--journal", str(tmp_path / "j" / "u"))
-        assert "no longer the directory" in bad["fatal"]
-    finally:
-        subprocess.run(["umount", str(root / "mnt")], check=False)
-
-
-def helper_running() -> bool:
-    out = subprocess.run(["pgrep", "-f", "svirtd.treewalk label"], capture_output=True, text=True)
-    return bool(out.stdout.strip())
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def test_sigkill_during_a_10000_file_tree_relabel(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
@@ -530,25 +527,28 @@ def test_sigkill_during_a_10000_file_tree_relabel(bus: PrivateBus, guests: Guest
         proc = svirtd(default_confined=False)
         if attempt == 0:
             guests.define(g)
-        # Isolate in the background, SIGKILL svirtd while its tree helper is at work.
+        # Isolate in the background; SIGKILL svirtd as soon as its tree helper has journaled a first batch
+        # of originals (it labels that batch right after): the crash lands in the middle of the walk.
         caller = subprocess.Popen(["busctl", f"--address={bus.address}", "call", "org.svirt.Manager",
                                    "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss", g.uuid, ""],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with contextlib.suppress(AssertionError):
-            wait_until(helper_running, timeout=5, interval=0.002, what="tree helper")
-        time.sleep(rng.uniform(0, 0.03))
+        journaled = wait_until(functools.partial(worker_journaled, proc.state_dir / "trees", d / "share"),
+                               timeout=60, interval=0,
+                               what="the tree helper's first journaled batch")
         assert proc.proc is not None
         os.kill(proc.proc.pid, signal.SIGKILL)
         proc.kill()
         caller.wait(10)
-        wait_until(lambda: not helper_running(), timeout=5, what="the helper to die with svirtd")
+        for pid in str(journaled).split():
+            if pid.isdigit():
+                wait_until(functools.partial(lambda p: not alive(p), int(pid)), what="the helper to die with svirtd")
         labels = snapshot(d / "share")
         done = sum(1 for p, v in labels.items() if v is not None and v.startswith(IMAGE) and not os.path.islink(p))
-        if 0 < done < 10_000:
+        if done < 10_000:
             midway += 1
         # Restart: the interrupted relabel is finished (rolled forward).
         restarted = svirtd(default_confined=False)
-        report = wait_until(lambda: labeled(bus, g.uuid), timeout=20, what="relabel finished after restart")
+        report = wait_until(lambda: labeled(bus, g.uuid), what="relabel finished after restart")
         assert isinstance(report, dict)
         result = treewalk("check", "--root", str(d / "share"), "--target", IMAGE + report["level"])
         assert result["off_target"] == 0, result

@@ -1,0 +1,87 @@
+"""Mounts a test makes (FUSE through bindfs, ramfs, tmpfs, loop devices), owned and always undone.
+
+A FUSE daemon stopped to play a dead NFS server, or a mount left behind, poisons every later run: the
+mount point cannot be removed, its daemon stays, and `rm -r` of the image directory walks into it.
+So every mount is registered here, and teardown (a fixture's, after svirtd has stopped) resumes
+stopped daemons, detaches each mount lazily (`fusermount -uz` / `umount -l`), ends its daemon and then
+checks with findmnt that the mount point is really gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .process import stop_process
+
+
+@dataclass
+class _Mount:
+    target: Path
+    fuse: bool
+    daemon: subprocess.Popen[bytes] | None = None
+    loop: str | None = None
+
+
+def mounted(target: Path) -> bool:
+    return subprocess.run(["findmnt", "--mountpoint", str(target)], capture_output=True).returncode == 0
+
+
+class Mounts:
+    def __init__(self) -> None:
+        self._mounts: list[_Mount] = []
+
+    def bindfs(self, source: Path, target: Path, *options: str) -> subprocess.Popen[bytes]:
+        """A FUSE view of source at target (bindfs in the foreground: its pid is ours, no pgrep).
+        Pass "--xattr-none" for storage that cannot carry labels, as NFS without security labels."""
+        source.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
+        daemon = subprocess.Popen(["bindfs", "-f", *options, str(source), str(target)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._mounts.append(_Mount(target, fuse=True, daemon=daemon))
+        deadline = time.monotonic() + 10
+        while not mounted(target):
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"bindfs did not mount {target}: "
+                                   f"{daemon.stderr.read().decode() if daemon.stderr else ''}")
+            time.sleep(0.01)
+        return daemon
+
+    def fs(self, fstype: str, target: Path) -> None:
+        """A ramfs or tmpfs at target."""
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", fstype, "none", str(target)], check=True)
+        self._mounts.append(_Mount(target, fuse=False))
+
+    def loop_device(self, backing: Path, size: int = 1024 * 1024) -> str:
+        """A loop block device over a new file (not mounted anywhere)."""
+        backing.write_bytes(b"\0" * size)
+        dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        self._mounts.append(_Mount(backing, fuse=False, loop=dev))
+        return dev
+
+    def teardown(self) -> list[str]:
+        """Undo everything, newest first; what could not be undone (the caller fails the test on it)."""
+        problems: list[str] = []
+        for m in reversed(self._mounts):
+            if m.loop is not None:
+                if subprocess.run(["losetup", "-d", m.loop], capture_output=True).returncode != 0:
+                    problems.append(f"loop device {m.loop} could not be detached")
+                continue
+            if m.daemon is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(m.daemon.pid, signal.SIGCONT)  # a stopped daemon cannot let go
+            if mounted(m.target):
+                cmd = ["fusermount", "-uz", str(m.target)] if m.fuse else ["umount", "-l", str(m.target)]
+                subprocess.run(cmd, capture_output=True)
+            stop_process(m.daemon, 10)
+            if mounted(m.target):
+                problems.append(f"{m.target} is still mounted")
+        self._mounts.clear()
+        return problems
