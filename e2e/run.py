@@ -23,8 +23,8 @@ from image import CACHE, ensure_image, log
 EXPECTED = (
     "enforcing",                 # the kernel enforces SELinux
     "svirtd_domain",             # svirtd runs in svirtd_t (policy/ module, started by systemd)
-    "labeled",                   # two guests, two levels, disk labeled with the guest's pair
-    "static_seclabel",           # svirtd wrote the static seclabel into the definition
+    "labeled",                   # two guests, two levels; libvirt labeled each disk with its guest's pair
+    "static_seclabel",           # svirtd wrote the static relabel='yes' seclabel into the definition
     "started",                   # both guests run (libvirt execs qemu in the labels)
     "qemu_label_a",              # ps -Z equals Query's label
     "qemu_label_b",
@@ -36,6 +36,16 @@ EXPECTED = (
     "verify_ok",                 # the proof of isolation against the loaded policy
     "labels_restored",           # undefine restored the original label
     "no_svirtd_denials",         # svirtd's own domain was never denied anything
+    # issue 12: confinement that holds while guests run (libvirt applies svirtd's pair)
+    "hotplug_disk",              # attach --live into running a: a's pair; b's qemu denied it
+    "hotunplug_restored",        # detach --live (virtio-scsi): the original label is back
+    "snapshot_overlay",          # external disk-only snapshot: overlay private, old top read-only
+    "blockcommit",               # commit back and pivot succeeds
+    "backing_chain_unlisted",    # a backing file only in the qcow2 header: the guest starts and reads it
+    "define_then_start",         # define + start at once: ps -Z == Query == the disk's pair
+    "transient_guest",           # virsh create: confined with a pair in the table; destroy releases it
+    "save_restore",              # virsh save + restore: same label, running again
+    "per_disk_norelabel",        # <seclabel relabel='no'> on a disk: its label unchanged
 )
 BOOT_TIMEOUT = 15 * 60
 

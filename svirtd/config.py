@@ -30,9 +30,10 @@ class Config(BaseModel):
     # Mirror libvirt's security_default_confined / security_require_confined (qemu.conf).
     default_confined: bool = True
     require_confined: bool = False
-    # Write <seclabel type='static' model='selinux' relabel='no'> with the guest's label into its
-    # definition, so libvirt execs qemu in it: "auto" = where SELinux is enabled (libvirt refuses to
-    # start such guests where it is not), "always", "never".
+    # Write <seclabel type='static' model='selinux' relabel='yes'> with the guest's label into its
+    # definition, so libvirt execs qemu in it and labels the guest's files with its pair: "auto" = where
+    # libvirt's SELinux driver is active (libvirt refuses to start such guests where it is not),
+    # "always", "never".
     write_seclabels: Literal["auto", "always", "never"] = "auto"
     # Where svirtd tells its libvirt hook how to reach it (bus address, require_confined).
     hook_env_file: str = "/run/svirtd/hook.env"
@@ -64,6 +65,10 @@ class Config(BaseModel):
     # Verify (the O(guests^2) isolation proof) runs after each libvirt (re)connection up to this many
     # isolated guests; above it only on demand (`svirtctl verify`). 0: only on demand.
     auto_verify_max_guests: int = Field(default=200, ge=0, le=1_000_000)
+    # Running guests are re-read this often (seconds; 0: never) for changes libvirt sends no event
+    # for: an external snapshot's overlay, media changed in a drive. Hotplug, unplug and block jobs
+    # come with events and converge at once.
+    rescan_seconds: float = Field(default=30.0, ge=0, le=86400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("categories", "reserved_categories")

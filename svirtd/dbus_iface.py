@@ -10,6 +10,7 @@ import contextvars
 import functools
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 from dbus_fast import DBusError, Message, MessageType, Variant
@@ -19,7 +20,7 @@ from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
 from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
-from . import __version__, errors
+from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
@@ -61,6 +62,12 @@ DOCS: dict[str, str] = {
                     "the assignment and confined=true, or confined=false when it starts unconfined; fails with "
                     "NotConfined when require_confined forbids that.",
     "GuestStopped": "For svirtd's libvirt hook only (root): the guest's qemu is gone.",
+    "HookEvent": "For svirtd's libvirt hook only (root): operation (prepare, start, migrate, restore) and the "
+                 "definition libvirt handed the hook, spooled into svirtd's hook directory (no size limit of "
+                 "a command line). prepare: isolate and label before qemu exists (as PrepareStart). start: the "
+                 "label libvirt is about to run is checked, and adopted when the definition did not carry the "
+                 "guest's yet. migrate/restore: svirtd writes the definition to use, with its label, next to the "
+                 "spooled one (NAME.out). Returns (proceed, message): proceed=false refuses the start.",
     "Verify": "Prove isolation against the compiled policy (MCS constraints included): every guest's process "
               "label against every resource label on disk. Returns ok, counts and each violation with both "
               "guests named. Query shows the last verdict per guest.",
@@ -126,8 +133,9 @@ def _interactive() -> bool:
 class ManagerInterface(ServiceInterface):
     def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
                  connected: Callable[[], bool], denials: DenialTracker | None = None,
-                 audit_stats: Callable[[], dict[str, int]] | None = None) -> None:
+                 audit_stats: Callable[[], dict[str, int]] | None = None, spool: Path | None = None) -> None:
         super().__init__(INTERFACE)
+        self._spool = spool
         self._manager = manager
         self._denials = denials
         self._audit_stats = audit_stats
@@ -171,6 +179,27 @@ class ManagerInterface(ServiceInterface):
         if assignment is None:
             return {"confined": Variant("b", False)}
         return {**self._report(await self._manager.query(assignment.uuid)), "confined": Variant("b", True)}
+
+    @method()
+    @dbus_errors
+    async def HookEvent(self, operation: DBusStr, xml_file: DBusStr) -> Annotated[list[Any], DBusSignature("bs")]:
+        await require_root(self._authz.bus, _sender(), "HookEvent")
+        xml = hook_spool.read_spooled(self._spool, xml_file)
+        if operation == "prepare":
+            confined = await self._manager.prepare_start(xml)
+            return [True, "confined" if confined is not None else "unconfined"]
+        if operation == "start":
+            try:
+                await self._manager.start_check(xml)
+            except errors.ResourceConflict as exc:  # a pair two guests would share: never started
+                return [False, str(exc)]
+            return [True, ""]
+        if operation in ("migrate", "restore"):
+            rewritten = await self._manager.rewrite_incoming(xml)
+            if rewritten is not None:
+                hook_spool.write_rewritten(xml_file, rewritten)
+            return [True, "rewritten" if rewritten is not None else ""]
+        raise errors.InvalidArgument(f"unknown hook operation {operation!r} (prepare, start, migrate, restore)")
 
     @method()
     @dbus_errors
@@ -266,6 +295,7 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
             "actual": Variant("s", r.actual),
             "status": Variant("s", r.status.value),
             "note": Variant("s", r.note),
+            "applier": Variant("s", r.applier.value),
         }
         for r in report.resources
     ]

@@ -2,8 +2,10 @@
 
 - `<metadata><svirt:isolation uuid= level= profile=/>`: the binding travels with the guest (migration,
   backups, copied XML) and is claimed back when the guest returns (seed 4.4).
-- `<seclabel type='static' model='selinux' relabel='no'>`: where SELinux is enabled, libvirt then execs
-  qemu in exactly the label svirtd handed out (relabel='no': files are svirtd's job).
+- `<seclabel type='static' model='selinux' relabel='yes'>`: where libvirt's SELinux driver runs, libvirt
+  then execs qemu in exactly the label svirtd handed out and labels every file its driver knows with
+  that label's pair, at start and at hotplug, snapshot and block-job time (label_plan.py says who
+  labels what).
 - `<filterref filter='svirtd-...'/>` on each interface, for profiles that filter traffic.
 
 rewrite_definition returns None when the definition already says all that, so a redefinition never
@@ -49,14 +51,33 @@ def _set_metadata(root: ET.Element, uuid: str, level: Level, profile: str) -> bo
 
 def _set_seclabel(root: ET.Element, label: str) -> bool:
     mine = [el for el in root.findall("seclabel") if el.get("model", "selinux") == "selinux"]
-    if (len(mine) == 1 and mine[0].get("type") == "static" and mine[0].get("relabel") == "no"
-            and (mine[0].findtext("label") or "").strip() == label):
+    if (len(mine) == 1 and mine[0].get("type") == "static" and mine[0].get("relabel") == "yes"
+            and (mine[0].findtext("label") or "").strip() == label and mine[0].find("imagelabel") is None):
         return False
     for el in mine:
         root.remove(el)
-    sec = ET.SubElement(root, "seclabel", {"type": "static", "model": "selinux", "relabel": "no"})
+    sec = ET.SubElement(root, "seclabel", {"type": "static", "model": "selinux", "relabel": "yes"})
     ET.SubElement(sec, "label").text = label
     return True
+
+
+def strip_identity(xml: str, level: Level) -> str | None:
+    """The definition without svirtd's binding and without a static seclabel at `level` (a released
+    guest must not keep running in, or hand a copy of its XML, a pair svirtd may give to another
+    guest); None when it carries neither."""
+    root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML of a domain svirtd isolated
+    changed = False
+    metadata = root.find("metadata")
+    if metadata is not None:
+        for el in metadata.findall(f"{{{SVIRT_XMLNS}}}isolation"):
+            metadata.remove(el)
+            changed = True
+    for el in root.findall("seclabel"):
+        text = (el.findtext("label") or "").strip()
+        if el.get("model", "selinux") == "selinux" and el.get("type") == "static" and text.endswith(f":{level}"):
+            root.remove(el)
+            changed = True
+    return ET.tostring(root, encoding="unicode") if changed else None
 
 
 def filter_chain_name(base: str, existing: str) -> str:

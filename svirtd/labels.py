@@ -43,11 +43,15 @@ UNLABELABLE_FS: dict[str, str | None] = {
 class LabelUnsupported(Exception):
     """The filesystem refuses SELinux labels (EOPNOTSUPP, EROFS, or a known unlabelable type)."""
 
-    def __init__(self, path: str, fstype: str, reason: str) -> None:
+    def __init__(self, path: str, fstype: str, reason: str, mount_point: str = "", sandboxed: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.fstype = fstype
         self.boolean = UNLABELABLE_FS.get(fstype.split(".", 1)[0])
+        self.mount_point = mount_point
+        # Read-only for svirtd only: a read-only bind mount (systemd's ProtectSystem= sandbox) of a
+        # filesystem that is writable underneath.
+        self.sandboxed = sandboxed
 
 
 @dataclass
@@ -202,6 +206,15 @@ def _describe_mode(mode: int) -> str:
     return "an unknown file type"
 
 
+def read_head(opened: Opened, size: int) -> bytes:
+    """The first bytes of a regular file or block device, read through the checked descriptor."""
+    fd = os.open(opened.proc_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
 def get_label(opened: Opened) -> str | None:
     """The raw label, or None when the file carries none."""
     try:
@@ -219,9 +232,33 @@ def set_label(opened: Opened, context: str) -> None:
     try:
         selinux.setfilecon_raw(opened.proc_path, context)
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EROFS):
+        if exc.errno == errno.EROFS:
+            mount_point, sandboxed = readonly_mount(opened.path, opened.st)
+            raise LabelUnsupported(opened.path, fstype_of(opened.st), os.strerror(exc.errno), mount_point,
+                                   sandboxed) from exc
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
             raise LabelUnsupported(opened.path, fstype_of(opened.st), os.strerror(exc.errno)) from exc
         raise
+
+
+def readonly_mount(path: str, st: os.stat_result) -> tuple[str, bool]:
+    """(mount point, read-only only in this mount namespace) of the mount holding path. A bind mount
+    made read-only over a writable superblock is what systemd's sandbox (ProtectSystem=strict without
+    a ReadWritePaths= entry) looks like from inside."""
+    want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    best = ("", False)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields, _, rest = line.partition(" - ")
+            mount = fields.split()
+            tail = rest.split()
+            if len(mount) < 6 or len(tail) < 3 or mount[2] != want:
+                continue
+            point = mount[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best[0]):
+                best = (point, "ro" in mount[5].split(",") and "rw" in tail[2].split(","))
+    return best
 
 
 def remove_label(opened: Opened) -> None:
@@ -234,10 +271,14 @@ def remove_label(opened: Opened) -> None:
 
 
 def check_labelable(opened: Opened) -> None:
-    """LabelUnsupported if the file's filesystem is of a type that cannot carry labels."""
+    """LabelUnsupported if the file's filesystem is of a type that cannot carry labels, or is mounted
+    read-only here (for svirtd only, when its unit's sandbox keeps the directory read-only)."""
     fstype = fstype_of(opened.st)
     if fstype.split(".", 1)[0] in UNLABELABLE_FS:
         raise LabelUnsupported(opened.path, fstype, f"{fstype} filesystems cannot carry per-guest labels")
+    if os.fstatvfs(opened.fd).f_flag & os.ST_RDONLY:
+        mount_point, sandboxed = readonly_mount(opened.path, opened.st)
+        raise LabelUnsupported(opened.path, fstype, "read-only file system", mount_point, sandboxed)
 
 
 def fstype_of(st: os.stat_result) -> str:

@@ -35,6 +35,7 @@ class EventKind(enum.StrEnum):
     UNDEFINED = "undefined"
     STARTED = "started"
     STOPPED = "stopped"
+    CHANGED = "changed"  # a running guest's devices changed: hotplug, unplug, a block job's pivot
     OTHER = "other"
 
 
@@ -93,10 +94,17 @@ class LibvirtWatcher:
         self._lost = asyncio.Event()
         self._first_attempt = asyncio.Event()  # set once the first connect (and reconcile) is over
         self._stopping = False
+        self._selinux_driver: bool | None = None
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
+
+    @property
+    def selinux_driver(self) -> bool | None:
+        """Is libvirt's SELinux security driver active (its host capabilities list the selinux model)?
+        As libvirt said at the last connection; None before the first one."""
+        return self._selinux_driver
 
     async def start(self) -> None:
         global _EVENT_IMPL_REGISTERED  # noqa: PLW0603 - libvirt allows one event impl per process
@@ -157,8 +165,14 @@ class LibvirtWatcher:
         with contextlib.suppress(libvirt.libvirtError):  # test:///default has no keepalive
             conn.setKeepAlive(5, 3)
         conn.registerCloseCallback(self._closed, None)
+        self._selinux_driver = _has_selinux_model(conn.getCapabilities())
         self._callback_ids = [
-            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None),
+            # Runtime changes of a running guest's resources: hotplug, unplug, block jobs (commit, copy,
+            # pull). An external snapshot sends none: the manager rescans running guests for those.
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED, self._changed, None),
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, self._changed, None),
+            conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._changed, None),
         ]
         return conn
 
@@ -180,7 +194,12 @@ class LibvirtWatcher:
             self._loop.call_soon_threadsafe(self._lost.set)
 
     def _lifecycle(self, _conn: Any, dom: Any, event: int, _detail: int, _opaque: Any) -> None:
-        kind = _LIFECYCLE.get(event, EventKind.OTHER)
+        self._emit(dom, _LIFECYCLE.get(event, EventKind.OTHER))
+
+    def _changed(self, _conn: Any, dom: Any, *_args: Any) -> None:
+        self._emit(dom, EventKind.CHANGED)
+
+    def _emit(self, dom: Any, kind: EventKind) -> None:
         ev = DomainEvent(uuid=dom.UUIDString(), name=dom.name(), kind=kind)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_event, ev)
@@ -287,6 +306,14 @@ class LibvirtWatcher:
                 running = [label for label, _enforcing in dom.securityLabelList() if label]
         return DomainInfo(uuid=dom.UUIDString(), name=dom.name(), state=_STATES.get(state, GuestState.OTHER),
                           persistent=persistent, xmls=tuple(xmls), running_labels=tuple(running))
+
+
+def _has_selinux_model(capabilities: str) -> bool:
+    try:
+        root = ET.fromstring(capabilities)  # noqa: S314 - libvirtd's own capabilities document
+    except ET.ParseError:
+        return False
+    return any((m.text or "").strip() == "selinux" for m in root.findall("host/secmodel/model"))
 
 
 def _msg(exc: libvirt.libvirtError) -> str:

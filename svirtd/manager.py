@@ -1,9 +1,10 @@
-"""The use-cases: isolate, release, query, list, reconcile, recover.
+"""The use-cases: isolate, release, query, list, verify, the libvirt hook, reacting to libvirt, recover.
 
 Knows no D-Bus and no libvirt API: it talks to the hypervisor through the small Hypervisor protocol
 (libvirt_watch implements it) and announces changes through the Listener protocol (dbus_iface
-implements it). Blocking file I/O runs in worker threads; the store and the allocator are only
-touched from the event loop, so they need no locks of their own.
+implements it). Which label each resource gets and who applies it is label_plan's; the relabel
+transaction is converge's; who holds which level is level_book's. Blocking file I/O runs in worker
+threads; the store and the allocator are only touched from the event loop, so they need no locks.
 
 Ordering rules that make crashes recoverable: a new assignment is committed before any file is
 touched; a resource's original label is committed (claim phase 'applying') before its label is
@@ -18,7 +19,7 @@ import fnmatch
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,36 +27,26 @@ from typing import Protocol
 from . import labels, relabel
 from .allocator import PairAllocator
 from .config import Config
+from .converge import Converger
 from .denials import GuestRef
-from .errors import (
-    InvalidArgument,
-    NoSuchGuest,
-    NotConfined,
-    RelabelFailed,
-    ResourceConflict,
-    SvirtError,
-    Unlabelable,
-    UnsafePath,
-)
-from .identity import chain_filter_xml, chained_filters, rewrite_definition
+from .errors import InvalidArgument, NoSuchGuest, NotConfined, ResourceConflict, SvirtError, UnsafePath
+from .identity import chain_filter_xml, chained_filters, rewrite_definition, strip_identity
 from .isolation import Object, Proof, Subject, prove_isolation
-from .level_claims import LevelSource, level_claims
+from .level_book import LevelBook
+from .level_claims import LevelSource, level_claims, pair_of
 from .logsetup import guest_fields
 from .models import (
     Assignment,
     GuestState,
     Level,
     Origin,
-    Resource,
     ResourceClass,
     ResourceKind,
     ResourceState,
-    ResourceStatus,
     canonical_uuid,
     looks_like_uuid,
 )
-from .path_locks import KeyLocks, inode_key, path_key
-from .path_policy import Nesting, check_resource_path
+from .observe import observe
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
@@ -65,9 +56,6 @@ from .store import Claim, Store
 log = logging.getLogger(__name__)
 
 MAX_GUEST_REF = 256
-# A relabel transaction re-locks when a file is swapped between its lock guess and its probe; a
-# file swapped on every attempt is an attack or a runaway script: give up, having changed nothing.
-LOCK_ATTEMPTS = 5
 
 
 class DomainInfoLike(Protocol):
@@ -86,6 +74,8 @@ class DomainInfoLike(Protocol):
 class Hypervisor(Protocol):
     @property
     def connected(self) -> bool: ...
+    @property
+    def selinux_driver(self) -> bool | None: ...  # libvirt's SELinux security driver is active (None: not known)
     async def lookup(self, guest: str) -> DomainInfoLike: ...
     async def list_domains(self) -> Sequence[DomainInfoLike]: ...
     async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool: ...
@@ -149,6 +139,24 @@ class VerifyResult:
     proof: Proof
 
 
+class DomainEventLike(Protocol):
+    @property
+    def uuid(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class RescanEvent:
+    """A running guest whose definition changed without an event (an external snapshot, new media)."""
+
+    uuid: str
+    name: str
+    kind: str = "changed"
+
+
 def check_guest_ref(guest: str) -> str:
     """Validate a guest reference (UUID or libvirt name); canonical UUID form when it is one."""
     if not guest:
@@ -184,28 +192,36 @@ class Manager:
         self.allocator = allocator
         self.spec = spec
         self.hv = hypervisor
-        self.defaults = defaults
         self.judge = judge
         self.selinux_enabled = selinux_enabled
         self.listener: Listener = listener or _NoListener()
+        self.levels = LevelBook(store, allocator)
+        self.converger = Converger(config, store, spec, judge, defaults, self.denied)
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
         # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
-        # Relabel transactions lock the paths and inodes they touch (sorted: no deadlock), so guests
-        # that share nothing relabel in parallel. Always taken inside a guest lock, never around one.
-        self._resource_locks = KeyLocks()
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._tasks: set[asyncio.Task[None]] = set()
-        # Levels in use by guests svirtd does not isolate (excluded, released, static labels of their
-        # own): reserved so that no isolated guest is ever handed the same pair.
-        self._foreign: dict[str, tuple[str, Level]] = {}
         self.last_verify: VerifyResult | None = None
         self._verify_lock = asyncio.Lock()
 
     @property
     def denied(self) -> tuple[str, ...]:
         return (*self.config.denied_paths, str(self.config.state_dir))
+
+    @property
+    def libvirt_driver(self) -> bool:
+        """Does libvirt's SELinux driver label guests here? What libvirt said at the last connection;
+        before the first one, whether SELinux is enabled (libvirt's driver follows it)."""
+        known = self.hv.selinux_driver
+        return self.selinux_enabled if known is None else known
+
+    def _libvirt_relabels(self, domain: DomainSpec) -> bool:
+        return domain.libvirt_relabels(self.libvirt_driver)
+
+    def guest_at(self, level: Level) -> GuestRef | None:
+        return self.levels.guest_at(level)
 
     # -- start-up -------------------------------------------------------------------------------
 
@@ -262,16 +278,16 @@ class Manager:
             try:
                 self.store.insert_assignment(assignment)
             except Exception:
-                self.allocator.release(level)
+                self.levels.give_back(level)
                 raise
         else:
             assignment = existing
         try:
-            await self._converge(domain, assignment)
+            await self.converger.converge(domain, assignment, self._libvirt_relabels(domain))
         except Exception:
             if existing is None:  # a refused first isolation leaves no trace
                 self.store.delete_assignment(domain.uuid)
-                self.allocator.release(assignment.level)
+                self.levels.give_back(assignment.level)
             raise
         changes: dict[str, str] = {}
         if assignment.name != domain.name:
@@ -308,30 +324,105 @@ class Manager:
         return {"guest": ref}
 
     # -- the libvirt hook ------------------------------------------------------------------------
+    # libvirtd waits for the hook with the domain locked: nothing here may call libvirt.
 
     async def prepare_start(self, xml: str) -> Assignment | None:
         """The hook's `prepare begin`: make sure the guest is isolated and labeled before qemu exists.
 
-        Everything comes from the XML libvirt handed the hook: libvirt is blocked on the hook, so it
-        is not called. None when the guest is to run unconfined (released by an admin, or not covered
-        by automatic confinement) and require_confined allows that.
+        Everything comes from the XML libvirt handed the hook. None when the guest is to run
+        unconfined (released by an admin, or not covered by automatic confinement) and
+        require_confined allows that.
         """
         domain = parse_domain(xml, self.config.swtpm_dir)
         self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks[domain.uuid]:
-            if self.store.get(domain.uuid) is None and (self.store.is_opted_out(domain.uuid)
-                                                         or not self._wants_auto(domain.name)):
-                why = ("it was released by an admin" if self.store.is_opted_out(domain.uuid)
-                       else "automatic confinement does not cover it (default_confined / auto_confine_names)")
-                if self.config.require_confined:
-                    raise NotConfined(f"{domain.name} is not isolated ({why}) and require_confined = true; "
-                                      f"`svirtctl isolate {domain.name}` confines it")
-                log.warning("guest %s starts UNCONFINED: %s", domain.name, why,
-                            extra=guest_fields(domain.uuid, domain.name))
+            if self.store.get(domain.uuid) is None and not self._confines(domain):
                 return None
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
             return await self._isolate_locked(info, "", Origin.AUTO, domain)
+
+    def _confines(self, domain: DomainSpec) -> bool:
+        """Is a guest svirtd does not isolate yet to be confined now? NotConfined when it is not and
+        require_confined forbids that."""
+        if not self.store.is_opted_out(domain.uuid) and self._wants_auto(domain.name):
+            return True
+        why = ("it was released by an admin" if self.store.is_opted_out(domain.uuid)
+               else "automatic confinement does not cover it (default_confined / auto_confine_names)")
+        if self.config.require_confined:
+            raise NotConfined(f"{domain.name} is not isolated ({why}) and require_confined = true; "
+                              f"`svirtctl isolate {domain.name}` confines it")
+        log.warning("guest %s starts UNCONFINED: %s", domain.name, why, extra=guest_fields(domain.uuid, domain.name))
+        return False
+
+    async def start_check(self, xml: str) -> Assignment | None:
+        """The hook's `start begin`: the definition now carries the label libvirt will exec qemu in
+        (and label the files with). When it is not the guest's pair -- a guest started before svirtd
+        wrote its label into the definition (virt-install defines and starts within milliseconds), a
+        transient `virsh create` -- svirtd adopts the label that is about to run, if no other guest
+        holds it, so that process, files and table agree. Otherwise the start is refused: two guests
+        must never share a pair."""
+        domain = parse_domain(xml, self.config.swtpm_dir)
+        label = domain.running_label
+        if label is None:
+            return None  # no SELinux label: nothing runs confined by libvirt's driver here
+        running = pair_of(label)
+        async with self._guest_locks[domain.uuid]:
+            a = self.store.get(domain.uuid)
+            if a is None:
+                if running is not None:
+                    self._refuse_shared_level(domain, running)
+                    self.levels.hold_foreign(domain.uuid, domain.name, running)
+                return None
+            if running == a.level:
+                return a
+            if running is None:
+                msg = f"{domain.name} would run with {label}, not its own pair {a.level}: it would not be isolated"
+                if self.config.require_confined:
+                    raise NotConfined(f"{msg}; require_confined = true refuses that. Remove the seclabel from "
+                                      "its definition")
+                log.error("%s", msg, extra=guest_fields(a.uuid, a.name))
+                return a
+            self._refuse_shared_level(domain, running)
+            return await self._adopt_level(domain, a, running)
+
+    def _refuse_shared_level(self, domain: DomainSpec, level: Level) -> None:
+        holder = self.levels.holder_of(level, domain.uuid)
+        if holder is not None:
+            raise ResourceConflict(
+                f"{domain.name} would run with {level}, which svirtd holds for guest {holder}: two guests would "
+                "share a pair. Start it again (libvirt draws a new dynamic label), or let svirtd write the guest's "
+                "own label into its definition first (`svirtctl isolate`)")
+
+    async def _adopt_level(self, domain: DomainSpec, a: Assignment, level: Level) -> Assignment:
+        """The guest runs with `level`, not the pair svirtd gave it: take that one, free the old one and
+        move what svirtd labeled over to it."""
+        self.levels.take(level, a.uuid)
+        self.store.update_assignment(a.uuid, level=str(level), note=f"adopted {level}, the label libvirt started "
+                                     f"it with (svirtd had given it {a.level})")
+        self.levels.give_back(a.level)
+        moved = self.store.get(a.uuid)
+        assert moved is not None
+        await self.converger.converge(domain, moved, self._libvirt_relabels(domain))
+        log.warning("%s started with %s before its definition carried svirtd's label: adopted it (was %s)",
+                    a.name, level, a.level, extra=guest_fields(a.uuid, a.name))
+        self.listener.isolated(moved)
+        return moved
+
+    async def rewrite_incoming(self, xml: str) -> str | None:
+        """The hook's `migrate begin` and `restore begin`: the definition of a guest arriving from
+        another host or from a save image, which the hook may rewrite. svirtd puts its own label in:
+        the guest's pair here if it is known, else the pair it arrives with if no guest here holds it
+        (migration keeps the pair), else a new one. None: use the XML unchanged."""
+        domain = parse_domain(xml, self.config.swtpm_dir)
+        if not self.libvirt_driver:
+            return None  # no SELinux label can run here: nothing to rewrite
+        a = await self.prepare_start(xml)
+        if a is None:
+            return None
+        tcg = domain.is_tcg
+        label = str(self.spec.process_label(a.level, tcg))
+        return rewrite_definition(xml, a.uuid, a.level, a.profile, label, None)
 
     async def guest_stopped(self, guest: str) -> None:
         """The hook's `release end`: the guest's qemu is gone."""
@@ -371,19 +462,26 @@ class Manager:
             raise InvalidArgument(f"profile {profile.name}: {domain.name} has {len(domain.interfaces)} network "
                                   "interface(s); remove them from its definition or choose another profile")
 
+    def _writes_seclabel(self) -> bool:
+        """Write the static seclabel? Where libvirt's SELinux driver runs (libvirt refuses to start a
+        guest with a model='selinux' seclabel where it does not), or when configured always."""
+        mode = self.config.write_seclabels
+        return mode == "always" or (mode == "auto" and self.libvirt_driver)
+
     async def _write_identity(self, a: Assignment | None, info: DomainInfoLike) -> None:
         """Metadata, static seclabel and profile filters into the persistent definition (only if they
         differ: the redefinition's own event then changes nothing). Called without any guest lock."""
         if a is None or not self.hv.connected:
             return
+        fresh = self.store.get(a.uuid)  # the hook may have moved it to the label libvirt started it with
+        if fresh is None:
+            return
+        a = fresh
         xml = info.xmls[0]
         cached = self._domains.get(a.uuid)  # parsed by _isolate_locked moments ago
         tcg = cached.is_tcg if cached is not None else self._parse(info).is_tcg
         profile = resolve_profile(a.profile)
-        if self.config.write_seclabels == "always" or (self.config.write_seclabels == "auto" and self.selinux_enabled):
-            seclabel: str | None = str(self.spec.process_label(a.level, tcg))
-        else:
-            seclabel = None
+        seclabel = str(self.spec.process_label(a.level, tcg)) if self._writes_seclabel() else None
 
         def transform(definition: str) -> str | None:
             return rewrite_definition(definition, a.uuid, a.level, a.profile, seclabel, profile.nwfilter)
@@ -403,7 +501,7 @@ class Manager:
                         extra=guest_fields(a.uuid, a.name))
 
     async def release(self, guest: str, optout: bool = True) -> None:
-        """Restore the guest's resources and free its pair.
+        """Restore the guest's resources, take svirtd's label out of its definition and free its pair.
 
         optout: the guest stays defined, so automatic confinement must leave it alone until the
         next Isolate (an explicit Release is a decision, not something to undo on the next event).
@@ -415,21 +513,43 @@ class Manager:
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
             await self._finish_release(a, optout=optout)
+        if optout:
+            await self._forget_identity(a)
 
     async def _finish_release(self, a: Assignment, optout: bool) -> None:
         self.store.begin_release(a.uuid, optout)
-        claims = self.store.claims_for(a.uuid)
-        keys = {path_key(c.path) for c in claims} | {inode_key(c.dev, c.ino) for c in claims}
-        async with self._resource_locks.hold(keys):
-            outcomes = await self._restore(a.uuid, claims)
+        outcomes = await self.converger.restore_all(a)
         for out in outcomes:
             level = logging.INFO if out.restored or out.intended else logging.WARNING
             log.log(level, "%s: %s", out.path, out.message, extra=guest_fields(a.uuid, a.name))
         self.store.delete_assignment(a.uuid)
-        self.allocator.release(a.level)
+        if optout:
+            # Still defined: its definition (static seclabel, metadata) and maybe its running qemu carry
+            # the pair until svirtd has taken the label out and the guest has stopped. Until then no other
+            # guest may get it.
+            self.levels.hand_over(a.uuid, a.name, a.level)
+        else:
+            self.levels.give_back(a.level)
         self._domains.pop(a.uuid, None)
-        log.info("released %s (%s freed)", a.name, a.level, extra=guest_fields(a.uuid, a.name))
+        log.info("released %s (%s%s)", a.name, a.level, " kept reserved while its definition or qemu carries it"
+                 if optout else " freed", extra=guest_fields(a.uuid, a.name))
         self.listener.released(a.uuid, a.name)
+
+    async def _forget_identity(self, a: Assignment) -> None:
+        """After a Release: svirtd's label and binding out of the definition; the pair is free once
+        neither the definition nor a running qemu carries it."""
+        if not self.hv.connected:
+            return  # the next reconcile decides (its definition still reserves the pair)
+        try:
+            await self.hv.rewrite_definition(a.uuid, lambda xml: strip_identity(xml, a.level))
+            info = await self.hv.lookup(a.uuid)
+        except SvirtError as exc:
+            log.warning("could not take svirtd's label out of %s's definition (%s): its pair stays reserved",
+                        a.name, exc, extra=guest_fields(a.uuid, a.name))
+            return
+        async with self._guest_locks[a.uuid]:
+            if self.store.get(a.uuid) is None:
+                self._reserve_foreign(info)
 
     def list_summary(self) -> list[tuple[str, str, str, str, str]]:
         """(uuid, name, level, profile, state) of every isolated guest."""
@@ -448,7 +568,13 @@ class Manager:
             except SvirtError:
                 domain = None
         claims = self.store.claims_for(uuid)
-        states = await asyncio.to_thread(self._observe, a, domain, claims)
+        decisions = self.converger.decisions(domain, a, self._libvirt_relabels(domain)) if domain is not None else ()
+        running = a.state is GuestState.RUNNING
+
+        def note(exc: labels.LabelUnsupported) -> str:
+            return self.converger.unlabelable_note(a, exc)
+
+        states = await asyncio.to_thread(observe, decisions, claims, running, self.denied, note)
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
@@ -529,7 +655,8 @@ class Manager:
     # -- reacting to libvirt ----------------------------------------------------------------------
 
     def on_event(self, event: DomainEventLike) -> None:
-        """Called on the loop for each libvirt lifecycle event; handled in its own task."""
+        """Called on the loop for each libvirt event (lifecycle, device added/removed, block job);
+        handled in its own task."""
         task = asyncio.create_task(self._handle_event(event), name=f"event-{event.kind}-{event.uuid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -581,7 +708,7 @@ class Manager:
     async def _forget(self, uuid: str) -> None:
         """The guest no longer exists in libvirt: release it, and drop any opt-out."""
         self.store.remove_optout(uuid)
-        self._release_foreign(uuid)
+        self.levels.release_foreign(uuid)
         a = self.store.get(uuid)
         if a is not None:
             await self._finish_release(a, optout=False)
@@ -591,8 +718,7 @@ class Manager:
         domains = await self.hv.list_domains()
         present = {d.uuid for d in domains}
         # Every level in use is reserved before any new pair is drawn.
-        for uuid in list(self._foreign):
-            self._release_foreign(uuid)
+        self.levels.release_all_foreign()
         for info in domains:
             if self.store.get(info.uuid) is None:
                 self._reserve_foreign(info)
@@ -615,6 +741,34 @@ class Manager:
                 log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
         log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())
 
+    async def rescan_running(self) -> int:
+        """Running isolated guests whose definition changed without an event (an external snapshot,
+        media changed in a drive) converge now. Returns how many changed."""
+        changed = 0
+        for row in self.store.summary_rows():
+            uuid, name, _level, _profile, state = row
+            if state != GuestState.RUNNING.value:
+                continue
+            try:
+                info = await self.hv.lookup(uuid)
+            except SvirtError:
+                continue
+            fresh = self._spec_of(info)
+            if self._domains.get(uuid) != fresh:
+                changed += 1
+                self.on_event(RescanEvent(uuid, name))
+        return changed
+
+    async def run_rescans(self, interval: float) -> None:
+        """rescan_running every interval seconds, for as long as svirtd runs."""
+        while True:
+            await asyncio.sleep(interval)
+            if self.hv.connected:
+                try:
+                    await self.rescan_running()
+                except Exception:
+                    log.exception("rescanning running guests failed")
+
     async def drain(self) -> None:
         """Wait for in-flight event handlers (shutdown, tests)."""
         while self._tasks:
@@ -623,97 +777,45 @@ class Manager:
     # -- levels ---------------------------------------------------------------------------------
 
     async def _choose_level(self, domain: DomainSpec, info: DomainInfoLike) -> tuple[Level, str]:
-        """The first level the guest already claims that nobody else holds, else a fresh pair.
-
-        A claim held by another guest (a copied definition or image) is a conflict: the newcomer
-        gets a new pair and the note says which guest held the old one.
-        """
+        """The first level the guest already claims that nobody else holds, else a fresh pair."""
         private = [r for r in domain.resources
                    if r.rclass is ResourceClass.PRIVATE and r.kind in (ResourceKind.FILE, ResourceKind.BLOCK)]
         on_disk = await asyncio.to_thread(relabel.current_labels, private)
-        conflicts: list[str] = []
-        for claim in level_claims(domain, self.spec, info.running_labels, on_disk):
-            holder = self._holder_of(claim.level, domain.uuid)
-            if holder is None:
-                self._take(claim.level, domain.uuid)
-                return claim.level, self._remap_note(conflicts, claim.level)
-            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
-        level = self.allocator.allocate()
-        return level, self._remap_note(conflicts, level)
-
-    @staticmethod
-    def _remap_note(conflicts: list[str], level: Level) -> str:
-        return f"re-mapped to {level}: {'; '.join(conflicts)}" if conflicts else ""
-
-    def guest_at(self, level: Level) -> GuestRef | None:
-        """The guest (isolated, or running with a foreign label) that holds a level."""
-        found = self.store.guest_at_level(level)
-        if found is not None:
-            return GuestRef(*found)
-        for uuid, (name, held) in self._foreign.items():
-            if held == level:
-                return GuestRef(uuid, f"{name} (not isolated by svirtd)")
-        return None
-
-    def _holder_of(self, level: Level, uuid: str) -> str | None:
-        """Name of the guest (other than uuid) holding level, or None when it is free for uuid."""
-        owner = self.store.by_level(level)
-        if owner is not None and owner.uuid != uuid:
-            return f"{owner.name} ({owner.uuid})"
-        for other, (name, held) in self._foreign.items():
-            if held == level and other != uuid:
-                return f"{name} ({other}, not isolated by svirtd)"
-        mine = self._foreign.get(uuid)
-        if owner is None and (mine is None or mine[1] != level) and self.allocator.in_space(level) \
-                and not self.allocator.is_free(level):
-            return "an unknown holder (the pair is marked in use)"  # only if the table were inconsistent
-        return None
-
-    def _take(self, level: Level, uuid: str) -> None:
-        """Reserve level for uuid; a foreign reservation of its own simply changes hands."""
-        mine = self._foreign.pop(uuid, None)
-        if mine is not None and mine[1] == level:
-            return
-        if mine is not None:
-            self.allocator.release(mine[1])
-        self.allocator.reserve(level)
+        running = (*info.running_labels, *([domain.running_label] if domain.running_label else []))
+        return self.levels.choose(domain.uuid, level_claims(domain, self.spec, running, on_disk))
 
     def _reserve_foreign(self, info: DomainInfoLike) -> None:
-        """Reserve the level a guest svirtd does not isolate runs with (static label, running qemu)."""
+        """Reserve the level a guest svirtd does not isolate runs with or carries as a static label;
+        drop the reservation once it carries none (a released guest whose label is gone)."""
         domain = self._parse(info)
         for claim in level_claims(domain, self.spec, info.running_labels):
-            if claim.source not in (LevelSource.STATIC, LevelSource.RUNNING):
-                continue
-            current = self._foreign.get(info.uuid)
-            if current is not None and current[1] == claim.level:
+            if claim.source in (LevelSource.STATIC, LevelSource.RUNNING):
+                self.levels.hold_foreign(info.uuid, info.name, claim.level)
                 return
-            if self._holder_of(claim.level, info.uuid) is None:
-                self._release_foreign(info.uuid)
-                self.allocator.reserve(claim.level)
-                self._foreign[info.uuid] = (info.name, claim.level)
-            else:
-                log.warning("%s runs with %s (%s), which another guest holds: the two are not isolated from "
-                            "each other", info.name, claim.level, claim.source.value,
-                            extra=guest_fields(info.uuid, info.name))
-            return
-
-    def _release_foreign(self, uuid: str) -> None:
-        held = self._foreign.pop(uuid, None)
-        if held is not None:
-            self.allocator.release(held[1])
+        self.levels.release_foreign(info.uuid)
 
     # -- internals ------------------------------------------------------------------------------
 
-    def _parse(self, info: DomainInfoLike) -> DomainSpec:
-        """One DomainSpec from the persistent and live definitions (union of their resources)."""
-        specs = [parse_domain(xml, self.config.swtpm_dir) for xml in info.xmls]
+    def _spec_of(self, info: DomainInfoLike) -> DomainSpec:
+        """One DomainSpec from the live and persistent definitions. While the guest runs, the live
+        one comes first: a path both name is labeled for what qemu uses now (an old top image that a
+        snapshot turned into a read-only backing layer); the persistent one adds what the next start
+        will use."""
+        xmls = list(info.xmls)
+        if info.state is GuestState.RUNNING and len(xmls) > 1:
+            xmls.reverse()
+        specs = [parse_domain(xml, self.config.swtpm_dir) for xml in xmls]
         first = specs[0]
         if len(specs) > 1:
             seen = {r.path for r in first.resources}
             extra = [r for s in specs[1:] for r in s.resources if r.path not in seen]
             first = first.model_copy(update={"resources": first.resources + tuple(extra)})
-        self._domains[first.uuid] = first
         return first
+
+    def _parse(self, info: DomainInfoLike) -> DomainSpec:
+        spec = self._spec_of(info)
+        self._domains[spec.uuid] = spec
+        return spec
 
     def _resolve_assigned(self, ref: str) -> str:
         if looks_like_uuid(ref):
@@ -727,211 +829,8 @@ class Manager:
             raise InvalidArgument(f"several isolated guests were named {ref!r}; use the UUID")
         return matches[0].uuid
 
-    def _unlabelable_note(self, a: Assignment, exc: labels.LabelUnsupported) -> str:
-        """What the admin needs to know: isolation is lost, and which boolean (asked of the policy)
-        would let guests use such storage at all."""
-        booleans: tuple[str, ...] | None = None
-        if self.judge is not None:
-            booleans = self.judge.booleans_for_storage(str(self.spec.process_label(a.level)), exc.fstype)
-        if booleans is None:
-            booleans = (exc.boolean,) if exc.boolean else ()
-        if booleans:
-            how = " or ".join(f"`setsebool -P {b} 1`" for b in booleans)
-            hint = f"guests reach it only after {how}, and then EVERY guest can reach it"
-        else:
-            hint = "no SELinux boolean lets guests use it: move it to a filesystem with xattr support"
-        return f"{exc.path} is unlabelable ({exc.fstype}): isolation lost; {hint}"
-
     def _not_isolated(self, ref: str) -> None:
         if self.store.optout_named(ref):
             raise NoSuchGuest(f"guest {ref!r} is not isolated: it was released by an admin; "
                               f"`svirtctl isolate {ref}` confines it again")
         raise NoSuchGuest(f"guest {ref!r} is not isolated by svirtd (`svirtctl list` shows those that are)")
-
-    async def _converge(self, domain: DomainSpec, a: Assignment) -> None:
-        """Make the guest's resources carry the labels its level asks for; undo removed ones."""
-        plan = relabel.plan_relabel(domain, a.level, self.spec, self.denied)  # UnsafePath: nothing touched
-        held = self.store.claims_for(a.uuid)  # stable: only this guest's transactions (guest lock held) change them
-        for _attempt in range(LOCK_ATTEMPTS):
-            keys = await asyncio.to_thread(relabel.lock_keys, plan, held)
-            async with self._resource_locks.hold(keys):
-                probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
-                try:
-                    if not relabel.probed_keys(probed) <= keys:
-                        continue  # a file was replaced between the guess and the probe: lock what is there now
-                    await self._apply(domain, a, probed)
-                    return
-                finally:
-                    probed.close()
-        raise RelabelFailed(f"{domain.name}: its files kept being replaced while svirtd labeled them "
-                            f"({LOCK_ATTEMPTS} attempts); nothing was changed. Try again when they are stable")
-
-    def _check_nesting(self, a: Assignment, present: Sequence[relabel.Probed]) -> None:
-        """ResourceConflict if a resource and another guest's directory tree overlap. Synchronous, and
-        followed by this guest's claims without an await: no claim can appear in between."""
-        if not present:
-            return
-        # Every other claim if this guest has a tree (it may hold any of them), else only their trees.
-        has_tree = any(p.planned.resource.kind is ResourceKind.TREE for p in present)
-        clash = relabel.find_nesting(present, self.store.claims_of_others(a.uuid, trees_only=not has_tree))
-        if clash is None:
-            return
-        item, other, how = clash
-        owner = self.store.get(other.uuid)
-        whose = f"guest {owner.name if owner else other.uuid} ({other.uuid})"
-        what = f"{item.path} ({item.planned.resource.device})"
-        if how is Nesting.INSIDE:
-            raise ResourceConflict(
-                f"{what} lies inside {other.path}, a directory tree of {whose}: one file cannot carry two guests' "
-                "labels; move it out of that tree, or give that guest a directory holding no other guest's files")
-        raise ResourceConflict(
-            f"the directory tree {what} contains {other.path}, a resource of {whose}: labeling the tree would hand "
-            "that file to this guest; share a directory that holds no other guest's files")
-
-    async def _apply(self, domain: DomainSpec, a: Assignment, probed: relabel.ProbeResult) -> None:
-        if probed.unlabelable:
-            # In a worker thread: the first question reads the policy with setools (~0.2 s).
-            described = await asyncio.to_thread(lambda: "; ".join(
-                self._unlabelable_note(a, p.unlabelable) for p in probed.unlabelable if p.unlabelable is not None))
-            if self.config.refuse_unlabelable:
-                raise Unlabelable(f"{domain.name}: {described}. refuse_unlabelable = true in svirtd.conf: move "
-                                  "these to labelable storage, or set it to false to isolate the rest")
-            log.warning("%s: %s", domain.name, described, extra=guest_fields(a.uuid, a.name))
-        self._check_nesting(a, probed.present)
-        existing = {c.path: c for c in self.store.claims_for(a.uuid)}
-        claims: list[Claim] = []
-        for item in probed.present:
-            assert item.opened is not None
-            st = item.opened.st
-            self._check_conflicts(a, item, st.st_dev, st.st_ino)
-            mine = existing.get(item.path)
-            if mine is not None and (mine.dev, mine.ino) == (st.st_dev, st.st_ino):
-                original = mine.original
-            else:
-                original = self._original_of(st.st_dev, st.st_ino, item.current)
-            claims.append(Claim(uuid=a.uuid, path=item.path, device=item.planned.resource.device,
-                                kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
-                                dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
-                                original=original, phase="applying", real=item.opened.path))
-
-        def done_already(item: relabel.Probed) -> bool:
-            assert item.opened is not None
-            mine = existing.get(item.path)
-            return (mine is not None and mine.phase == "applied" and item.current == item.planned.target
-                    and (mine.dev, mine.ino) == (item.opened.st.st_dev, item.opened.st.st_ino))
-
-        def journal_for(item: relabel.Probed) -> Path:
-            assert item.opened is not None
-            return relabel.journal_prefix(self.config.journal_dir, a.uuid, item.planned.resource.rclass,
-                                          item.opened.st.st_dev, item.opened.st.st_ino)
-
-        # Claims already on record and on disk need no write: a guest start (the hook) that finds
-        # everything in place costs no fsync.
-        changing = [c for c, item in zip(claims, probed.present, strict=True)
-                    if not (done_already(item) and existing[c.path] == c.model_copy(update={"phase": "applied"}))]
-        if changing:
-            # Originals are durable before the first label changes (trees: the helper journals each entry).
-            self.store.put_claims(changing)
-            # Rolls back itself on failure.
-            await asyncio.to_thread(relabel.apply_probed, probed.present, journal_for, done_already)
-            self.store.set_claims_phase(a.uuid, [c.path for c in changing], "applied")
-        wanted = {c.path for c in claims}
-        gone = [c for path, c in existing.items() if path not in wanted]
-        if gone:
-            await self._restore(a.uuid, gone)
-            self.store.delete_claims(a.uuid, [c.path for c in gone])
-
-    def _check_conflicts(self, a: Assignment, item: relabel.Probed, dev: int, ino: int) -> None:
-        for other in self.store.claims_on_inode(dev, ino):
-            if other.uuid == a.uuid:
-                continue
-            # Private is never shared; shared and read-only want different labels on the same file.
-            if ResourceClass.PRIVATE in (other.rclass, item.planned.resource.rclass) \
-                    or other.rclass is not item.planned.resource.rclass:
-                owner = self.store.get(other.uuid)
-                owner_name = owner.name if owner else other.uuid
-                raise ResourceConflict(
-                    f"{item.path} ({item.planned.resource.device}) is already a resource of guest {owner_name} "
-                    f"({other.uuid}) as {other.path} [{other.rclass.value}]; mark it <shareable/> or "
-                    "<readonly/> in both guests, or give this guest its own copy"
-                )
-
-    def _original_of(self, dev: int, ino: int, current: str | None) -> str:
-        """What the file carried before svirtd: another guest's record of it if it is shared."""
-        for other in self.store.claims_on_inode(dev, ino):
-            if other.original is not None:
-                return other.original
-        return current if current is not None else ""
-
-    async def _restore(self, uuid: str, claims: Iterable[Claim]) -> list[relabel.RestoreOutcome]:
-        """Restore the claims no other guest still holds. Shared and read-only ones stay as long as anyone
-        uses them; with restore_shared = false for good (libvirt's way: a guest on another host sharing
-        the storage may use them without this host knowing)."""
-        to_restore: list[Claim] = []
-        kept: list[relabel.RestoreOutcome] = []
-        for c in claims:
-            others = [o for o in self.store.claims_on_inode(c.dev, c.ino) if o.uuid != uuid]
-            if others:
-                kept.append(relabel.RestoreOutcome(c.path, False, f"kept: still used by {len(others)} other guest(s)",
-                                                   intended=True))
-            elif c.rclass is not ResourceClass.PRIVATE and not self.config.restore_shared:
-                if c.kind is ResourceKind.TREE:
-                    relabel.discard_journal(relabel.claim_journal(c, self.config.journal_dir))
-                kept.append(relabel.RestoreOutcome(
-                    c.path, False, f"left as {c.expected}: {c.rclass.value} files are not restored (restore_shared = "
-                    f"false: other hosts' guests may use them); `restorecon {c.path}` puts back the policy default",
-                    intended=True))
-            else:
-                to_restore.append(c)
-        if to_restore:
-            self.store.set_claims_phase(uuid, [c.path for c in to_restore], "restoring")
-        outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.config.journal_dir,
-                                           self.defaults)
-        return kept + outcomes
-
-    def _observe(self, a: Assignment, domain: DomainSpec | None, claims: list[Claim]) -> list[ResourceState]:
-        """Expected vs. on-disk label of every resource (runs in a worker thread: file I/O)."""
-        by_path = {c.path: c for c in claims}
-        resources: list[Resource] = list(domain.resources) if domain is not None else []
-        known = {r.path for r in resources}
-        resources += [Resource(path=c.path, device=c.device, kind=c.kind, rclass=c.rclass)
-                      for c in claims if c.path not in known]
-        return [self._observe_one(a, r, by_path.get(r.path)) for r in resources]
-
-    def _observe_one(self, a: Assignment, res: Resource, claim: Claim | None) -> ResourceState:
-        def state(expected: str, actual: str, status: ResourceStatus, note: str = "") -> ResourceState:
-            return ResourceState(path=res.path, device=res.device, kind=res.kind, rclass=res.rclass,
-                                 expected=expected, actual=actual, status=status, note=note or res.note)
-
-        if res.rclass is ResourceClass.UNHANDLED:
-            return state("", "", ResourceStatus.NOT_RELABELED, f"not relabeled: {res.note}")
-        target = self.spec.label_for(res.rclass, a.level)
-        expected = str(target) if target is not None else ""
-        try:
-            check_resource_path(res, self.denied)
-            with labels.open_resource(res.path, res.kind) as opened:
-                try:
-                    labels.check_labelable(opened)
-                    actual = labels.get_label(opened) or ""
-                except labels.LabelUnsupported as exc:
-                    return state(expected, "", ResourceStatus.UNLABELABLE, self._unlabelable_note(a, exc))
-        except FileNotFoundError:
-            return state(expected, "", ResourceStatus.ABSENT, "not present yet" if res.optional else "missing")
-        except (UnsafePath, OSError) as exc:
-            return state(expected, "", ResourceStatus.NOT_RELABELED, f"refused: {exc}")
-        if claim is not None and claim.phase != "applied":
-            return state(expected, actual, ResourceStatus.PENDING)
-        if res.kind is ResourceKind.TREE and actual == expected:
-            return state(expected, actual, ResourceStatus.LABELED, "directory tree (label of its root shown)")
-        if actual == expected:
-            return state(expected, actual, ResourceStatus.LABELED)
-        return state(expected, actual, ResourceStatus.DRIFTED, "on-disk label differs from svirtd's")
-
-
-class DomainEventLike(Protocol):
-    @property
-    def uuid(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def kind(self) -> str: ...

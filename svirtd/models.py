@@ -167,7 +167,8 @@ class ResourceKind(enum.StrEnum):
     BLOCK = "block"  # a block device node named as a block disk
     SOCKET = "socket"  # a unix socket chardev (may not exist before qemu creates it)
     TREE = "tree"  # a directory tree (virtiofs/9p filesystem, TPM state)
-    NONE = "none"  # nothing on the host to label (network disk, hostdev...)
+    CHAR = "char"  # a host character device node (evdev, USB, VFIO group, /dev/sg, TPM): libvirt's to label
+    NONE = "none"  # nothing on the host to label (network disk, emulated device...)
 
 
 class Resource(BaseModel):
@@ -181,6 +182,24 @@ class Resource(BaseModel):
     rclass: ResourceClass
     note: str = ""  # why it is unhandled, or other facts for Query
     optional: bool = False  # may legitimately be absent (a socket qemu creates, NVRAM before first boot)
+    # Who CAN label it: svirtd (files and trees it opens safely; never device nodes) and libvirt's own
+    # SELinux driver (what it labels at start and hotplug). label_plan decides who does, per guest.
+    svirtd_labels: bool = True
+    libvirt_labels: bool = True
+    # The definition's per-device <seclabel model='selinux'>: relabel='no' (hands off), or its own label.
+    relabel: bool = True
+    label: str | None = None
+    # The <driver type> of a top image that names no <backingStore>: its backing chain is probed from
+    # the image header (as libvirt does when qemu starts). '' when the chain is given or not probed.
+    probe_format: str = ""
+
+
+class Applier(enum.StrEnum):
+    """Who writes a resource's label (decided per guest in label_plan)."""
+
+    SVIRTD = "svirtd"  # svirtd labels it: when isolating, from the libvirt hook, on runtime events
+    LIBVIRT = "libvirt"  # libvirt's SELinux driver labels it with svirtd's label while the guest runs
+    NOBODY = "nobody"  # not labeled; the reason says why
 
 
 class ResourceStatus(enum.StrEnum):
@@ -190,6 +209,8 @@ class ResourceStatus(enum.StrEnum):
     UNLABELABLE = "unlabelable"  # storage cannot hold labels: isolation lost
     NOT_RELABELED = "not-relabeled"  # unhandled class, see note
     PENDING = "pending"  # a relabel is in progress
+    DEFERRED = "deferred"  # libvirt's SELinux driver labels it when the guest starts
+    NOT_OBSERVED = "not-observed"  # labeled by libvirt, but nothing on the host to read it from
 
 
 class ResourceState(BaseModel):
@@ -205,6 +226,7 @@ class ResourceState(BaseModel):
     actual: str
     status: ResourceStatus
     note: str = ""
+    applier: Applier = Applier.SVIRTD
 
 
 class GuestState(enum.StrEnum):

@@ -19,6 +19,9 @@ SYSTEM_TREES: tuple[str, ...] = (
     "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr",
     "/var/lib/selinux", "/var/lib/dpkg", "/var/lib/rpm", "/var/log",
 )
+# Inside a system tree, files (never trees) svirtd may label: libvirt keeps guests' chardev logs here,
+# and the unit lists it in ReadWritePaths= (a test keeps the two in agreement).
+GUEST_FILES_IN_SYSTEM_TREES: tuple[str, ...] = ("/var/log/libvirt/qemu",)
 # These directories must never be the root of a relabeled tree, nor lie inside one.
 # (S108: a deny list, not temporary-file use.)
 NEVER_TREE_ROOTS: tuple[str, ...] = (
@@ -53,8 +56,10 @@ def check_resource_path(res: Resource, extra_denied: Iterable[str] = ()) -> None
     """UnsafePath if the resource's path may not be relabeled, whatever is on disk."""
     path = res.path
     check_path_text(path)
+    guest_file = res.kind is not ResourceKind.TREE and any(
+        _inside(path, d) and path != d for d in GUEST_FILES_IN_SYSTEM_TREES)
     for tree in (*SYSTEM_TREES, *extra_denied):
-        if _inside(path, tree):
+        if _inside(path, tree) and not (guest_file and tree in SYSTEM_TREES):
             raise UnsafePath(f"{path}: inside the system tree {tree}, which svirtd never relabels")
     if _inside(path, "/dev") and res.kind is not ResourceKind.BLOCK:
         raise UnsafePath(f"{path}: device nodes are relabeled only when the domain declares a block disk")

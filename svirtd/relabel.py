@@ -23,11 +23,12 @@ from typing import Protocol
 
 from . import labels
 from .errors import RelabelFailed, ResourceConflict, UnsafePath
-from .models import Level, Resource, ResourceClass, ResourceKind
+from .image_header import HEADER_BYTES, Backing, HeaderError, qcow2_backing
+from .label_plan import LabelDecision
+from .models import Applier, Level, Resource, ResourceClass, ResourceKind
 from .path_locks import inode_key, path_key
 from .path_policy import Nesting, check_resource_path, nesting
 from .policy import LabelSpec
-from .resources import DomainSpec
 from .store import Claim
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,13 @@ log = logging.getLogger(__name__)
 class PlannedResource:
     resource: Resource
     target: str  # the context the resource must carry
+    # SVIRTD: svirtd writes the label. LIBVIRT: libvirt's driver labels it while the guest runs; svirtd
+    # only claims it (one owner per private file, no tree overlapping another guest's files).
+    applier: Applier = Applier.SVIRTD
+
+    @property
+    def labels(self) -> bool:
+        return self.applier is Applier.SVIRTD
 
 
 @dataclass(frozen=True)
@@ -47,25 +55,83 @@ class RelabelPlan:
     uuid: str
     level: Level
     items: tuple[PlannedResource, ...]  # sorted by path: the lock and apply order
-    unhandled: tuple[Resource, ...]
+    unhandled: tuple[LabelDecision, ...]  # nobody labels these (Query says why)
+    refused: tuple[tuple[Resource, str], ...] = ()  # optional resources svirtd may not touch, and why
 
 
-def plan_relabel(
-    domain: DomainSpec, level: Level, spec: LabelSpec, denied_trees: Sequence[str] = ()
-) -> RelabelPlan:
-    """Every resource's target label; UnsafePath for the first path that may never be touched."""
+def plan_relabel(decisions: Iterable[LabelDecision], uuid: str, level: Level,
+                 denied_trees: Sequence[str] = ()) -> RelabelPlan:
+    """Every labeled resource with its target; UnsafePath for the first mandatory path that may never
+    be touched (by svirtd, nor by libvirt on svirtd's word). An optional resource (a serial log, a
+    socket qemu creates) that is refused is reported on that resource and never un-isolates the guest."""
     items: list[PlannedResource] = []
-    unhandled: list[Resource] = []
-    for res in domain.resources:
-        if res.rclass is ResourceClass.UNHANDLED:
-            unhandled.append(res)
+    unhandled: list[LabelDecision] = []
+    refused: list[tuple[Resource, str]] = []
+    for d in decisions:
+        if d.applier is Applier.NOBODY or d.resource.kind in (ResourceKind.NONE, ResourceKind.CHAR):
+            unhandled.append(d)
             continue
-        check_resource_path(res, denied_trees)
-        target = spec.label_for(res.rclass, level)
-        assert target is not None
-        items.append(PlannedResource(resource=res, target=str(target)))
+        try:
+            check_resource_path(d.resource, denied_trees)
+        except UnsafePath as exc:
+            if not d.resource.optional:
+                raise
+            refused.append((d.resource, str(exc)))
+            continue
+        items.append(PlannedResource(resource=d.resource, target=d.target, applier=d.applier))
     items.sort(key=lambda p: p.resource.path)
-    return RelabelPlan(uuid=domain.uuid, level=level, items=tuple(items), unhandled=tuple(unhandled))
+    return RelabelPlan(uuid=uuid, level=level, items=tuple(items), unhandled=tuple(unhandled),
+                       refused=tuple(refused))
+
+
+def with_backing_chains(plan: RelabelPlan, spec: LabelSpec, denied_trees: Sequence[str] = ()) -> RelabelPlan:
+    """The plan plus the backing layers svirtd-labeled qcow2 images name in their headers (where the
+    definition gives no <backingStore>): read-only content, as libvirt labels the chain it probes.
+    UnsafePath when a header names a file svirtd may never touch (an image pointing at /etc/shadow)."""
+    known = {p.resource.path for p in plan.items}
+    found: list[PlannedResource] = []
+    queue = [p for p in plan.items if p.labels and p.resource.probe_format == "qcow2"]
+    content = str(spec.label_for(ResourceClass.READONLY, plan.level))
+    depth = 0
+    while queue and depth < MAX_CHAIN:
+        depth += 1
+        nxt: list[PlannedResource] = []
+        for item in queue:
+            backing = _read_backing(item.resource)
+            if backing is None or backing.path in known:
+                continue
+            known.add(backing.path)
+            res = Resource(path=backing.path, device=f"{item.resource.device.split(' backing')[0]} backing layer "
+                           f"{depth} (probed)", kind=ResourceKind.FILE, rclass=ResourceClass.READONLY,
+                           probe_format=backing.format if backing.format == "qcow2" else "")
+            check_resource_path(res, denied_trees)
+            layer = PlannedResource(resource=res, target=content)
+            found.append(layer)
+            nxt.append(layer)
+        queue = nxt
+    if not found:
+        return plan
+    items = sorted((*plan.items, *found), key=lambda p: p.resource.path)
+    return RelabelPlan(uuid=plan.uuid, level=plan.level, items=tuple(items), unhandled=plan.unhandled,
+                       refused=plan.refused)
+
+
+MAX_CHAIN = 16  # layers followed below a top image (qemu's own limit is far deeper; images here are not)
+
+
+def _read_backing(res: Resource) -> Backing | None:
+    """The backing file a qcow2 image names; None when it names none or cannot be read (the probe of
+    the image itself then reports what is wrong with it)."""
+    try:
+        with labels.open_resource(res.path, res.kind) as opened:
+            header = labels.read_head(opened, HEADER_BYTES)
+    except (OSError, UnsafePath):
+        return None
+    try:
+        return qcow2_backing(header, opened.path)
+    except HeaderError as exc:
+        log.warning("%s (%s): cannot follow its backing chain: %s", res.path, res.device, exc)
+        return None
 
 
 # -- probing (I/O through labels.py) --------------------------------------------------------------
@@ -118,7 +184,7 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
             if opened.path != item.resource.path:
                 # A symlinked parent or a /dev/disk link: judge the place it really lives in.
                 check_resource_path(item.resource.model_copy(update={"path": opened.path}), denied_trees)
-            if labels.libvirt_remembers(opened):
+            if item.labels and labels.libvirt_remembers(opened):
                 opened.close()
                 raise ResourceConflict(
                     f"{item.resource.path}: libvirt's own SELinux driver has remembered a label on it "
@@ -237,15 +303,20 @@ JournalFor = Callable[[Probed], Path]
 
 
 def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
-                 done_already: Callable[[Probed], bool] = lambda _p: False) -> None:
-    """Write every target label; on failure roll back in reverse order and raise RelabelFailed.
+                 done_already: Callable[[Probed], bool] = lambda _p: False) -> list[Probed]:
+    """Write every target svirtd applies; on failure roll back in reverse order and raise RelabelFailed.
 
     done_already(item): a tree whose last relabel completed and whose root still carries the target
     is not walked again (the fast path: a re-converge of a 100k-file share costs one getxattr).
+    Returns the files whose storage refused a label (read-only, no xattr support): nothing changed on
+    them, they are reported as unlabelable, and the guest's other resources keep their labels.
     """
     done: list[Probed] = []
+    refused: list[Probed] = []
     for item in items:
         assert item.opened is not None
+        if not item.planned.labels:
+            continue  # libvirt's driver labels it while the guest runs
         if item.is_tree:
             if done_already(item):
                 continue
@@ -260,10 +331,15 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
             continue
         try:
             labels.set_label(item.opened, item.planned.target)
-        except (OSError, labels.LabelUnsupported) as exc:
+        except labels.LabelUnsupported as exc:
+            item.unlabelable = exc
+            refused.append(item)
+            continue
+        except OSError as exc:
             _rollback(done, journal_for)
             raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
         done.append(item)
+    return refused
 
 
 def _rollback(done: list[Probed], journal_for: JournalFor) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import shlex
@@ -22,7 +23,7 @@ import systemd.daemon as sd_daemon
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
-from . import __version__, labels, selinux_host
+from . import __version__, hook_spool, labels, selinux_host
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
@@ -76,6 +77,7 @@ class Daemon:
         self.denials = DenialTracker(self.manager.guest_at, self.judge)
         self.audit_source = self._audit_source(config.audit_source)
         self.bus: MessageBus | None = None
+        self._rescans: asyncio.Task[None] | None = None
 
     def _audit_source(self, source: str) -> NetlinkAuditSource | FileAuditSource | None:
         if source == "netlink":
@@ -109,9 +111,12 @@ class Daemon:
     async def start(self) -> None:
         await self.manager.recover()
         self.bus = await connect_bus(self.config)
+        spool = hook_spool.spool_dir(self.config.hook_env_file)
+        if spool is not None:
+            hook_spool.prepare(spool)
         iface = ManagerInterface(self.manager, Authorizer(self.bus), enforcing=selinux_host.is_enforcing,
                                  connected=lambda: self.watcher.connected, denials=self.denials,
-                                 audit_stats=self.audit_stats)
+                                 audit_stats=self.audit_stats, spool=spool)
         self.denials.emit = iface.denied
         spec = self.manager.spec
         machine_ids = MachineIdEmitter(lambda a: str(spec.process_label(a.level)),
@@ -144,6 +149,9 @@ class Daemon:
             except OSError as exc:  # denials go unexplained, confinement goes on
                 log.error("cannot watch audit records (%s); set audit_source in svirtd.conf", exc)
         await self.watcher.start()
+        if self.config.rescan_seconds > 0:
+            self._rescans = asyncio.create_task(self.manager.run_rescans(self.config.rescan_seconds),
+                                                name="rescan-running-guests")
         # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
         await self.watcher.wait_first_attempt(timeout=10.0)
         notify("READY=1")
@@ -185,6 +193,10 @@ class Daemon:
         log.info("stopping")
         if self.audit_source is not None:
             self.audit_source.stop()
+        if self._rescans is not None:
+            self._rescans.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rescans
         await self.watcher.stop()
         await self.manager.drain()
         if self.translations is not None:

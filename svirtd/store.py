@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from .models import Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
+from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
 
-SCHEMA_VERSION = 2  # 2: claims.real
+SCHEMA_VERSION = 3  # 2: claims.real; 3: claims.applier
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assignments (
@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS claims (
     original TEXT,                          -- NULL: the file carried no label
     phase    TEXT NOT NULL CHECK (phase IN ('applying', 'applied', 'restoring')),
     real     TEXT NOT NULL DEFAULT '',      -- where the file really was when claimed (symlinked parents resolved)
+    applier  TEXT NOT NULL DEFAULT 'svirtd' CHECK (applier IN ('svirtd', 'libvirt')),
     PRIMARY KEY (uuid, path)
 );
 CREATE INDEX IF NOT EXISTS claims_inode ON claims(dev, ino);
@@ -78,6 +79,9 @@ class Claim(BaseModel):
     original: str | None
     phase: str
     real: str = ""  # the path with symlinked parents resolved, when claimed ('' from schema 1)
+    # SVIRTD: svirtd labeled it and restores `original`. LIBVIRT: libvirt's driver labels it while the
+    # guest runs (and remembers the original itself); the claim records ownership only.
+    applier: Applier = Applier.SVIRTD
 
     @property
     def where(self) -> str:
@@ -98,6 +102,9 @@ class Store:
             raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
         if version == 1:  # a claims table without `real`: '' until the next relabel records it
             self._db.execute("ALTER TABLE claims ADD COLUMN real TEXT NOT NULL DEFAULT ''")
+        if 1 <= version <= 2:  # every claim so far was labeled by svirtd itself
+            self._db.execute("ALTER TABLE claims ADD COLUMN applier TEXT NOT NULL DEFAULT 'svirtd' "
+                             "CHECK (applier IN ('svirtd', 'libvirt'))")
         self._db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         path.chmod(0o600)
@@ -209,12 +216,13 @@ class Store:
             # Upsert on the primary key only: any other uniqueness violation (a private inode
             # claimed by a second guest) must fail, never silently replace the first claim.
             self._db.executemany(
-                f"INSERT INTO claims ({_C_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+                f"INSERT INTO claims ({_C_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
                 " ON CONFLICT (uuid, path) DO UPDATE SET device = excluded.device, kind = excluded.kind,"
                 " rclass = excluded.rclass, dev = excluded.dev, ino = excluded.ino, expected = excluded.expected,"
-                " original = excluded.original, phase = excluded.phase, real = excluded.real",
+                " original = excluded.original, phase = excluded.phase, real = excluded.real,"
+                " applier = excluded.applier",
                 [(c.uuid, c.path, c.device, c.kind.value, c.rclass.value, c.dev, c.ino, c.expected, c.original,
-                  c.phase, c.real) for c in claims],
+                  c.phase, c.real, c.applier.value) for c in claims],
             )
 
     def set_claims_phase(self, uuid: str, paths: Iterable[str], phase: str) -> None:
@@ -242,7 +250,7 @@ class Store:
 
 
 _A_COLS = "uuid, name, level, profile, origin, state, note, created, updated"
-_C_COLS = "uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real"
+_C_COLS = "uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real, applier"
 
 
 def _assignment(row: tuple[str, str, str, str, str, str, str, float, float]) -> Assignment:
@@ -251,10 +259,11 @@ def _assignment(row: tuple[str, str, str, str, str, str, str, float, float]) -> 
                       state=GuestState(state), note=note, created=created, updated=updated)
 
 
-def _claim(row: tuple[str, str, str, str, str, int, int, str, str | None, str, str]) -> Claim:
-    uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real = row
+def _claim(row: tuple[str, str, str, str, str, int, int, str, str | None, str, str, str]) -> Claim:
+    uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real, applier = row
     return Claim(uuid=uuid, path=path, device=device, kind=ResourceKind(kind), rclass=ResourceClass(rclass),
-                 dev=dev, ino=ino, expected=expected, original=original, phase=phase, real=real)
+                 dev=dev, ino=ino, expected=expected, original=original, phase=phase, real=real,
+                 applier=Applier(applier))
 
 
 class _Transaction:

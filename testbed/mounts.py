@@ -58,6 +58,15 @@ class Mounts:
         subprocess.run(["mount", "-t", fstype, "none", str(target)], check=True)
         self._mounts.append(_Mount(target, fuse=False))
 
+    def bind_read_only(self, source: Path, target: Path) -> None:
+        """A read-only bind mount of a writable directory: what systemd's ProtectSystem= sandbox shows
+        svirtd of a directory its unit does not list in ReadWritePaths=."""
+        source.mkdir(parents=True, exist_ok=True)
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+        self._mounts.append(_Mount(target, fuse=False))
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True)
+
     def loop_device(self, backing: Path, size: int = 1024 * 1024) -> str:
         """A loop block device over a new file (not mounted anywhere)."""
         backing.write_bytes(b"\0" * size)

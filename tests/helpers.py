@@ -28,3 +28,9 @@ async def call(bus: PrivateBus, member: str, signature: str = "", *args: Any) ->
     """One org.svirt.Manager1 call on a fresh connection; CallFailed carries the D-Bus error."""
     async with SvirtClient(bus.address) as client:
         return await client.call(member, signature, *args)
+
+
+def labeled_by_svirtd(report: dict[str, Any], also: tuple[str, ...] = ()) -> bool:
+    """Every resource svirtd labels itself carries its label (status labeled, or one of `also`).
+    Query also lists what libvirt labels and what nobody labels (emulated devices...), with reasons."""
+    return all(r["status"] in ("labeled", *also) for r in report["resources"] if r.get("applier", "svirtd") == "svirtd")

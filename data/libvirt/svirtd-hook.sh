@@ -1,23 +1,30 @@
 #!/bin/sh
 # svirtd's libvirt hook, installed as /etc/libvirt/hooks/qemu.d/svirtd (by `make install`).
 #
-# libvirtd runs it synchronously: on "prepare begin" before qemu exists (a non-zero exit aborts the
-# start, and `virsh start` shows what this prints on stderr), on "release end" after qemu is gone.
-# It hands the domain XML to svirtd over the system bus and NEVER calls libvirt (libvirtd waits for
-# it: a call back would deadlock). busctl, not Python: it adds milliseconds, not a tenth of a second,
-# to every guest start.
+# libvirtd (or virtqemud) runs it synchronously, with the domain XML on stdin:
+#   prepare begin  before qemu exists: svirtd isolates the guest and labels what it labels itself;
+#   start begin    the XML now carries the label qemu will run in: svirtd checks it (and adopts it when
+#                  the definition did not carry the guest's own label yet); a refusal aborts the start;
+#   migrate begin, restore begin
+#                  the definition of a guest arriving from another host or a save image: svirtd puts its
+#                  label in, and this hook prints the definition libvirt is to use;
+#   release end    qemu is gone.
+# A non-zero exit aborts the operation, and `virsh start` shows what this prints on stderr. It NEVER
+# calls libvirt (libvirtd waits for it: a call back would deadlock). busctl, not Python: it adds
+# milliseconds, not a tenth of a second, to every guest start.
 #
-# libvirtd gives hooks a sanitized environment, so svirtd writes how to reach it into HOOK_ENV at
-# start (bus address, require_confined). If svirtd is unreachable or refuses: with require_confined the
-# start is aborted with a one-line reason; otherwise the guest starts, a marker is left, and svirtd
-# reports the guest as running UNCONFINED once it is back.
+# The XML goes to svirtd as a file in its root-only spool directory (a command-line argument caps it
+# at 128 KiB: a guest with many disks would fail). libvirtd gives hooks a sanitized environment, so
+# svirtd writes how to reach it into HOOK_ENV at start (bus address, require_confined). If svirtd is
+# unreachable or refuses: with require_confined the start is aborted with a one-line reason; otherwise
+# the guest starts, a marker is left, and svirtd reports the guest as running UNCONFINED once it is back.
 
 HOOK_ENV="@HOOK_ENV@"
 CONFIG="/etc/svirt/svirtd.conf"
 
 guest="$1"
 case "$2/$3" in
-    prepare/begin|release/end) ;;
+    prepare/begin|start/begin|migrate/begin|restore/begin|release/end) ;;
     *) exit 0 ;;
 esac
 
@@ -43,7 +50,8 @@ call() {
 }
 
 # Every program run here adds to every guest start: shell built-ins where they do the job.
-markers="${HOOK_ENV%/*}/unconfined"
+runtime="${HOOK_ENV%/*}"
+markers="$runtime/unconfined"
 
 if [ "$2" = release ]; then
     cat >/dev/null
@@ -52,19 +60,44 @@ if [ "$2" = release ]; then
     exit 0
 fi
 
-xml=$(cat)
-if out=$(call PrepareStart s "$xml" 2>&1); then
-    # Isolated and labeled, or svirtd decided it runs unconfined (and logged why).
-    [ -e "$markers/$guest" ] && rm -f "$markers/$guest"
+# libvirt writes the whole XML to our stdin: always read it, even when it cannot be spooled.
+spooled="$runtime/hook/$$.xml"
+if ! (umask 077 && cat > "$spooled") 2>/dev/null; then
+    cat >/dev/null
+    spooled="$runtime/hook/unreachable.xml"  # svirtd never ran here (no spool directory): it will refuse
+fi
+if [ "$2" = start ] && ! grep -q "model='selinux'" "$spooled" 2>/dev/null; then
+    rm -f "$spooled"  # no SELinux label to run in (no SELinux driver here): nothing to check
     exit 0
 fi
+out=$(call HookEvent ss "$2" "$spooled" 2>&1)
+rc=$?
+rm -f "$spooled"
+if [ "$rc" = 0 ]; then
+    case "$out" in
+        "bs false "*)
+            # svirtd refuses this start whatever require_confined says (e.g. two guests sharing a pair).
+            reason=${out#bs false }
+            echo "svirtd: not starting $guest: $reason" >&2
+            exit 1 ;;
+    esac
+    if [ -s "$spooled.out" ]; then
+        cat "$spooled.out"  # the definition to use (migrate/restore), with svirtd's label in it
+    fi
+    rm -f "$spooled.out"
+    [ "$2" = prepare ] && [ -e "$markers/$guest" ] && rm -f "$markers/$guest"
+    exit 0
+fi
+rm -f "$spooled.out"
 reason=$(printf '%s' "$out" | tr '\n' ' ' | sed 's/^Call failed: //')
 if [ "$SVIRTD_REQUIRE_CONFINED" = 1 ]; then
     echo "svirtd: not starting $guest (require_confined = true): $reason" >&2
     exit 1
 fi
 # svirtd unreachable (or it refused, e.g. a hostile path): start anyway, and leave a marker so svirtd
-# reports the guest as running UNCONFINED.
-mkdir -p "$markers" 2>/dev/null && date > "$markers/$guest" 2>/dev/null
-echo "svirtd: $guest starts UNCONFINED: $reason" >&2
+# reports the guest as running UNCONFINED. A migration or restore goes on with its XML unchanged.
+if [ "$2" = prepare ]; then
+    mkdir -p "$markers" 2>/dev/null && date > "$markers/$guest" 2>/dev/null
+    echo "svirtd: $guest starts UNCONFINED: $reason" >&2
+fi
 exit 0

@@ -2,6 +2,10 @@
 # The end-to-end scenario, run inside the SELinux-enforcing VM by e2e-test.service (as unconfined_t).
 # Prints one "RESULT <name> PASS|FAIL <detail>" line per assertion on the serial console; the host
 # (e2e/run.py) fails on any FAIL or missing line. Then it powers the VM off.
+#
+# libvirt's SELinux driver is active here: svirtd writes <seclabel type='static' relabel='yes'> with
+# each guest's pair and libvirt labels the guest's files with it when qemu starts and at runtime
+# (hotplug, snapshots, block jobs, the backing chain it probes); svirtd labels directory trees.
 set -u
 IMAGES=/var/lib/libvirt/images/e2e
 AUDIT=/var/log/audit/audit.log
@@ -16,6 +20,26 @@ wait_for() {  # wait_for SECONDS COMMAND...
 }
 query() { svirtctl --json query "$1"; }
 field() { python3 -c "import json,sys; print(json.load(sys.stdin)$2)" <<<"$1"; }
+label_of() { getfattr --only-values -n security.selinux "$1" 2>/dev/null | tr -d '\0'; }
+qemu_label() { local pid; pid=$(cat "/run/libvirt/qemu/$1.pid" 2>/dev/null) && ps -o label= -p "$pid"; }
+level() { echo "${1#*:*:*:}"; }
+qmp_open() {  # qmp_open GUEST FILE NODE: ask GUEST's qemu to open FILE (read-only)
+    virsh qemu-monitor-command "$1" '{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"'"$3"'","filename":"'"$2"'","locking":"off","read-only":true}}' 2>&1
+}
+make_disk() {  # a 1 MiB raw disk whose boot sector halts
+    head -c 1048576 /dev/zero > "$1"
+    printf '\xfa\xf4\xeb\xfd' | dd of="$1" conv=notrunc status=none
+    printf '\x55\xaa' | dd of="$1" bs=1 seek=510 conv=notrunc status=none
+}
+domain() {  # domain NAME DISKS_XML [EXTRA_DEVICES]
+    cat <<XML
+<domain type='qemu'><name>$1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
+  <devices>$2<controller type='scsi' model='virtio-scsi'/>
+    <video><model type='none'/></video><memballoon model='none'/>${3:-}</devices></domain>
+XML
+}
+raw_disk() { echo "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$1'/><target dev='$2' bus='virtio'/></disk>"; }
 
 echo "E2E START $(uname -r)"
 result enforcing "$([ "$(getenforce)" = Enforcing ]; echo $?)" "$(getenforce)"
@@ -27,54 +51,45 @@ result svirtd_domain "$([[ $svirtd_label == *:svirtd_t:* ]]; echo $?)" "$svirtd_
 setsebool virt_use_execmem 1   # TCG translates code at run time
 
 mkdir -p $IMAGES
-for g in e2e-a e2e-b; do
-    head -c 1048576 /dev/zero > $IMAGES/$g.img
-    printf '\xfa\xf4\xeb\xfd' | dd of=$IMAGES/$g.img conv=notrunc status=none
-    printf '\x55\xaa' | dd of=$IMAGES/$g.img bs=1 seek=510 conv=notrunc status=none
-done
+for g in e2e-a e2e-b; do make_disk $IMAGES/$g.img; done
 restorecon -R $IMAGES
-original=$(getfattr --only-values -n security.selinux $IMAGES/e2e-a.img | tr -d '\0')
+original=$(label_of $IMAGES/e2e-a.img)
 echo "original image label: $original"
 for g in e2e-a e2e-b; do
-    cat > /tmp/$g.xml <<XML
-<domain type='qemu'><name>$g</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <devices><disk type='file' device='disk'><driver name='qemu' type='raw'/>
-    <source file='$IMAGES/$g.img'/><target dev='vda' bus='virtio'/></disk>
-    <video><model type='none'/></video><memballoon model='none'/></devices></domain>
-XML
+    domain $g "$(raw_disk $IMAGES/$g.img vda)" > /tmp/$g.xml
     virsh define /tmp/$g.xml
 done
 
-labeled() { [ "$(field "$(query "$1")" '["resources"][0]["status"]')" = labeled ]; }
-wait_for 30 labeled e2e-a && wait_for 30 labeled e2e-b
+isolated() { [ -n "$(field "$(query "$1")" '["level"]')" ]; }
+wait_for 30 isolated e2e-a && wait_for 30 isolated e2e-b
 qa=$(query e2e-a); qb=$(query e2e-b)
 label_a=$(field "$qa" '["label"]'); label_b=$(field "$qb" '["label"]')
-image_b=$(field "$qb" '["image_label"]')
-disk_b=$(getfattr --only-values -n security.selinux $IMAGES/e2e-b.img | tr -d '\0')
-result labeled "$([ "$disk_b" = "$image_b" ] && [ "$label_a" != "$label_b" ]; echo $?)" "a=$label_a b=$label_b disk_b=$disk_b"
+image_a=$(field "$qa" '["image_label"]'); image_b=$(field "$qb" '["image_label"]')
 
 wait_for 30 bash -c "virsh dumpxml --inactive e2e-a | grep -q \"<label>$label_a</label>\""
-seclabel=$(virsh dumpxml --inactive e2e-a | tr -d '\n' | grep -o "<seclabel type='static' model='selinux' relabel='no'>[^/]*<label>[^<]*</label>" | head -1)
+seclabel=$(virsh dumpxml --inactive e2e-a | tr -d '\n' | grep -o "<seclabel type='static' model='selinux' relabel='yes'>[^/]*<label>[^<]*</label>" | head -1)
 result static_seclabel "$([[ $seclabel == *"<label>$label_a</label>"* ]]; echo $?)" "$seclabel"
 
 virsh start e2e-a && virsh start e2e-b
 result started "$(virsh domstate e2e-a | grep -q running && virsh domstate e2e-b | grep -q running; echo $?)" \
     "$(virsh domstate e2e-a) $(virsh domstate e2e-b)"
+# libvirt labeled each disk with the pair svirtd handed out, when qemu started.
+disk_b=$(label_of $IMAGES/e2e-b.img)
+result labeled "$([ "$disk_b" = "$image_b" ] && [ "$(label_of $IMAGES/e2e-a.img)" = "$image_a" ] && [ "$label_a" != "$label_b" ]; echo $?)" \
+    "a=$label_a b=$label_b disk_b=$disk_b"
 for g in e2e-a e2e-b; do
-    pid=$(cat /run/libvirt/qemu/$g.pid 2>/dev/null)
-    actual=$([ -n "$pid" ] && ps -o label= -p "$pid")
+    actual=$(qemu_label $g)
     want=$([ $g = e2e-a ] && echo "$label_a" || echo "$label_b")
     result "qemu_label_${g#e2e-}" "$([ -n "$want" ] && [ "$actual" = "$want" ]; echo $?)" "ps -Z: $actual query: $want"
 done
 
 # Guest a's qemu asked to open guest b's disk, and its own (control).
-cross=$(virsh qemu-monitor-command e2e-a '{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"evil","filename":"'$IMAGES'/e2e-b.img","locking":"off","read-only":true}}' 2>&1)
+cross=$(qmp_open e2e-a $IMAGES/e2e-b.img evil)
 result cross_guest_open_denied "$([[ $cross == *"Permission denied"* ]]; echo $?)" "$cross"
-own=$(virsh qemu-monitor-command e2e-a '{"execute":"blockdev-add","arguments":{"driver":"file","node-name":"mine","filename":"'$IMAGES'/e2e-a.img","locking":"off","read-only":true}}' 2>&1)
+own=$(qmp_open e2e-a $IMAGES/e2e-a.img mine)
 result own_disk_open_allowed "$([[ $own == *'"return":{}'* ]]; echo $?)" "$own"
+virsh qemu-monitor-command e2e-a '{"execute":"blockdev-del","arguments":{"node-name":"mine"}}' >/dev/null 2>&1
 
-level_a=${label_a#*:*:*:}; level_b=${image_b#*:*:*:}
 kernel_avc() { [ -n "$label_a" ] && [ -n "$image_b" ] && grep "avc:  denied" $AUDIT | grep "scontext=$label_a " | grep -q "tcontext=$image_b "; }
 wait_for 10 kernel_avc
 result kernel_avc "$(kernel_avc; echo $?)" "$(grep "scontext=$label_a" $AUDIT | grep "tcontext=$image_b" | head -1)"
@@ -93,11 +108,93 @@ result journal_fields "$([ "$journal" -gt 0 ]; echo $?)" "$journal journal entri
 svirtctl verify > /tmp/verify.txt; status=$?
 result verify_ok "$status" "$(tr '\n' ' ' < /tmp/verify.txt)"
 
+# --- confinement while guests run (issue 12) -------------------------------------------------------
+# Hotplug into running a: the new disk gets a's pair, b's qemu is denied it; unplug restores it.
+make_disk $IMAGES/hot.img; restorecon $IMAGES/hot.img
+hot_before=$(label_of $IMAGES/hot.img)
+attach=$(virsh attach-disk e2e-a $IMAGES/hot.img sdb --targetbus scsi --live 2>&1); attach_rc=$?
+hot=$(label_of $IMAGES/hot.img)
+hot_cross=$(qmp_open e2e-b $IMAGES/hot.img hotevil)
+result hotplug_disk "$([ $attach_rc = 0 ] && [ "$hot" = "$image_a" ] && [[ $hot_cross == *"Permission denied"* ]]; echo $?)" \
+    "attach rc=$attach_rc label=$hot (a: $image_a); b opening it: $hot_cross"
+detach=$(virsh detach-disk e2e-a sdb --live 2>&1); detach_rc=$?
+unplugged() { [ "$(label_of $IMAGES/hot.img)" = "$hot_before" ]; }
+wait_for 20 unplugged
+result hotunplug_restored "$([ $detach_rc = 0 ] && unplugged; echo $?)" \
+    "detach rc=$detach_rc label=$(label_of $IMAGES/hot.img) (before: $hot_before) $detach"
+
+# External disk-only snapshot of running a: the overlay is a's, the old top becomes read-only content.
+snap=$(virsh snapshot-create-as e2e-a s1 --disk-only --atomic --no-metadata --diskspec vda,file=$IMAGES/a-ov.qcow2 2>&1); snap_rc=$?
+ov=$(label_of $IMAGES/a-ov.qcow2); old_top=$(label_of $IMAGES/e2e-a.img)
+result snapshot_overlay "$([ $snap_rc = 0 ] && [ "$ov" = "$image_a" ] && [[ $old_top == *:virt_content_t:* ]]; echo $?)" \
+    "rc=$snap_rc overlay=$ov old top=$old_top $snap"
+commit=$(virsh blockcommit e2e-a vda --active --pivot --wait 2>&1); commit_rc=$?
+result blockcommit "$([ $commit_rc = 0 ] && virsh domstate e2e-a | grep -q running; echo $?)" \
+    "rc=$commit_rc top=$(label_of $IMAGES/e2e-a.img) $commit"
+
+# A qcow2 guest whose backing file is NOT in its definition: libvirt probes the chain and labels it.
+make_disk $IMAGES/base.img
+qemu-img create -q -f qcow2 -b base.img -F raw $IMAGES/c-top.qcow2
+restorecon -R $IMAGES
+domain e2e-c "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$IMAGES/c-top.qcow2'/><target dev='vda' bus='virtio'/></disk>" > /tmp/e2e-c.xml
+virsh define /tmp/e2e-c.xml >/dev/null
+wait_for 30 isolated e2e-c
+cstart=$(virsh start e2e-c 2>&1); cstart_rc=$?
+result backing_chain_unlisted "$([ $cstart_rc = 0 ] && [[ $(label_of $IMAGES/base.img) == *:virt_content_t:* ]]; echo $?)" \
+    "start rc=$cstart_rc base=$(label_of $IMAGES/base.img) top=$(label_of $IMAGES/c-top.qcow2) $cstart"
+virsh destroy e2e-c >/dev/null 2>&1
+
+# Define and start at once, as virt-install does: process, table and disk agree.
+make_disk $IMAGES/e2e-d.img; restorecon $IMAGES/e2e-d.img
+domain e2e-d "$(raw_disk $IMAGES/e2e-d.img vda)" > /tmp/e2e-d.xml
+t0=$(date +%s%N)
+virsh "define /tmp/e2e-d.xml; start e2e-d" >/dev/null 2>&1
+t1=$(date +%s%N)
+wait_for 30 isolated e2e-d
+sleep 1   # let svirtd settle (it may adopt the label libvirt started the guest with)
+qd=$(query e2e-d); ps_d=$(qemu_label e2e-d)
+result define_then_start "$([ -n "$ps_d" ] && [ "$ps_d" = "$(field "$qd" '["label"]')" ] && [ "$(level "$(label_of $IMAGES/e2e-d.img)")" = "$(level "$ps_d")" ]; echo $?)" \
+    "define+start $(( (t1 - t0) / 1000000 )) ms; ps -Z $ps_d; query $(field "$qd" '["label"]'); disk $(label_of $IMAGES/e2e-d.img)"
+virsh destroy e2e-d >/dev/null 2>&1
+
+# A transient guest (virsh create): confined with a pair recorded in svirtd's table; destroy releases it.
+make_disk $IMAGES/e2e-t.img; restorecon $IMAGES/e2e-t.img
+domain e2e-t "$(raw_disk $IMAGES/e2e-t.img vda)" > /tmp/e2e-t.xml
+tcreate=$(virsh create /tmp/e2e-t.xml 2>&1); tcreate_rc=$?
+wait_for 30 isolated e2e-t
+qt=$(query e2e-t 2>/dev/null); ps_t=$(qemu_label e2e-t)
+in_table=$(svirtctl --json list 2>/dev/null | grep -c e2e-t)
+virsh destroy e2e-t >/dev/null 2>&1
+released() { ! svirtctl --json list | grep -q e2e-t; }
+wait_for 20 released
+result transient_guest "$([ $tcreate_rc = 0 ] && [ -n "$ps_t" ] && [ "$ps_t" = "$(field "$qt" '["label"]')" ] && [ "$in_table" -gt 0 ] && released; echo $?)" \
+    "create rc=$tcreate_rc ps -Z $ps_t query $(field "$qt" '["label"]' 2>/dev/null) in table: $in_table; released after destroy: $(released && echo yes || echo no) $tcreate"
+
+# Save and restore a: same label, the guest runs again.
+before_save=$(qemu_label e2e-a)
+save=$(virsh save e2e-a $IMAGES/a.save 2>&1); save_rc=$?
+restore=$(virsh restore $IMAGES/a.save 2>&1); restore_rc=$?
+after_restore=$(qemu_label e2e-a)
+result save_restore "$([ $save_rc = 0 ] && [ $restore_rc = 0 ] && [ "$after_restore" = "$label_a" ] && virsh domstate e2e-a | grep -q running; echo $?)" \
+    "save rc=$save_rc restore rc=$restore_rc before $before_save after $after_restore $save $restore"
+
+# A disk the definition marks <seclabel relabel='no'>: nobody relabels it.
+make_disk $IMAGES/e2e-n.img; make_disk $IMAGES/keep.img; restorecon -R $IMAGES
+chcon -t svirt_image_t -l s0 $IMAGES/keep.img   # shared: any guest may use it, as the admin decided
+keep_before=$(label_of $IMAGES/keep.img)
+domain e2e-n "$(raw_disk $IMAGES/e2e-n.img vda)<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$IMAGES/keep.img'><seclabel model='selinux' relabel='no'/></source><target dev='vdb' bus='virtio'/></disk>" > /tmp/e2e-n.xml
+virsh define /tmp/e2e-n.xml >/dev/null
+wait_for 30 isolated e2e-n
+nstart=$(virsh start e2e-n 2>&1); nstart_rc=$?
+result per_disk_norelabel "$([ $nstart_rc = 0 ] && [ "$(label_of $IMAGES/keep.img)" = "$keep_before" ]; echo $?)" \
+    "start rc=$nstart_rc keep.img $(label_of $IMAGES/keep.img) (before $keep_before) $nstart"
+virsh destroy e2e-n >/dev/null 2>&1
+
 virsh destroy e2e-a; virsh destroy e2e-b
-virsh undefine e2e-a; virsh undefine e2e-b
-restored() { [ "$(getfattr --only-values -n security.selinux $IMAGES/e2e-b.img | tr -d '\0')" = "$original" ]; }
+for g in e2e-a e2e-b e2e-c e2e-d e2e-n; do virsh undefine $g >/dev/null 2>&1; done
+restored() { [ "$(label_of $IMAGES/e2e-b.img)" = "$original" ]; }
 wait_for 10 restored
-result labels_restored "$([ "$disk_b" = "$image_b" ] && [ -n "$image_b" ] && restored; echo $?)" "$(getfattr --only-values -n security.selinux $IMAGES/e2e-b.img | tr -d '\0') (original $original)"
+result labels_restored "$([ "$disk_b" = "$image_b" ] && [ -n "$image_b" ] && restored; echo $?)" "$(label_of $IMAGES/e2e-b.img) (original $original)"
 
 svirtd_denials=$(grep "avc:  denied" $AUDIT | grep -c "scontext=system_u:system_r:svirtd_t")
 result no_svirtd_denials "$([ "$svirtd_denials" = 0 ]; echo $?)" "$svirtd_denials"
@@ -105,8 +202,8 @@ echo "--- AVC denials of svirtd_t (type class { perms } comm), deduplicated, for
 grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirtd_t" |
     sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \3 \4 { \1} comm=\2/' |
     sort | uniq -c | sort -rn
-echo "--- other AVC denials (first 20):"
-grep "avc:  denied" $AUDIT | grep -v "scontext=system_u:system_r:svirtd_t" | head -20
+echo "--- other AVC denials (first 30):"
+grep "avc:  denied" $AUDIT | grep -v "scontext=system_u:system_r:svirtd_t" | head -30
 echo "--- svirtd journal:"
-journalctl -u svirtd --no-pager | tail -30
+journalctl -u svirtd --no-pager | tail -40
 echo "E2E DONE"

@@ -17,8 +17,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started", "qemu_label_a", "qemu_label_b",
             "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "journal_fields",
-            "verify_ok",
-            "labels_restored", "no_svirtd_denials")
+            "verify_ok", "labels_restored", "no_svirtd_denials",
+            "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
+            "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel")
 
 pytestmark = pytest.mark.e2e
 

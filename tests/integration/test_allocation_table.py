@@ -18,7 +18,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import GuestFactory
 from testbed.libvirtd import Libvirtd
 from tests.conftest import wait_until
-from tests.helpers import run, xattr
+from tests.helpers import labeled_by_svirtd, run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -102,7 +102,7 @@ def test_copied_image_and_copied_static_label_get_a_new_pair(bus: PrivateBus, gu
         async with SvirtClient(bus.address) as client:
             both = await client.call("Query", "s", b.uuid), await client.call("Query", "s", c.uuid)
             # Query answers as soon as the pair is committed; the files follow ("pending" until then).
-            done = all(r["status"] == "labeled" for report in both for r in report["resources"])
+            done = all(labeled_by_svirtd(report) for report in both)
             return both if done else None
 
     found = wait_until(lambda: run(reports()), what="b and c isolated")
@@ -151,7 +151,7 @@ async def wait_for_report(client: SvirtClient, uuid: str, timeout: float = 5.0) 
         try:
             report = await client.call("Query", "s", uuid)
             assert isinstance(report, dict)
-            if all(r["status"] == "labeled" for r in report["resources"]):
+            if labeled_by_svirtd(report):
                 return report
         except CallFailed:
             if time.monotonic() > deadline:
@@ -237,7 +237,7 @@ def assert_table_agrees(bus: PrivateBus, guests: GuestFactory, uuids: set[str]) 
                 if g.uuid in isolated:
                     assert xattr(g.disk) == IMAGE + isolated[g.uuid], f"{g.name}: disk label disagrees"
                     report = await client.call("Query", "s", g.uuid)
-                    assert all(r["status"] == "labeled" for r in report["resources"]), report
+                    assert labeled_by_svirtd(report), report
                 else:
                     assert xattr(g.disk) is None, f"{g.name}: not isolated but labeled {xattr(g.disk)}"
                     with pytest.raises(CallFailed, match="released by an admin"):

@@ -22,7 +22,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import Guest, GuestFactory, make_disk
 from testbed.libvirtd import Libvirtd
 from tests.conftest import wait_until
-from tests.helpers import call, run, xattr
+from tests.helpers import call, labeled_by_svirtd, run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -44,7 +44,7 @@ def labeled_level(bus: PrivateBus, g: Guest) -> str | None:
         report = run(call(bus, "Query", "s", g.uuid))
     except CallFailed:
         return None
-    ok = all(r["status"] in ("labeled", "absent") for r in report["resources"])
+    ok = labeled_by_svirtd(report, also=("absent",))
     return str(report["level"]) if ok and xattr(g.disk) == IMAGE + report["level"] else None
 
 
@@ -259,7 +259,7 @@ def test_static_seclabel_and_metadata_written_with_the_test_driver(bus: PrivateB
     label, level = result["label"], result["level"]
     assert label == f"system_u:system_r:svirt_t:{level}"
     xml = result["xml"]
-    assert re.search(rf"<seclabel type=.static. model=.selinux. relabel=.no.>\s*<label>{re.escape(label)}</label>",
+    assert re.search(rf"<seclabel type=.static. model=.selinux. relabel=.yes.>\s*<label>{re.escape(label)}</label>",
                      xml), xml
     assert xml.count("<seclabel") == 1
     assert re.search(rf'isolation[^>]*level="{re.escape(level)}"', xml) and f'uuid="{uuid}"' in xml

@@ -18,7 +18,7 @@ from testbed.bus import POLICY_FILE, BusPolicyError, PrivateBus
 from testbed.daemon import SvirtdProcess, busctl, call_json
 from testbed.guests import GuestFactory
 from tests.conftest import wait_until
-from tests.helpers import xattr
+from tests.helpers import labeled_by_svirtd, xattr
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_LABEL = re.compile(r"^system_u:object_r:svirt_image_t:s0:c(\d+),c(\d+)$")
@@ -39,7 +39,7 @@ def query(bus: PrivateBus, guest: str) -> dict[str, Any]:
 def labeled_report(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
     """Query's answer once every resource of the guest is labeled, else None."""
     report = query(bus, uuid)
-    return report if all(r["status"] == "labeled" for r in report["resources"]) else None
+    return report if labeled_by_svirtd(report) else None
 
 
 def level_of(bus: PrivateBus, uuid: str) -> str | None:

@@ -25,7 +25,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.policy_store import REPO, PolicyStoreCopy, build_module
 from tests.conftest import wait_until
-from tests.helpers import call, run
+from tests.helpers import call, labeled_by_svirtd, run
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -99,7 +99,7 @@ def test_proof_of_isolation_for_ten_real_guests(bus: PrivateBus, guests: GuestFa
             return [await client.call("Query", "s", g.uuid) for g in gs]
 
     found = wait_until(lambda: (r := run(reports())) and all(
-        all(x["status"] == "labeled" for x in rep["resources"]) for rep in r) and r, timeout=10, what="all labeled")
+        labeled_by_svirtd(rep) for rep in r) and r, timeout=10, what="all labeled")
     assert isinstance(found, list)
     # Subjects from Query, objects from the real xattrs.
     subjects = [Subject(r["uuid"], r["name"], r["label"]) for r in found]
@@ -168,8 +168,8 @@ def test_verify_names_the_guests_of_a_forged_host(bus: PrivateBus, guests: Guest
         "<seclabel type='static' model='selinux' relabel='no'><label>system_u:system_r:svirt_t:s0:c0.c1023"
         "</label></seclabel>"))
     svirtd(policy_file=str(module_policy))
-    wait_until(lambda: all(r["status"] == "labeled" for g in (a, b)
-                           for r in run(call(bus, "Query", "s", g.uuid))["resources"]), what="labeled")
+    wait_until(lambda: all(labeled_by_svirtd(run(call(bus, "Query", "s", g.uuid))) for g in (a, b)),
+               what="labeled")
     result = run(call(bus, "Verify"))
     assert not result["ok"]
     names = {(v["subject"], v["owner"]) for v in result["violations"]}

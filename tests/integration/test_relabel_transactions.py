@@ -18,8 +18,9 @@ import pytest
 from svirtd import relabel, selinux_host
 from svirtd.allocator import CategorySpace, PairAllocator
 from svirtd.config import Config
+from svirtd.converge import LOCK_ATTEMPTS
 from svirtd.errors import RelabelFailed
-from svirtd.manager import LOCK_ATTEMPTS, Manager
+from svirtd.manager import Manager
 from svirtd.store import Claim, Store
 from testbed.guests import Disk, domain_xml, make_disk
 from tests.helpers import xattr
@@ -31,6 +32,7 @@ class NoLibvirt:
     """The hook path must not call libvirt (libvirtd waits on the hook): any call fails the test."""
 
     connected = False
+    selinux_driver = None  # what libvirt said at its last connection: a cached fact, not a call
 
     def __getattr__(self, name: str) -> object:
         raise AssertionError(f"libvirt was called ({name}) on the hook path")

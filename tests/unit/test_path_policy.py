@@ -64,3 +64,26 @@ def test_extra_denied_trees() -> None:
 ])
 def test_nesting(path: str, is_tree: bool, other: str, other_is_tree: bool, expected: Nesting) -> None:
     assert nesting(path, is_tree, other, other_is_tree) is expected
+
+
+def test_libvirts_guest_log_directory_is_labelable_but_nothing_else_of_var_log() -> None:
+    """Issue 13, item 6: a serial log in /var/log/libvirt/qemu used to fail the whole plan."""
+    check_resource_path(res("/var/log/libvirt/qemu/web01-serial0.log"))
+    for refused in ("/var/log/libvirt/qemu", "/var/log/libvirt/libvirtd.log", "/var/log/messages"):
+        with pytest.raises(UnsafePath):
+            check_resource_path(res(refused))
+    with pytest.raises(UnsafePath):  # never as a tree
+        check_resource_path(res("/var/log/libvirt/qemu/dir", ResourceKind.TREE))
+
+
+def test_the_units_writable_paths_and_the_path_policy_agree() -> None:
+    """Every directory the unit lets svirtd write (ReadWritePaths=) holds files the path policy lets it
+    label; a place the policy allows but the unit keeps read-only is reported as sandboxed at run time."""
+    from pathlib import Path
+
+    unit = (Path(__file__).resolve().parents[2] / "systemd" / "svirtd.service").read_text()
+    writable = [w.lstrip("-") for line in unit.splitlines() if line.startswith("ReadWritePaths=")
+                for w in line.split("=", 1)[1].split()]
+    assert "/var/log/libvirt/qemu" in writable
+    for directory in writable:
+        check_resource_path(res(f"{directory}/guest-file"))

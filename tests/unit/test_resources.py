@@ -70,8 +70,11 @@ def test_unhandled_resources_are_listed_with_a_reason() -> None:
     spec = parse_domain(XML)
     unhandled = {r.device: r.note for r in spec.resources if r.rclass is ResourceClass.UNHANDLED}
     assert "rbd" in unhandled["disk vde"]
-    assert "VFIO" in unhandled["hostdev pci"]
     assert "firmware" in unhandled["loader"]
+    # A host device node: libvirt's to label, never svirtd's.
+    hostdev = next(r for r in spec.resources if r.device == "hostdev pci")
+    assert hostdev.kind is ResourceKind.CHAR and not hostdev.svirtd_labels and hostdev.libvirt_labels
+    assert "never relabels device nodes" in hostdev.note
     assert "/usr/share/OVMF/OVMF_VARS.fd" not in by_path()  # the NVRAM template is never touched
 
 

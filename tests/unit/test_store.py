@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from svirtd.models import Assignment, Level, Origin, ResourceClass, ResourceKind
+from svirtd.models import Applier, Assignment, Level, Origin, ResourceClass, ResourceKind
 from svirtd.store import Claim, Store
 
 
@@ -91,4 +91,5 @@ def test_a_schema_1_database_is_upgraded_in_place(tmp_path: Path) -> None:
     s.close()
     s = Store(tmp_path / "state.db")  # opening an upgraded database again changes nothing
     assert s.claims_for("u1")[0].real == "/data/a.img"
-    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert s.claims_for("u1")[0].applier is Applier.SVIRTD  # schema 3: every older claim was svirtd's own
+    assert s._db.execute("PRAGMA user_version").fetchone()[0] == 3

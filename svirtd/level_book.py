@@ -1,0 +1,120 @@
+"""Who holds which level: the allocation table (isolated guests, persisted) plus the levels guests svirtd
+does not isolate run with or carry in their definitions ("foreign": static labels, running qemu labels,
+a released guest's definition until its label is gone). Every level in use anywhere is reserved in the
+allocator, so no pair is ever handed to two guests.
+
+No I/O but the store's reads; called on the event loop only (no locks of its own).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from .allocator import PairAllocator
+from .denials import GuestRef
+from .level_claims import LevelClaim, LevelSource
+from .logsetup import guest_fields
+from .models import Level
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+class LevelBook:
+    def __init__(self, store: Store, allocator: PairAllocator) -> None:
+        self.store = store
+        self.allocator = allocator
+        self._foreign: dict[str, tuple[str, Level]] = {}  # uuid -> (name, level)
+
+    def choose(self, uuid: str, claims: Iterable[LevelClaim]) -> tuple[Level, str]:
+        """The first level the guest already claims that nobody else holds and the configuration allows,
+        else a fresh pair. A claim held by another guest (a copied definition or image) is a conflict:
+        the newcomer gets a new pair and the note says which guest held the old one."""
+        conflicts: list[str] = []
+        for claim in claims:
+            if claim.source is not LevelSource.STATIC and not self.allocator.in_space(claim.level):
+                # Only an admin's explicit static label may use reserved categories or leave the range.
+                conflicts.append(f"{claim.source.value} {claim.level} lies outside the categories svirtd may hand "
+                                 "out (categories / reserved_categories)")
+                continue
+            holder = self.holder_of(claim.level, uuid)
+            if holder is None:
+                self.take(claim.level, uuid)
+                return claim.level, remap_note(conflicts, claim.level)
+            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
+        level = self.allocator.allocate()
+        return level, remap_note(conflicts, level)
+
+    def guest_at(self, level: Level) -> GuestRef | None:
+        """The guest (isolated, or running with a foreign label) that holds a level."""
+        found = self.store.guest_at_level(level)
+        if found is not None:
+            return GuestRef(*found)
+        for uuid, (name, held) in self._foreign.items():
+            if held == level:
+                return GuestRef(uuid, f"{name} (not isolated by svirtd)")
+        return None
+
+    def holder_of(self, level: Level, uuid: str) -> str | None:
+        """Name of the guest (other than uuid) holding level, or None when it is free for uuid."""
+        owner = self.store.by_level(level)
+        if owner is not None and owner.uuid != uuid:
+            return f"{owner.name} ({owner.uuid})"
+        for other, (name, held) in self._foreign.items():
+            if held == level and other != uuid:
+                return f"{name} ({other}, not isolated by svirtd)"
+        mine = self._foreign.get(uuid)
+        if owner is None and (mine is None or mine[1] != level) and self.allocator.in_space(level) \
+                and not self.allocator.is_free(level):
+            return "an unknown holder (the pair is marked in use)"  # only if the table were inconsistent
+        return None
+
+    def take(self, level: Level, uuid: str) -> None:
+        """Reserve level for uuid; a foreign reservation of its own simply changes hands."""
+        mine = self._foreign.pop(uuid, None)
+        if mine is not None and mine[1] == level:
+            return
+        if mine is not None:
+            self.allocator.release(mine[1])
+        self.allocator.reserve(level)
+
+    def give_back(self, level: Level) -> None:
+        """An isolated guest's level is free again."""
+        self.allocator.release(level)
+
+    def hold_foreign(self, uuid: str, name: str, level: Level) -> bool:
+        """Keep level reserved for a guest svirtd does not isolate (or no longer does). False when
+        another guest holds it already (the two are then not isolated from each other)."""
+        current = self._foreign.get(uuid)
+        if current is not None and current[1] == level:
+            return True
+        if self.holder_of(level, uuid) is not None:
+            log.warning("%s runs with %s, which another guest holds: the two are not isolated from each other",
+                        name, level, extra=guest_fields(uuid, name))
+            return False
+        self.release_foreign(uuid)
+        self.allocator.reserve(level)
+        self._foreign[uuid] = (name, level)
+        return True
+
+    def hand_over(self, uuid: str, name: str, level: Level) -> None:
+        """A released guest's level stays reserved as foreign (its definition or qemu may still carry it)."""
+        self._foreign[uuid] = (name, level)
+
+    def foreign_level(self, uuid: str) -> Level | None:
+        held = self._foreign.get(uuid)
+        return held[1] if held is not None else None
+
+    def release_foreign(self, uuid: str) -> None:
+        held = self._foreign.pop(uuid, None)
+        if held is not None:
+            self.allocator.release(held[1])
+
+    def release_all_foreign(self) -> None:
+        for uuid in list(self._foreign):
+            self.release_foreign(uuid)
+
+
+def remap_note(conflicts: list[str], level: Level) -> str:
+    return f"re-mapped to {level}: {'; '.join(conflicts)}" if conflicts else ""
