@@ -105,6 +105,21 @@ def test_libvirtd_reads_hook_env_and_only_svirtd_writes_it(policies: Policies) -
     assert allowed(judge, init, markers, "dir", "create") and allowed(judge, init, hook_env, "dir", "add_name")
 
 
+@pytest.mark.parametrize("hook_domain", ["virtqemud_t", "virt_hook_t"])
+def test_modular_libvirt_rules_are_linked_only_where_the_types_exist(policies: Policies, hook_domain: str) -> None:
+    source = f"system_u:system_r:{hook_domain}:s0-s0:c0.c1023"
+    assert not policies.debian12.valid_context(source)  # Debian 12: absent, and svirtd.pp installed anyway
+    judge = policies.modular
+    assert judge.valid_context(source)
+    assert allowed(judge, source, obj("svirtd_runtime_t"), "file", "read")
+    assert not allowed(judge, source, obj("svirtd_runtime_t"), "file", "write")
+    assert not allowed(judge, source, obj("svirtd_runtime_t"), "dir", "add_name")
+    assert allowed(judge, source, obj("svirtd_hook_runtime_t"), "file", "create")
+    assert allowed(judge, source, SVIRTD, "dbus", "send_msg") and allowed(judge, SVIRTD, source, "dbus", "send_msg")
+    if hook_domain == "virtqemud_t":  # svirtd follows virtqemud over its socket
+        assert allowed(judge, SVIRTD, source, "unix_stream_socket", "connectto")
+
+
 def test_policy_lint_exits_non_zero_on_a_finding_and_zero_on_the_module(tmp_path: Path) -> None:
     dry = subprocess.run(["make", "-n", "policy-lint"], cwd=REPO, capture_output=True, text=True, check=True)
     recipe = next(line for line in dry.stdout.splitlines() if "selint" in line)
