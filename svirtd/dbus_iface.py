@@ -24,7 +24,7 @@ from .authz import Action, Authorizer, require_root
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment, looks_like_uuid
-from .verify_gate import VerifyGate
+from .verify_gate import RECENT, VerifyGate
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ DOCS: dict[str, str] = {
               "label against every resource label on disk. Returns ok, counts and each violation with both "
               "guests named. Query shows the last verdict per guest. Root, or as polkit decides "
               "(org.svirt.manager1.verify). Concurrent calls share one proof; callers other than root get a "
-              "proof younger than 5 s as it is.",
+              f"proof younger than {RECENT:g} s as it is.",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
     "Released": "A guest's isolation was removed: uuid, name.",
     "Denied": "An SELinux denial involving a guest: source/target guest (uuid, name), permissions, class, path, "
