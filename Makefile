@@ -43,7 +43,7 @@ policy: deps
 	$(MAKE) -C policy -f /usr/share/selinux/devel/Makefile svirtd.pp
 
 policy-lint: deps
-	cd policy && selint -s -c selint.conf svirtd.te svirtd.if svirtd.fc
+	cd policy && selint -F -s -c selint.conf svirtd.te svirtd.if svirtd.fc
 
 # Install on this host (as root): a venv in /opt/svirtd, the bus/polkit/systemd/libvirt-hook files, the
 # config (kept if present) and the policy module. DESTDIR stages everything under a root instead.

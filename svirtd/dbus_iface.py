@@ -24,7 +24,8 @@ from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
-from .models import Assignment
+from .models import Assignment, looks_like_uuid
+from .verify_gate import RECENT, VerifyGate
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,9 @@ DOCS: dict[str, str] = {
                "keeps its pair. Returns the assignment (as Query).",
     "Release": "Restore the guest's resources to their original labels and free its pair. Automatic "
                "confinement leaves the guest alone until the next Isolate or until it is redefined.",
-    "Query": "The guest's assignment: label, level, categories, profile, state, and every resource with "
-             "its expected and actual on-disk label. Anyone may call it.",
+    "Query": "The guest's assignment: label, level, categories, profile, state, every resource with its "
+             "expected and actual on-disk label, and its last denials. Anyone may call it; the raw audit "
+             "records of the denials only root and callers polkit authorizes (org.svirt.manager1.audit) see.",
     "List": "Every guest svirtd isolates: (uuid, name, level, profile, state).",
     "PrepareStart": "For svirtd's libvirt hook only (root): the definition of a guest about to start. Makes sure "
                     "it is isolated and labeled before qemu exists, without calling back into libvirt. Returns "
@@ -70,12 +72,14 @@ DOCS: dict[str, str] = {
                  "spooled one (NAME.out). Returns (proceed, message): proceed=false refuses the start.",
     "Verify": "Prove isolation against the compiled policy (MCS constraints included): every guest's process "
               "label against every resource label on disk. Returns ok, counts and each violation with both "
-              "guests named. Query shows the last verdict per guest.",
+              "guests named. Query shows the last verdict per guest. Root, or as polkit decides "
+              "(org.svirt.manager1.verify). Concurrent calls share one proof; callers other than root get a "
+              f"proof younger than {RECENT:g} s as it is.",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
     "Released": "A guest's isolation was removed: uuid, name.",
     "Denied": "An SELinux denial involving a guest: source/target guest (uuid, name), permissions, class, path, "
-              "contexts, a plain-words explanation computed from the policy, the command that would change it "
-              "(if any) and the raw record.",
+              "contexts, a plain-words explanation computed from the policy and the command that would change "
+              "it (if any). raw is empty: a signal reaches every listener (Query shows it to those allowed).",
     "AuditStats": "Audit records seen (received), attributed to guests, unattributed, malformed (skipped), lost.",
     "Version": "svirtd's version.",
     "Enforcing": "True when SELinux is enabled and enforcing on this host, i.e. the kernel applies the labels.",
@@ -142,16 +146,22 @@ class ManagerInterface(ServiceInterface):
         self._authz = authorizer
         self._enforcing = enforcing
         self._connected = connected
+        self._verify = VerifyGate(manager.verify, lambda: manager.last_verify)
 
     # -- methods -------------------------------------------------------------------------------
 
     @method()
     @dbus_errors
     async def Isolate(self, guest: DBusStr, profile: DBusStr) -> AssignmentDict:
-        details = await self._manager.identify(guest)
+        # Authorized before anything else: polkit is told the guest from svirtd's own table, or as the
+        # caller named it, never after asking libvirt (a refused caller costs no libvirt call). The
+        # call then acts on exactly the guest polkit was told about.
+        details = as_named(await self._manager.identify(guest, isolated_only=True))
         await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
-        await self._manager.isolate(guest, profile)
-        return self._report(await self._manager.query(guest))
+        target = details.get("guest_uuid", guest)
+        await self._manager.isolate(target, profile)
+        report = await self._manager.query(target)
+        return self._report(report, raw=await self._may_read_audit(report))
 
     @method()
     @dbus_errors
@@ -163,13 +173,26 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Query(self, guest: DBusStr) -> AssignmentDict:
-        return self._report(await self._manager.query(guest))
+        report = await self._manager.query(guest)
+        return self._report(report, raw=await self._may_read_audit(report))
 
-    def _report(self, report: GuestReport) -> dict[str, Variant]:
+    def _report(self, report: GuestReport, raw: bool = False) -> dict[str, Variant]:
+        """raw: include the denials' raw audit records (pids, inodes, commands of both guests' qemu)."""
         out = report_to_dbus(report)
-        history = self._denials.history(report.assignment.uuid) if self._denials is not None else []
-        out["denials"] = Variant("aa{sv}", [denial_to_dbus(e) for e in history])
+        history = self._history(report)
+        out["denials"] = Variant("aa{sv}", [denial_to_dbus(e, raw) for e in history])
         return out
+
+    def _history(self, report: GuestReport) -> list[DenialEvent]:
+        return self._denials.history(report.assignment.uuid) if self._denials is not None else []
+
+    async def _may_read_audit(self, report: GuestReport) -> bool:
+        """Root, or polkit's org.svirt.manager1.audit for this guest (never asks for a password).
+        Asked only when there is a record to show."""
+        if not self._history(report):
+            return False
+        a = report.assignment
+        return await self._authz.permits(_sender(), Action.AUDIT, {"guest_uuid": a.uuid, "guest_name": a.name})
 
     @method()
     @dbus_errors
@@ -178,7 +201,7 @@ class ManagerInterface(ServiceInterface):
         assignment = await self._manager.prepare_start(domain_xml)
         if assignment is None:
             return {"confined": Variant("b", False)}
-        return {**self._report(await self._manager.query(assignment.uuid)), "confined": Variant("b", True)}
+        return {**self._report(await self._manager.query(assignment.uuid), raw=True), "confined": Variant("b", True)}
 
     @method()
     @dbus_errors
@@ -210,7 +233,11 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Verify(self) -> AssignmentDict:
-        return verify_to_dbus(await self._manager.verify())
+        sender = _sender()
+        await self._authz.check(sender, Action.VERIFY, {}, _interactive())
+        # Root (who may just have fixed a label) gets a new proof, or the one running; others may get
+        # one up to a few seconds old: a loop of calls costs at most one proof every few seconds.
+        return verify_to_dbus(await self._verify.result(new=await self._authz.is_root(sender)))
 
     @method()
     @dbus_errors
@@ -258,7 +285,7 @@ class ManagerInterface(ServiceInterface):
         return self._audit_stats() if self._audit_stats is not None else {}
 
     def denied(self, event: DenialEvent) -> None:
-        self.Denied(denial_to_dbus(event))
+        self.Denied(denial_to_dbus(event, raw=False))  # a signal reaches every listener on the bus
 
     # -- manager.Listener ----------------------------------------------------------------------
 
@@ -317,7 +344,18 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
     }
 
 
-def denial_to_dbus(event: DenialEvent) -> dict[str, Variant]:
+def as_named(details: dict[str, str]) -> dict[str, str]:
+    """Authorization details of a guest svirtd does not isolate: the reference as the caller gave it
+    (identify() returns only {"guest": ref} then), as guest_uuid or guest_name, so that polkit rules
+    can match it. Its other identifier would take a libvirt lookup."""
+    ref = details.get("guest")
+    if ref is None:
+        return details
+    return {**details, ("guest_uuid" if looks_like_uuid(ref) else "guest_name"): ref}
+
+
+def denial_to_dbus(event: DenialEvent, raw: bool) -> dict[str, Variant]:
+    """raw: the audit record as received; "" for callers that may not read it."""
     a = event.attribution
     rec = a.record
     return {
@@ -333,7 +371,7 @@ def denial_to_dbus(event: DenialEvent) -> dict[str, Variant]:
         "tcontext": Variant("s", rec.tcontext),
         "explanation": Variant("s", event.explanation.text),
         "command": Variant("s", event.explanation.command),
-        "raw": Variant("s", rec.raw),
+        "raw": Variant("s", rec.raw if raw else ""),
         "suppressed": Variant("u", event.suppressed),
     }
 
