@@ -1,0 +1,126 @@
+"""The hook's start/migrate/restore decisions where libvirt's SELinux driver applies the labels.
+
+This host's libvirt has no SELinux driver, so the manager runs in-process on the hook's path against
+a hypervisor that only says "the driver is active" and fails the test on any libvirt call (libvirtd
+waits on the hook); files, xattrs and the store are real. `make e2e` runs the same paths for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from svirtd import selinux_host
+from svirtd.allocator import CategorySpace, PairAllocator
+from svirtd.config import Config
+from svirtd.errors import ResourceConflict
+from svirtd.manager import Manager
+from svirtd.models import Level
+from svirtd.resources import parse_domain
+from svirtd.store import Store
+from testbed.guests import Disk, domain_xml, make_disk
+from tests.helpers import xattr
+
+pytestmark = pytest.mark.integration
+IMAGE = "system_u:object_r:svirt_image_t:"
+
+
+class DriverOnly:
+    """libvirt's SELinux driver is active; libvirt itself must not be called on the hook's path."""
+
+    connected = False
+    selinux_driver = True
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"libvirt was called ({name}) on the hook path")
+
+
+@pytest.fixture
+def manager(as_root: None, tmp_path: Path) -> Iterator[Manager]:
+    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
+    store = Store(config.database_path)
+    yield Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
+                  selinux_host.load_label_spec(), DriverOnly())  # type: ignore[arg-type]
+    store.close()
+
+
+def guest_xml(tmp_path: Path, name: str, seclabel: str = "") -> tuple[str, Path, Path]:
+    disk = make_disk(tmp_path / f"{name}.img")
+    tree = tmp_path / f"{name}-share"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_text("x")
+    share = f"<filesystem type='mount'><source dir='{tree}'/><target dir='s'/></filesystem>"
+    return domain_xml(name, str(uuidlib.uuid4()), [Disk(disk, "vda")], extra_devices=share, extra=seclabel), disk, tree
+
+
+def with_label(xml: str, level: Level, kind: str = "dynamic") -> str:
+    label = f"system_u:system_r:svirt_t:{level}"
+    seclabel = f"<seclabel type='{kind}' model='selinux' relabel='yes'><label>{label}</label></seclabel>"
+    return xml.replace("</domain>", f"{seclabel}</domain>")
+
+
+def test_started_before_its_label_was_written_the_running_label_is_adopted(manager: Manager, tmp_path: Path) -> None:
+    """define-then-start / a transient guest: prepare begin gave it P; libvirt then drew Q (the
+    definition had no static label yet). Process, table and files must agree on Q."""
+    xml, disk, tree = guest_xml(tmp_path, "svt-adopt")
+    first = asyncio.run(manager.prepare_start(xml))
+    assert first is not None
+    assert xattr(disk) is None  # libvirt labels the disk when qemu starts: svirtd does not
+    assert xattr(tree / "sub" / "f") == IMAGE + str(first.level)  # svirtd labels trees (libvirt does not)
+    running = Level(low=(first.level.low + 1) % 1000, high=1001)
+    adopted = asyncio.run(manager.start_check(with_label(xml, running)))
+    assert adopted is not None and adopted.level == running and "adopted" in adopted.note
+    assert manager.allocator.is_free(first.level) and not manager.allocator.is_free(running)
+    assert xattr(tree / "sub" / "f") == IMAGE + str(running)
+    # Its own label at the next start: nothing to do (the hook's fast path).
+    assert asyncio.run(manager.start_check(with_label(xml, running, "static"))) == adopted
+
+
+def test_a_running_label_another_guest_holds_refuses_the_start(manager: Manager, tmp_path: Path) -> None:
+    other_xml, _, _ = guest_xml(tmp_path, "svt-holder")
+    holder = asyncio.run(manager.prepare_start(other_xml))
+    xml, _, tree = guest_xml(tmp_path, "svt-late")
+    late = asyncio.run(manager.prepare_start(xml))
+    assert holder is not None and late is not None
+    with pytest.raises(ResourceConflict, match="two guests would share a pair"):
+        asyncio.run(manager.start_check(with_label(xml, holder.level)))
+    assert manager.store.get(late.uuid) == late  # nothing changed
+    assert xattr(tree / "sub" / "f") == IMAGE + str(late.level)
+
+
+def test_an_incoming_guest_keeps_its_pair_when_free_and_gets_svirtds_label(manager: Manager, tmp_path: Path) -> None:
+    """migrate begin / restore begin: the definition libvirt is to use carries svirtd's label."""
+    xml, _, _ = guest_xml(tmp_path, "svt-migrant")
+    travelled = Level(low=17, high=42)
+    out = asyncio.run(manager.rewrite_incoming(with_label(xml, travelled, "static")))
+    assert out is not None
+    spec = parse_domain(out)
+    assert [(s.type, s.relabel, s.label) for s in spec.seclabels] == [
+        ("static", True, f"system_u:system_r:svirt_t:{travelled}")]
+    assert spec.svirt_metadata["level"] == str(travelled)
+    # Arriving with a pair another guest holds here: a new one, and the rewritten definition says so.
+    clash_xml, _, _ = guest_xml(tmp_path, "svt-clash")
+    clash = asyncio.run(manager.rewrite_incoming(with_label(clash_xml, travelled, "static")))
+    assert clash is not None
+    new_level = parse_domain(clash).svirt_metadata["level"]
+    assert new_level != str(travelled)
+    assert f"svirt_t:{new_level}" in clash
+
+
+def test_without_the_driver_nothing_is_rewritten(as_root: None, tmp_path: Path) -> None:
+    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
+    store = Store(config.database_path)
+    try:
+        hv = DriverOnly()
+        hv.selinux_driver = False
+        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
+                    selinux_host.load_label_spec(), hv)  # type: ignore[arg-type]
+        xml, _, _ = guest_xml(tmp_path, "svt-plain")
+        assert asyncio.run(m.rewrite_incoming(xml)) is None
+        assert asyncio.run(m.start_check(xml)) is None  # no SELinux label to run in here
+    finally:
+        store.close()
