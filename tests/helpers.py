@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -13,11 +14,16 @@ from testbed.client import SvirtClient
 
 
 def xattr(path: Path | str) -> str | None:
-    """The raw security.selinux label (never following a final symlink), None when there is none."""
+    """The raw security.selinux label (never following a final symlink), None when the file has none.
+
+    Only ENODATA means "no label": a file that is gone (ENOENT) or cannot be read raises, so an
+    assertion that a label was restored to nothing cannot pass on a file that vanished."""
     try:
         return os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

@@ -57,7 +57,10 @@ def snapshot(*roots: Path | str) -> dict[str, str | None]:
             for dirpath, dirnames, filenames in os.walk(root):
                 for name in dirnames + filenames:
                     full = os.path.join(dirpath, name)
-                    found[full] = xattr(full)
+                    # Listed, then gone (another process's file in /etc): not in the snapshot. A root
+                    # that is gone raises (xattr), never reads as "no label".
+                    with contextlib.suppress(FileNotFoundError):
+                        found[full] = xattr(full)
     return found
 
 
