@@ -68,11 +68,20 @@ def test_a_neverallow_violation_fails_the_install(tmp_path: Path, as_root: None)
     assert unchecked.returncode == 0, unchecked.stderr
 
 
-def test_policy_lints_clean() -> None:
-    out = subprocess.run(["selint", "-s", "-c", "selint.conf", "svirtd.te", "svirtd.if", "svirtd.fc"],
-                         cwd=REPO / "policy", capture_output=True, text=True)
+def lint(policy_dir: Path) -> tuple[int, list[str], str]:
+    """selint over the module as `make policy-lint` runs it, with -F: exit non-zero on any finding.
+    (exit code, finding lines, stderr). selint also exits non-zero when it cannot parse the config
+    or a file, with no finding line at all."""
+    out = subprocess.run(["selint", "-s", "-F", "-c", "selint.conf", "svirtd.te", "svirtd.if", "svirtd.fc"],
+                         cwd=policy_dir, capture_output=True, text=True)
     findings = [line for line in out.stdout.splitlines() if line.startswith("svirtd.")]
+    return out.returncode, findings, out.stderr
+
+
+def test_policy_lints_clean() -> None:
+    code, findings, stderr = lint(REPO / "policy")
     assert findings == [], findings
+    assert code == 0, f"selint exited {code}: {stderr}"
 
 
 def decide_with(judge: PolicyJudge) -> Callable[[str, str, str, list[str]], tuple[bool, str]]:
