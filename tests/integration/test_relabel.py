@@ -138,7 +138,7 @@ def test_every_resource_class_is_labeled_and_restored_exactly(bus: PrivateBus, g
 
     svirtd(swtpm_dir=str(swtpm))
     guests.define(g)
-    report = wait_until(lambda: labeled(bus, g.uuid), timeout=10, what="all resources labeled")
+    report = wait_until(lambda: labeled(bus, g.uuid), what="all resources labeled")
     assert isinstance(report, dict)
     level = report["level"]
     private = IMAGE + level
