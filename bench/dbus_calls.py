@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dbus_fast import Message, MessageType
 
-from testbed.bus import PrivateBus
 from testbed.client import SvirtClient
-from testbed.daemon import SvirtdProcess
-from testbed.guests import GuestFactory
-from testbed.libvirtd import Libvirtd
+from testbed.stack import private_stack
 
 ROUNDS = 300
 BUSCTL_ROUNDS = 60
@@ -86,14 +81,8 @@ def over_busctl(address: str, uuid: str, xml: str) -> dict[str, float]:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="svirtd-bench-dbus-"))
-    libvirtd = Libvirtd(work / "libvirtd").start()
-    bus = PrivateBus(work / "bus").start()
-    guests = GuestFactory(prefix=PREFIX, uri=libvirtd.uri)
-    daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
-                           auto_confine_names=[f"{PREFIX}*"], log_level="warning")
-    try:
-        daemon.start()
+    with private_stack(PREFIX) as stack:
+        bus, guests, libvirtd = stack.bus, stack.guests, stack.libvirtd
         guest = guests.new(disks=4)
         deadline = time.monotonic() + 30
         while asyncio.run(_isolated(bus.address, guest.uuid)) is False:
@@ -119,12 +108,6 @@ def main() -> None:
             "busctl_prepare_start_ms": round(busctl["prepare_start"], 2),
             "busctl_prepare_start_vs_getid": round(busctl["prepare_start"] / busctl["getid"], 2),
         }))
-    finally:
-        daemon.stop()
-        guests.cleanup()
-        bus.stop()
-        libvirtd.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 async def _isolated(address: str, uuid: str) -> bool:
