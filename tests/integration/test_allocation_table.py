@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -314,3 +315,43 @@ def test_sigkill_during_bursts_never_duplicates_leaks_or_forgets(bus: PrivateBus
     assert outcomes.get("ok", 0) > 100, f"the bursts got only {outcomes} answers: the test did not exercise anything"
     print(f"kills={kills} calls={calls} outcomes={outcomes}")
 
+
+
+def test_isolate_racing_a_release_of_the_same_guest_answers_with_its_report(bus: PrivateBus, guests: GuestFactory,
+                                                                           svirtd: StartSvirtd) -> None:
+    """Isolate and Release of one guest, concurrently: either order is a fine outcome, and Isolate
+    answers with the assignment it made (as Query). It must not say the guest is not isolated."""
+    svirtd(default_confined=False)
+    g = guests.new(disks=4)
+    rng = random.Random(7)
+
+    async def release_soon(client: SvirtClient) -> Any:
+        await asyncio.sleep(rng.uniform(0, 0.03))  # lands anywhere in the Isolate call
+        return await client.call("Release", "s", g.uuid)
+
+    async def race(rounds: int) -> tuple[int, list[str]]:
+        wrong: list[str] = []
+        reports = 0
+        async with SvirtClient(bus.address) as isolating, SvirtClient(bus.address) as releasing:
+            await isolating.call("Isolate", "ss", g.uuid, "")
+            for _ in range(rounds):
+                got = await asyncio.gather(isolating.call("Isolate", "ss", g.uuid, ""), release_soon(releasing),
+                                           return_exceptions=True)
+                if isinstance(got[0], CallFailed):
+                    wrong.append(f"{got[0].name}: {got[0].text}")
+                elif isinstance(got[0], BaseException):
+                    raise got[0]
+                else:
+                    assert got[0]["uuid"] == g.uuid
+                    reports += 1
+                if isinstance(got[1], CallFailed):
+                    assert got[1].name == "org.svirt.Manager1.Error.NoSuchGuest", got[1]  # released before it
+                elif isinstance(got[1], BaseException):
+                    raise got[1]
+                if g.uuid not in [r[0] for r in await isolating.call("List")]:
+                    await isolating.call("Isolate", "ss", g.uuid, "")
+        return reports, wrong
+
+    reports, wrong = run(race(300))
+    print(f"{reports} Isolate reports, {len(wrong)} errors")
+    assert not wrong, f"{len(wrong)} of 300 Isolate calls failed although the guest exists: {wrong[:3]}"
