@@ -332,3 +332,13 @@ def test_make_install_stages_every_file(as_root: None, tmp_path: Path) -> None:
     conf.write_text('log_level = "debug"\n')
     install()
     assert conf.read_text() == 'log_level = "debug"\n'
+
+
+def test_a_policy_file_that_cannot_be_read_is_reported_and_svirtd_goes_on(bus: PrivateBus, guests: GuestFactory,
+                                                                           svirtd: StartSvirtd, tmp_path: Path) -> None:
+    """policy_file naming a file that is not there (a typo) or not a binary policy: svirtd's start catches
+    the failed load ("explanations and Verify say unknown instead") and goes on confining."""
+    proc = svirtd(policy_file=str(tmp_path / "no-such-policy.33"), default_confined=False)
+    assert "cannot read the policy" in proc.log_text()
+    g = guests.new()
+    assert run(call(bus, "Isolate", "ss", g.uuid, ""))["uuid"] == g.uuid
