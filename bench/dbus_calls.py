@@ -1,8 +1,9 @@
 """What svirtd's D-Bus methods cost, against the bus's own GetId on the same bus, side by side.
 
 Real dbus-daemon (our policy file), real libvirtd, svirtd as a process, one guest with 4 disks:
-- in-process (one dbus-fast connection, the daemon's own cost): Query and PrepareStart (a guest
-  start whose resources are all in place, as the libvirt hook sends it) against GetId;
+- in-process (one dbus-fast connection, raw messages timed from send to raw reply, nothing unwrapped
+  for any of them): Query and PrepareStart (a guest start whose resources are all in place, as the
+  libvirt hook sends it) against GetId; the difference is the daemon's own cost (*_daemon_ms);
 - over busctl (a new process and connection per call, as the hook and admins do): the same.
 Calls alternate with GetId, medians of ROUNDS; the ratios are the numbers to watch.
 
@@ -13,25 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbus_fast import Message
+from dbus_fast import Message, MessageType
 
-from testbed.bus import PrivateBus
 from testbed.client import SvirtClient
-from testbed.daemon import SvirtdProcess
-from testbed.guests import GuestFactory
-from testbed.libvirtd import Libvirtd
+from testbed.stack import private_stack
 
 ROUNDS = 300
 BUSCTL_ROUNDS = 60
@@ -39,25 +34,32 @@ PREFIX = "svb-dbus"
 
 
 async def in_process(address: str, uuid: str, xml: str) -> dict[str, float]:
+    """Each call timed the same way: one raw message out, its raw reply in, nothing unwrapped (GetId
+    has nothing to unwrap; Query's a{sv} would cost the client, not the daemon)."""
     async with SvirtClient(address) as client:
         assert client.bus is not None
         bus = client.bus
 
-        async def get_id() -> Any:
-            return await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                                          interface="org.freedesktop.DBus", member="GetId"))
+        def svirt(member: str, signature: str, *args: str) -> Message:
+            return Message(destination="org.svirt.Manager", path="/org/svirt/Manager",
+                           interface="org.svirt.Manager1", member=member, signature=signature, body=list(args))
 
-        calls: dict[str, Callable[[], Awaitable[Any]]] = {
-            "getid": get_id,
-            "query": lambda: client.call("Query", "s", uuid),
-            "prepare_start": lambda: client.call("PrepareStart", "s", xml),
+        messages: dict[str, Callable[[], Message]] = {
+            "getid": lambda: Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                     interface="org.freedesktop.DBus", member="GetId"),
+            "query": lambda: svirt("Query", "s", uuid),
+            "prepare_start": lambda: svirt("PrepareStart", "s", xml),
         }
-        times: dict[str, list[float]] = {name: [] for name in calls}
+        times: dict[str, list[float]] = {name: [] for name in messages}
         for _ in range(ROUNDS):
-            for name, call in calls.items():
+            for name, make in messages.items():
+                msg = make()
                 t0 = time.perf_counter()
-                await call()
+                reply = await bus.call(msg)
                 times[name].append(time.perf_counter() - t0)
+                if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+                    raise RuntimeError(f"{name} failed: {reply.error_name if reply else None} "
+                                       f"{reply.body if reply else ''}")
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
@@ -79,14 +81,8 @@ def over_busctl(address: str, uuid: str, xml: str) -> dict[str, float]:
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="svirtd-bench-dbus-"))
-    libvirtd = Libvirtd(work / "libvirtd").start()
-    bus = PrivateBus(work / "bus").start()
-    guests = GuestFactory(prefix=PREFIX, uri=libvirtd.uri)
-    daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
-                           auto_confine_names=[f"{PREFIX}*"], log_level="warning")
-    try:
-        daemon.start()
+    with private_stack(PREFIX) as stack:
+        bus, guests, libvirtd = stack.bus, stack.guests, stack.libvirtd
         guest = guests.new(disks=4)
         deadline = time.monotonic() + 30
         while asyncio.run(_isolated(bus.address, guest.uuid)) is False:
@@ -104,18 +100,14 @@ def main() -> None:
             "query_ms": round(inproc["query"], 3),
             "prepare_start_ms": round(inproc["prepare_start"], 3),
             "query_vs_getid": round(inproc["query"] / inproc["getid"], 2),
+            "query_daemon_ms": round(inproc["query"] - inproc["getid"], 3),
+            "prepare_start_daemon_ms": round(inproc["prepare_start"] - inproc["getid"], 3),
             "prepare_start_vs_getid": round(inproc["prepare_start"] / inproc["getid"], 2),
             "busctl_getid_ms": round(busctl["getid"], 2),
             "busctl_query_ms": round(busctl["query"], 2),
             "busctl_prepare_start_ms": round(busctl["prepare_start"], 2),
             "busctl_prepare_start_vs_getid": round(busctl["prepare_start"] / busctl["getid"], 2),
         }))
-    finally:
-        daemon.stop()
-        guests.cleanup()
-        bus.stop()
-        libvirtd.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 async def _isolated(address: str, uuid: str) -> bool:

@@ -4,8 +4,9 @@ Both label the same tree to a new label each run (so every entry really changes)
 which goes first), five runs each, median reported. svirtd's run is the daemon's own code path (relabel.label_tree: the
 treewalk helper, which also reads and journals every original, fdatasync'ed before each change;
 chcon remembers nothing). The second pass is what a re-converge costs the daemon once the tree is
-labeled (relabel.apply_probed with the manager's skip rule); a full re-walk with nothing to change is
-reported too, for when the fast path cannot be used (after a crash).
+labeled (relabel.apply_probed with the manager's skip rule), against a first pass labeling it, five
+alternating samples of each; a full re-walk with nothing to change is reported too, for when the fast
+path cannot be used (after a crash).
 
 The LAST line printed is one JSON object.
 """
@@ -68,6 +69,28 @@ def chcon_label(root: Path, target: str) -> float:
     return time.perf_counter() - t0
 
 
+def second_pass(root: Path, target: str, journals: Path) -> float:
+    """What a re-converge costs the daemon once the tree carries target: the probe (open the root, read
+    its label) and apply_probed with the manager's skip rule."""
+    t0 = time.perf_counter()
+    item = probed_tree(root, target)
+    relabel.apply_probed([item], lambda _p: journals / "bench",
+                         done_already=lambda p: p.current == p.planned.target)  # + claim applied, as the manager
+    elapsed = time.perf_counter() - t0
+    item.close()
+    return elapsed
+
+
+def full_rewalk(root: Path, target: str, journals: Path) -> float:
+    """A walk of the whole tree with nothing to change (after a crash the fast path cannot be used)."""
+    shutil.rmtree(journals / "rewalk", ignore_errors=True)
+    t0 = time.perf_counter()
+    result = relabel.run_treewalk("label", str(root), target, journals / "rewalk")
+    elapsed = time.perf_counter() - t0
+    assert result["changed"] == 0, result
+    return elapsed
+
+
 def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="svirtd-bench-relabel-", dir="/var/tmp"))
     try:
@@ -84,30 +107,32 @@ def main() -> None:
             for run in pair if round_ % 2 == 0 else reversed(pair):
                 run()
             n += 4
-        # Last: svirtd labels it, then re-converges (the daemon's second pass).
-        target = LABEL.format(n, n + 1)
-        first = svirtd_label(root, target, journals)
-        t0 = time.perf_counter()
-        item = probed_tree(root, target)  # the probe is part of the second pass: open root, read its label
-        relabel.apply_probed([item], lambda _p: journals / "bench",
-                             done_already=lambda p: p.current == p.planned.target)  # + claim applied, as the manager
-        second = time.perf_counter() - t0
-        item.close()
-        t0 = time.perf_counter()
-        rewalk = relabel.run_treewalk("label", str(root), target, journals / "rewalk")
-        rewalk_s = time.perf_counter() - t0
-        assert rewalk["changed"] == 0, rewalk
+        # Then, ROUNDS times: svirtd labels it to a new label (a first pass), re-converges (the daemon's
+        # second pass), and re-walks it with nothing to change; medians of each, side by side.
+        first_runs: list[float] = []
+        second_runs: list[float] = []
+        rewalk_runs: list[float] = []
+        for _ in range(ROUNDS):
+            target = LABEL.format(n, n + 1)
+            n += 2
+            first_runs.append(svirtd_label(root, target, journals))
+            second_runs.append(second_pass(root, target, journals))
+            rewalk_runs.append(full_rewalk(root, target, journals))
         check = relabel.run_treewalk("check", str(root), target)
         assert check["off_target"] == 0, check
+        first, second, rewalk_s = (statistics.median(first_runs), statistics.median(second_runs),
+                                   statistics.median(rewalk_runs))
         svirtd_s, chcon_s = statistics.median(svirtd_runs), statistics.median(chcon_runs)
         print(f"{files} files, {os.cpu_count()} cores: svirtd {svirtd_runs} s, chcon -R {chcon_runs} s")
-        print(f"second pass (daemon's skip rule) {second * 1000:.3f} ms; full re-walk with nothing to change "
-              f"{rewalk_s:.3f} s")
+        second_ms = [round(x * 1000, 3) for x in second_runs]
+        print(f"first pass {first_runs} s; second pass (daemon's skip rule) {second_ms} ms; "
+              f"full re-walk with nothing to change {rewalk_runs} s (medians below)")
         print(json.dumps({
             "files": files,
             "svirtd_s": round(svirtd_s, 4),
             "chcon_s": round(chcon_s, 4),
             "ratio_vs_chcon": round(chcon_s / svirtd_s, 3),
+            "first_pass_s": round(first, 4),
             "second_pass_s": round(second, 6),
             "second_pass_speedup": round(first / second, 1),
             "full_rewalk_s": round(rewalk_s, 4),

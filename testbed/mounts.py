@@ -1,4 +1,5 @@
-"""Mounts a test makes (FUSE through bindfs, ramfs, tmpfs, loop devices), owned and always undone.
+"""Mounts a test makes (FUSE through bindfs, ramfs, tmpfs, loop devices, ext4 on a loop device), owned
+and always undone.
 
 A FUSE daemon stopped to play a dead NFS server, or a mount left behind, poisons every later run: the
 mount point cannot be removed, its daemon stays, and `rm -r` of the image directory walks into it.
@@ -73,6 +74,16 @@ class Mounts:
         dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True,
                              check=True).stdout.strip()
         self._mounts.append(_Mount(backing, fuse=False, loop=dev))
+        return dev
+
+    def mounted_block_device(self, backing: Path, target: Path, size: int = 8 * 1024 * 1024) -> str:
+        """A loop block device with an ext4 filesystem on it, mounted at target: one of "the host's
+        mounted block devices", whatever / is on. Unmounted, then detached, at teardown."""
+        dev = self.loop_device(backing, size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", dev], capture_output=True, check=True)
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "ext4", dev, str(target)], capture_output=True, check=True)
+        self._mounts.append(_Mount(target, fuse=False))
         return dev
 
     def teardown(self) -> list[str]:

