@@ -25,8 +25,8 @@ SUITE = "bookworm"
 BASE_INCLUDE = ("linux-image-amd64,selinux-policy-default,selinux-basics,policycoreutils,selinux-utils,auditd,"
                 "systemd-sysv,udev,kmod,procps,e2fsprogs,iproute2,dbus,attr")
 CHROOT_PACKAGES = ("libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils "
-                   "python3-venv python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd "
-                   "python3-pip make ca-certificates")
+                   "python3-venv python3-libvirt python3-selinux python3-semanage python3-audit python3-setools "
+                   "python3-systemd python3-pip make ca-certificates")
 SOURCES = ("svirtd", "policy", "data", "systemd", "pyproject.toml", "Makefile", "e2e/guest", "e2e/image.py")
 
 
