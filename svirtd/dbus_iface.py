@@ -159,8 +159,7 @@ class ManagerInterface(ServiceInterface):
         details = as_named(await self._manager.identify(guest, isolated_only=True))
         await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
         target = details.get("guest_uuid", guest)
-        await self._manager.isolate(target, profile)
-        report = await self._manager.query(target)
+        report = await self._manager.isolate_report(target, profile)
         return self._report(report, raw=await self._may_read_audit(report))
 
     @method()

@@ -250,6 +250,18 @@ class Manager:
 
     async def isolate(self, guest: str, profile: str = "", origin: Origin = Origin.API) -> Assignment:
         """Give the guest a pair (or keep its own) and label its resources. Idempotent."""
+        assignment, _report = await self._isolate(guest, profile, origin, report=False)
+        return assignment
+
+    async def isolate_report(self, guest: str, profile: str = "", origin: Origin = Origin.API) -> GuestReport:
+        """isolate(), answered with the guest's report as it stood when the isolation was done: a Release
+        right after it does not turn a successful Isolate into "not isolated"."""
+        _assignment, report = await self._isolate(guest, profile, origin, report=True)
+        assert report is not None
+        return report
+
+    async def _isolate(self, guest: str, profile: str, origin: Origin,
+                       report: bool) -> tuple[Assignment, GuestReport | None]:
         ref = check_guest_ref(guest)
         profile_name = resolve_profile(profile).name if profile else ""
         # Never wait on libvirt while holding a guest lock: the libvirt hook (PrepareStart, GuestStopped)
@@ -258,8 +270,9 @@ class Manager:
         info = await self.hv.lookup(ref)  # NoSuchGuest / LibvirtUnavailable
         async with self._guest_locks[info.uuid]:
             assignment = await self._isolate_locked(info, profile_name, origin)
+            answer = await self._report(assignment, self._domains.get(assignment.uuid)) if report else None
         await self._write_identity(assignment, info)
-        return assignment
+        return assignment, answer
 
     async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin,
                               domain: DomainSpec | None = None) -> Assignment:
@@ -567,7 +580,10 @@ class Manager:
                 domain = self._parse(await self.hv.lookup(uuid))
             except SvirtError:
                 domain = None
-        claims = self.store.claims_for(uuid)
+        return await self._report(a, domain)
+
+    async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
+        claims = self.store.claims_for(a.uuid)
         decisions = self.converger.decisions(domain, a, self._libvirt_relabels(domain)) if domain is not None else ()
         running = a.state is GuestState.RUNNING
 
@@ -578,7 +594,7 @@ class Manager:
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
-                           isolation=self._isolation_status(uuid))
+                           isolation=self._isolation_status(a.uuid))
 
     def _isolation_status(self, uuid: str) -> str:
         last = self.last_verify
@@ -597,6 +613,11 @@ class Manager:
         """Judge every guest's process label against every resource label with the compiled policy."""
         if self.judge is None or self.judge.policy_file is None:
             raise SvirtError("no compiled SELinux policy to verify against; set policy_file in svirtd.conf")
+        try:
+            await asyncio.to_thread(self.judge.load)
+        except (OSError, ValueError) as exc:
+            raise SvirtError(f"cannot verify: {exc}; point policy_file in svirtd.conf at the binary policy "
+                             "(e.g. /etc/selinux/default/policy/policy.33)") from None
         async with self._verify_lock:
             subjects = await self._proof_subjects()
             owned = [(a, self.store.claims_for(a.uuid)) for a in self.store.assignments()]

@@ -101,7 +101,14 @@ class PolicyJudge:
         if PolicyJudge._loaded != str(self.policy_file):
             if PolicyJudge._loaded is not None:
                 audit2why.finish()
-            audit2why.init(str(self.policy_file))
+                PolicyJudge._loaded = None
+            if not self.policy_file.is_file():
+                raise FileNotFoundError(f"{self.policy_file}: no such policy file")
+            try:
+                audit2why.init(str(self.policy_file))
+            except (SystemError, RuntimeError) as exc:  # audit2why's own way of saying "not a policy"
+                raise ValueError(f"{self.policy_file} is not a binary SELinux policy audit2why can read "
+                                 f"({exc})") from None
             PolicyJudge._loaded = str(self.policy_file)
 
     def load(self) -> None:
