@@ -39,13 +39,14 @@ EXPECTED = (
     # issue 12: confinement that holds while guests run (libvirt applies svirtd's pair)
     "hotplug_disk",              # attach --live into running a: a's pair; b's qemu denied it
     "hotunplug_restored",        # detach --live (virtio-scsi): the original label is back
-    "snapshot_overlay",          # external disk-only snapshot: overlay private, old top read-only
+    "snapshot_overlay",          # external disk-only snapshot: overlay private, old top kept private
     "blockcommit",               # commit back and pivot succeeds
     "backing_chain_unlisted",    # a backing file only in the qcow2 header: the guest starts and reads it
     "define_then_start",         # define + start at once: ps -Z == Query == the disk's pair
     "transient_guest",           # virsh create: confined with a pair in the table; destroy releases it
     "save_restore",              # virsh save + restore: same label, running again
     "per_disk_norelabel",        # <seclabel relabel='no'> on a disk: its label unchanged
+    "tree_labeled",              # a 9p share: svirtd labels the whole tree with the guest's pair, it starts
 )
 BOOT_TIMEOUT = 15 * 60
 

@@ -50,7 +50,8 @@ class Converger:
         self.locks = KeyLocks()
 
     def decisions(self, domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> tuple[LabelDecision, ...]:
-        return decide_labels(domain, a.level, self.spec, libvirt_relabels)
+        own_private = frozenset(c.path for c in self.store.claims_for(a.uuid) if c.rclass is ResourceClass.PRIVATE)
+        return decide_labels(domain, a.level, self.spec, libvirt_relabels, own_private)
 
     async def converge(self, domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> None:
         """Make the guest's resources carry the labels its level asks for; undo removed ones."""

@@ -14,6 +14,11 @@ label on each resource depends on the host and the definition:
 
 A per-device `<seclabel relabel='no'>` keeps everyone's hands off that resource; a per-device
 `<label>` replaces the class label, but never with another guest's pair.
+
+A backing layer is read-only content (readable by every guest: base images are shared), except one
+the guest already holds privately: the old top of an external snapshot keeps the guest's pair, as
+libvirt leaves it (seen on the enforcing VM). Read-only content would let every other guest read the
+data the guest wrote into it; MCS has no "read-only for this pair only" label.
 """
 
 from __future__ import annotations
@@ -44,10 +49,18 @@ LIBVIRT_REASON = "labeled by libvirt's SELinux driver with the guest's label whi
 NO_DRIVER_REASON = "this host's libvirt has no SELinux driver, so nothing labels it here"
 
 
-def decide_labels(domain: DomainSpec, level: Level, spec: LabelSpec,
-                  libvirt_relabels: bool) -> tuple[LabelDecision, ...]:
-    """A decision for every resource of the domain, in the domain's order."""
-    return tuple(decide_label(res, level, spec, libvirt_relabels) for res in domain.resources)
+def decide_labels(domain: DomainSpec, level: Level, spec: LabelSpec, libvirt_relabels: bool,
+                  own_private: frozenset[str] = frozenset()) -> tuple[LabelDecision, ...]:
+    """A decision for every resource of the domain, in the domain's order. own_private: paths the
+    guest holds as private resources now (its claims)."""
+    return tuple(decide_label(_kept_private(res, own_private), level, spec, libvirt_relabels)
+                 for res in domain.resources)
+
+
+def _kept_private(res: Resource, own_private: frozenset[str]) -> Resource:
+    if res.backing and res.rclass is ResourceClass.READONLY and res.path in own_private:
+        return res.model_copy(update={"rclass": ResourceClass.PRIVATE})
+    return res
 
 
 def decide_label(res: Resource, level: Level, spec: LabelSpec, libvirt_relabels: bool) -> LabelDecision:

@@ -192,6 +192,7 @@ class Resource(BaseModel):
     # The <driver type> of a top image that names no <backingStore>: its backing chain is probed from
     # the image header (as libvirt does when qemu starts). '' when the chain is given or not probed.
     probe_format: str = ""
+    backing: bool = False  # a layer below a disk's top image
 
 
 class Applier(enum.StrEnum):

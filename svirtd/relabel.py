@@ -103,7 +103,7 @@ def with_backing_chains(plan: RelabelPlan, spec: LabelSpec, denied_trees: Sequen
             known.add(backing.path)
             res = Resource(path=backing.path, device=f"{item.resource.device.split(' backing')[0]} backing layer "
                            f"{depth} (probed)", kind=ResourceKind.FILE, rclass=ResourceClass.READONLY,
-                           probe_format=backing.format if backing.format == "qcow2" else "")
+                           probe_format=backing.format if backing.format == "qcow2" else "", backing=True)
             check_resource_path(res, denied_trees)
             layer = PlannedResource(resource=res, target=content)
             found.append(layer)

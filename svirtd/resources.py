@@ -270,7 +270,7 @@ def _disk(disk: ET.Element, _index: int, _ctx: _Context) -> list[Resource]:
             res = _storage_resource(layer.get("type", "file"), layer_source, f"{label} backing layer {depth}",
                                     ResourceClass.READONLY, False)
             if res is not None:
-                out.append(_with_seclabel(res, layer_source))
+                out.append(_with_seclabel(res.model_copy(update={"backing": True}), layer_source))
         layer = layer.find("backingStore")
         depth += 1
     return out

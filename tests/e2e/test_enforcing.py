@@ -19,11 +19,12 @@ EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started
             "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "journal_fields",
             "verify_ok", "labels_restored", "no_svirtd_denials",
             "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
-            "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel")
+            "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled")
 
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(50 * 60)  # a cold image build, then the boot and the scenario under TCG
 def test_guest_a_is_denied_guest_b_disk_on_an_enforcing_kernel(as_root: None) -> None:
     out = subprocess.run([sys.executable, str(REPO / "e2e" / "run.py")], capture_output=True, text=True,
                          timeout=45 * 60, cwd=REPO)

@@ -216,3 +216,16 @@ def test_a_per_disk_label_with_another_guests_pair_is_refused() -> None:
 ])
 def test_who_labels_follows_the_driver_and_the_seclabel(seclabel: str, driver: bool, relabels: bool) -> None:
     assert parse_domain(domain(extra=seclabel)).libvirt_relabels(driver) is relabels
+
+
+def test_the_old_top_of_a_snapshot_stays_private_a_shared_base_is_read_only() -> None:
+    """After an external snapshot the old top is a backing layer: it keeps the guest's pair when the guest
+    held it privately (libvirt leaves it so; read-only content would open its data to every guest); a
+    base the guest never held privately is read-only content."""
+    xml = domain("<disk type='file'><driver type='qcow2'/><source file='/img/overlay.qcow2'/>"
+                 "<backingStore type='file'><source file='/img/top.img'/>"
+                 "<backingStore type='file'><source file='/img/base.img'/><backingStore/></backingStore>"
+                 "</backingStore><target dev='vda'/></disk>")
+    got = {d.path: d.target for d in decide_labels(parse_domain(xml), LEVEL, SPEC, False,
+                                                   own_private=frozenset({"/img/top.img"}))}
+    assert got == {"/img/overlay.qcow2": PRIVATE, "/img/top.img": PRIVATE, "/img/base.img": CONTENT}
