@@ -156,7 +156,7 @@ class ManagerInterface(ServiceInterface):
         # Authorized before anything else: polkit is told the guest from svirtd's own table, or as the
         # caller named it, never after asking libvirt (a refused caller costs no libvirt call). The
         # call then acts on exactly the guest polkit was told about.
-        details = as_named(await self._manager.identify(guest, isolated_only=True))
+        details = as_named(await self._manager.identify(guest))
         await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
         target = details.get("guest_uuid", guest)
         report = await self._manager.isolate_report(target, profile)
@@ -165,7 +165,7 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Release(self, guest: DBusStr) -> None:
-        details = await self._manager.identify(guest, isolated_only=True)
+        details = await self._manager.identify(guest)
         await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
         await self._manager.release(guest)
 

@@ -320,20 +320,17 @@ class Manager:
             self.listener.isolated(final)
         return final
 
-    async def identify(self, guest: str, isolated_only: bool = False) -> dict[str, str]:
-        """Authorization details for a guest reference: guest_uuid and guest_name when the guest can be
-        found, else just what the caller gave (so a denial does not reveal whether the guest exists)."""
+    async def identify(self, guest: str) -> dict[str, str]:
+        """Authorization details for a guest reference, from svirtd's own table only (never libvirt: a
+        caller is authorized before anything is asked of libvirt): guest_uuid and guest_name of an
+        isolated guest, else just what the caller gave (a denial does not reveal whether it exists)."""
         ref = check_guest_ref(guest)
         try:
-            if isolated_only:
-                a = self.store.get(self._resolve_assigned(ref))
-                if a is not None:
-                    return {"guest_uuid": a.uuid, "guest_name": a.name}
-            else:
-                info = await self.hv.lookup(ref)
-                return {"guest_uuid": info.uuid, "guest_name": info.name}
+            a = self.store.get(self._resolve_assigned(ref))
         except SvirtError:
-            pass
+            a = None
+        if a is not None:
+            return {"guest_uuid": a.uuid, "guest_name": a.name}
         return {"guest": ref}
 
     # -- the libvirt hook ------------------------------------------------------------------------
