@@ -65,6 +65,10 @@ class Config(BaseModel):
     # Verify (the O(guests^2) isolation proof) runs after each libvirt (re)connection up to this many
     # isolated guests; above it only on demand (`svirtctl verify`). 0: only on demand.
     auto_verify_max_guests: int = Field(default=200, ge=0, le=1_000_000)
+    # How long the storage of a guest's files may take to answer a lookup (seconds) before svirtd calls
+    # it hung: a killable helper asks first, so a dead NFS server costs no thread; requests touching
+    # it then fail at once (StorageNotResponding) until it answers again.
+    io_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     # Running guests are re-read this often (seconds; 0: never) for changes libvirt sends no event
     # for: an external snapshot's overlay, media changed in a drive. Hotplug, unplug and block jobs
     # come with events and converge at once.

@@ -27,6 +27,7 @@ from .path_policy import Nesting
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge
 from .resources import DomainSpec
+from .storage_gate import StorageGate
 from .store import Claim, Store
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,9 @@ LOCK_ATTEMPTS = 5
 
 class Converger:
     def __init__(self, config: Config, store: Store, spec: LabelSpec, judge: PolicyJudge | None,
-                 defaults: relabel.DefaultLabelLookup | None, denied: Sequence[str]) -> None:
+                 defaults: relabel.DefaultLabelLookup | None, denied: Sequence[str], storage: StorageGate) -> None:
         self.config = config
+        self.storage = storage
         self.store = store
         self.spec = spec
         self.judge = judge
@@ -60,8 +62,10 @@ class Converger:
         for res, why in plan.refused:
             log.warning("%s: %s (%s) is not labeled: %s", domain.name, res.path, res.device, why,
                         extra=guest_fields(a.uuid, a.name))
+        await self.storage.ensure((p.resource.path for p in plan.items), domain.name)
         if any(p.labels and p.resource.probe_format == "qcow2" for p in plan.items):
             plan = await asyncio.to_thread(relabel.with_backing_chains, plan, self.spec, self.denied)
+            await self.storage.ensure((p.resource.path for p in plan.items), domain.name)
         held = self.store.claims_for(a.uuid)  # stable: only this guest's transactions (guest lock held) change them
         for _attempt in range(LOCK_ATTEMPTS):
             keys = await asyncio.to_thread(relabel.lock_keys, plan, held)

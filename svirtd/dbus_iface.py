@@ -45,6 +45,7 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.LibvirtUnavailable: ERROR_PREFIX + "LibvirtUnavailable",
     errors.NotConfined: ERROR_PREFIX + "NotConfined",
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
+    errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }
 INTERNAL_ERROR = ERROR_PREFIX + "Failed"

@@ -49,5 +49,9 @@ class RelabelFailed(SvirtError):
     """Relabeling failed part-way; everything already changed was rolled back."""
 
 
+class StorageNotResponding(SvirtError):
+    """The storage a guest's files lie on does not answer (a dead NFS server, a stopped FUSE daemon)."""
+
+
 class ConfigError(SvirtError):
     """The configuration file is invalid."""

@@ -51,6 +51,7 @@ from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
 from .resources import DomainSpec, parse_domain
+from .storage_gate import StorageGate
 from .store import Claim, Store
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,8 @@ class Manager:
         self.selinux_enabled = selinux_enabled
         self.listener: Listener = listener or _NoListener()
         self.levels = LevelBook(store, allocator)
-        self.converger = Converger(config, store, spec, judge, defaults, self.denied)
+        self.storage = StorageGate(config.io_timeout_seconds)
+        self.converger = Converger(config, store, spec, judge, defaults, self.denied, self.storage)
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
         # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -280,6 +282,8 @@ class Manager:
         domain = domain or self._parse(info)
         existing = self.store.get(domain.uuid)
         self._check_profile(domain, resolve_profile(profile or (existing.profile if existing else "")))
+        # Before any thread touches its files: storage that hangs refuses the guest, at once.
+        await self.storage.ensure((r.path for r in domain.labeled()), domain.name)
         now = time.time()
         if existing is None:
             level, note = await self._choose_level(domain, info)  # LabelSpaceExhausted
@@ -527,6 +531,7 @@ class Manager:
             await self._forget_identity(a)
 
     async def _finish_release(self, a: Assignment, optout: bool) -> None:
+        await self.storage.ensure((c.path for c in self.store.claims_for(a.uuid)), a.name)
         self.store.begin_release(a.uuid, optout)
         outcomes = await self.converger.restore_all(a)
         for out in outcomes:
@@ -583,11 +588,12 @@ class Manager:
         claims = self.store.claims_for(a.uuid)
         decisions = self.converger.decisions(domain, a, self._libvirt_relabels(domain)) if domain is not None else ()
         running = a.state is GuestState.RUNNING
+        hung = await self.storage.unresponsive([*(d.path for d in decisions), *(c.path for c in claims)])
 
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
-        states = await asyncio.to_thread(observe, decisions, claims, running, self.denied, note)
+        states = await asyncio.to_thread(observe, decisions, claims, running, self.denied, note, hung)
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
@@ -618,6 +624,8 @@ class Manager:
         async with self._verify_lock:
             subjects = await self._proof_subjects()
             owned = [(a, self.store.claims_for(a.uuid)) for a in self.store.assignments()]
+            hung = await self.storage.unresponsive(c.path for _a, claims in owned for c in claims)
+            owned = [(a, [c for c in claims if c.path not in hung]) for a, claims in owned]
             objects = await asyncio.to_thread(self._proof_objects, owned)
             proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)

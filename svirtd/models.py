@@ -212,6 +212,7 @@ class ResourceStatus(enum.StrEnum):
     PENDING = "pending"  # a relabel is in progress
     DEFERRED = "deferred"  # libvirt's SELinux driver labels it when the guest starts
     NOT_OBSERVED = "not-observed"  # labeled by libvirt, but nothing on the host to read it from
+    NOT_RESPONDING = "not-responding"  # its storage does not answer (svirtd asks it again later)
 
 
 class ResourceState(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from . import labels
 from .errors import UnsafePath
@@ -23,19 +23,25 @@ NoteFor = Callable[[labels.LabelUnsupported], str]
 
 
 def observe(decisions: Iterable[LabelDecision], claims: Sequence[Claim], running: bool,
-            denied: Sequence[str], unlabelable_note: NoteFor) -> list[ResourceState]:
+            denied: Sequence[str], unlabelable_note: NoteFor,
+            hung: Mapping[str, str] | None = None) -> list[ResourceState]:
     """Expected vs. on-disk label of every resource of the definition, and of every claim it no longer
-    names (a probed backing layer, a file a restore could not finish)."""
+    names (a probed backing layer, a file a restore could not finish). Files on storage that does not
+    answer (hung: path -> why) are reported as such, never looked at."""
     by_path = {c.path: c for c in claims}
+    hung = hung or {}
     out: list[ResourceState] = []
-    seen: set[str] = set()
-    for d in decisions:
-        seen.add(d.path)
+    decided = list(decisions)
+    named = {d.path for d in decided}
+    decided += [LabelDecision(Resource(path=c.path, device=c.device, kind=c.kind, rclass=c.rclass), c.expected,
+                              c.applier) for c in claims if c.path not in named]
+    for d in decided:
+        if d.path in hung:
+            out.append(ResourceState(path=d.path, device=d.resource.device, kind=d.resource.kind,
+                                     rclass=d.resource.rclass, expected=d.target, actual="",
+                                     status=ResourceStatus.NOT_RESPONDING, note=hung[d.path], applier=d.applier))
+            continue
         out.append(_observe_one(d, by_path.get(d.path), running, denied, unlabelable_note))
-    for c in claims:
-        if c.path not in seen:
-            res = Resource(path=c.path, device=c.device, kind=c.kind, rclass=c.rclass)
-            out.append(_observe_one(LabelDecision(res, c.expected, c.applier), c, running, denied, unlabelable_note))
     return out
 
 

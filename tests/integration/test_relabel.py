@@ -16,12 +16,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from svirtd.service import IO_THREADS
 from testbed.bus import PrivateBus
 from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
@@ -372,42 +374,53 @@ def fuse_waiters(pid: int) -> int:
 def test_guests_whose_storage_hangs_do_not_hold_up_the_others(bus: PrivateBus, guests: GuestFactory,
                                                               svirtd: StartSvirtd, tmp_path: Path,
                                                               mounts: Mounts) -> None:
-    """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. svirtd must go on
-    confining the other guests (libvirt's hook waits on svirtd before each start), even with more
-    guests stuck on it than asyncio's default worker pool has threads (cores + 4)."""
+    """A dead NFS server, played by a stopped FUSE daemon: every lookup on it waits. With more guests on
+    it than svirtd has I/O threads, svirtd must go on confining the others (libvirt's hook waits on
+    svirtd before each start), answer each stuck guest's request within a bounded time, keep no thread
+    waiting on the storage, refuse a start through the hook (require_confined), and confine the stuck
+    guests once the storage answers again."""
     d = guests.image_dir
     src, hung = tmp_path / "hang-src", d / "hang"
     daemon = mounts.bindfs(src, hung, "--xattr-none")
-    stuck_count = (os.cpu_count() or 1) + 6
-    # Made behind the mount's back: the kernel has never looked them up, so each lookup must ask the daemon.
+    stuck_count = IO_THREADS + 16
     for i in range(stuck_count):
         make_disk(src / f"{i}.img")
-    proc = svirtd(default_confined=False)
+    proc = svirtd(io_timeout_seconds=2, require_confined=True)
     assert proc.proc is not None
     pid = proc.proc.pid
+    # Isolated while the storage answers (its files are unlabelable: no xattrs on this FUSE mount).
     hung_guests = [guests.new(disk_specs=[Disk(hung / f"{i}.img", "vda")]) for i in range(stuck_count)]
-    b, c = guests.new(), guests.new()
+    wait_until(lambda: all(labeled(bus, g.uuid) for g in hung_guests), what="every guest isolated")
+    b, c = guests.new(define=False), guests.new(define=False)
     os.kill(daemon.pid, signal.SIGSTOP)
     stuck: list[subprocess.Popen[bytes]] = []
     try:
+        t0 = time.monotonic()
         stuck = [subprocess.Popen(["busctl", f"--address={bus.address}", "--timeout=120", "call",
                                    "org.svirt.Manager", "/org/svirt/Manager", "org.svirt.Manager1", "Isolate", "ss",
                                    g.uuid, ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                  for g in hung_guests]
-        # The hung storage is reached: one svirtd thread per stuck guest waits for the FUSE daemon.
-        wait_until(lambda: fuse_waiters(pid) >= stuck_count, what=f"{stuck_count} svirtd threads waiting on FUSE")
-        for g in (b, c):
-            # Generous: svirtd blocked by the hung storage would never answer before SIGCONT.
+        for g in (b, c):  # meanwhile, guests elsewhere are defined, isolated and released
+            guests.define(g)
             run(asyncio.wait_for(call(bus, "Isolate", "ss", g.uuid, ""), 60))
             assert (xattr(g.disk) or "").startswith(IMAGE)
         run(asyncio.wait_for(call(bus, "Release", "s", b.uuid), 60))
         assert xattr(b.disk) is None
-        assert fuse_waiters(pid) >= stuck_count and all(p.poll() is None for p in stuck)  # still stuck
+        for p in stuck:  # each stuck request is answered: its storage does not respond
+            assert p.wait(60) != 0
+            err = p.stderr.read().decode() if p.stderr else ""
+            assert "not answered" in err and str(hung) in err, err
+        print(f"{stuck_count} requests on hung storage answered within {time.monotonic() - t0:.1f}s")
+        assert fuse_waiters(pid) == 0, "svirtd threads wait on the hung storage"
+        # Through the hook: the start of a stuck guest is refused, not left hanging.
+        started = guests.virsh("start", hung_guests[0].name, check=False)
+        assert started.returncode != 0 and "not answered" in started.stderr, started.stderr
+        report = run(call(bus, "Query", "s", hung_guests[1].uuid))  # Query answers, and says why
+        assert report["resources"][0]["status"] == "not-responding"
         os.kill(daemon.pid, signal.SIGCONT)
-        for p in stuck:
-            assert p.wait(60) == 0, p.stderr.read() if p.stderr else ""
-        report = labeled(bus, hung_guests[0].uuid)  # once its storage answers, confined like any other
-        assert report is not None and report["resources"][0]["status"] == "unlabelable"
+        # Asked again after the retry interval: confined like any other once its storage answers.
+        wait_until(lambda: run(call(bus, "Isolate", "ss", hung_guests[0].uuid, "")), timeout=60,
+                   what="the stuck guest isolated once its storage answers")
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
         for p in stuck:
