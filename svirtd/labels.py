@@ -102,30 +102,88 @@ def open_resource(path: str, kind: ResourceKind) -> Opened:
     try:
         _check_type(path, st, kind)
         if kind is ResourceKind.BLOCK:
-            _refuse_mounted(path, st)
+            _refuse_mounted(path, fd, st)
     except UnsafePath:
         os.close(fd)
         raise
     return Opened(fd=fd, path=real, st=st)
 
 
-def _refuse_mounted(path: str, st: os.stat_result) -> None:
-    """A block device the host has mounted (or a whole disk one of whose partitions is) is never
-    handed to a guest: it would get the host's own filesystem."""
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    devices = {f"{major}:{minor}"}
-    sysfs = Path(f"/sys/dev/block/{major}:{minor}")
+def _refuse_mounted(path: str, fd: int, st: os.stat_result) -> None:
+    """A block device the host uses is never handed to a guest: it would get the host's own data. Used:
+    mounted (btrfs included: its mountinfo line names an anonymous 0:NN device, the source field the
+    real one), held by a device-mapper/md/bcache device (LVM PV, dm-crypt, RAID member), swap, claimed
+    exclusively by the kernel (all of these, and ZFS vdevs); or a whole disk one of whose partitions is."""
+    why = _host_use(fd, st)
+    if why:
+        raise UnsafePath(f"{path}: the host uses it ({why}); a guest must never get one of the host's devices")
+
+
+def _host_use(fd: int, st: os.stat_result) -> str:
+    """How the host uses this block device (or one of its partitions), '' when it does not."""
+    devices = block_devices(st)
+    return _claimed(fd) or _held(devices) or _swap_use(devices) or _mount_use(devices)
+
+
+def block_devices(st: os.stat_result) -> set[tuple[int, int]]:
+    """(major, minor) of a block device and of each of its partitions."""
+    devices = {(os.major(st.st_rdev), os.minor(st.st_rdev))}
     with contextlib.suppress(OSError):
-        for part in sysfs.iterdir():
-            dev_file = part / "dev"
-            if dev_file.is_file():
-                devices.add(dev_file.read_text().strip())
+        for part in Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                number = (part / "dev").read_text().split(":")
+                devices.add((int(number[0]), int(number[1])))
+    return devices
+
+
+def _claimed(fd: int) -> str:
+    """The kernel's own answer: a mounted filesystem, a dm/md holder, swap or a ZFS pool claims the
+    device exclusively, and an exclusive open then fails with EBUSY (closed at once: nothing is read)."""
+    try:
+        os.close(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_EXCL | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return "the kernel holds it: mounted, a device-mapper/RAID member, swap or a ZFS vdev"
+    return ""
+
+
+def _held(devices: set[tuple[int, int]]) -> str:
+    for major, minor in sorted(devices):
+        with contextlib.suppress(OSError):
+            holders = sorted(os.listdir(f"/sys/dev/block/{major}:{minor}/holders"))
+            if holders:
+                return f"{major}:{minor} is held by {', '.join(holders)}"
+    return ""
+
+
+def _swap_use(devices: set[tuple[int, int]]) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/swaps").read_text().splitlines()[1:]:
+            if line and _rdev_of(line.split()[0]) in devices:
+                return f"swap area {line.split()[0]}"
+    return ""
+
+
+def _mount_use(devices: set[tuple[int, int]]) -> str:
+    """Mounted: by device number, or by the mount source (btrfs shows an anonymous 0:NN number)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             fields = line.split()
-            if len(fields) > 4 and fields[2] in devices:
-                raise UnsafePath(f"{path}: the host has it mounted ({fields[2]} on {fields[4]}); "
-                                 "a guest must never get one of the host's filesystems")
+            source = line.split(" - ", 1)[1].split()[1] if " - " in line else ""
+            with contextlib.suppress(ValueError):
+                mount_dev = tuple(int(n) for n in fields[2].split(":"))
+                if mount_dev in devices or (source.startswith("/dev/") and _rdev_of(source) in devices):
+                    return f"mounted on {fields[4]}"
+    return ""
+
+
+def _rdev_of(path: str) -> tuple[int, int] | None:
+    """(major, minor) of a block device node, None when path is not one."""
+    try:
+        st = os.stat(path.replace("\\040", " "))
+    except OSError:
+        return None
+    return (os.major(st.st_rdev), os.minor(st.st_rdev)) if stat.S_ISBLK(st.st_mode) else None
 
 
 LIBVIRT_REMEMBER = "trusted.libvirt.security.selinux"
