@@ -12,8 +12,10 @@ changed. A run killed half-way is simply run again (entries already carrying the
 their originals are already journaled); restore replays journals oldest run first, first record per
 path wins. The helper dies with its parent (PR_SET_PDEATHSIG).
 
-Never: follows a symlink, crosses a mount point, relabels a hard-linked file (its other names may live
-outside the tree), or opens a file (device nodes and FIFOs included) for I/O.
+Labels only directories and regular files. Never: follows a symlink, crosses a mount point, relabels a
+hard-linked file (its other names may live outside the tree), labels a device node, FIFO or socket (a
+guest with a writable share can create them; svirt_t may use block devices carrying its label), or opens
+a file for I/O.
 
 Standalone on purpose: stdlib only on the labeling path, so it starts in tens of milliseconds.
 """
@@ -67,7 +69,8 @@ def get_label(name: str) -> bytes | None:
 
 class Stats:
     def __init__(self) -> None:
-        self.entries = self.changed = self.symlinks = self.mounts = self.hardlinks = self.errors = 0
+        self.entries = self.changed = self.symlinks = self.mounts = self.hardlinks = self.specials = 0
+        self.errors = 0
         self.first_error = ""
 
     def error(self, where: str, exc: OSError) -> None:
@@ -114,7 +117,10 @@ class Labeler:
             if is_dir and st.st_dev != self.root_dev:
                 self.stats.mounts += 1
                 return False
-            if not is_dir and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            if not is_dir and not stat.S_ISREG(st.st_mode):
+                self.stats.specials += 1
+                return False
+            if not is_dir and st.st_nlink > 1:
                 self.stats.hardlinks += 1
                 return False
             current = get_label(name)
@@ -347,7 +353,8 @@ def _default_lookup() -> Callable[[str, str], str | None]:
 
 
 def check_tree(root: str, target: bytes) -> Summary:
-    """Count entries (symlinks, other mounts and hard-linked files excluded) not carrying the target."""
+    """Count entries (only what label_tree labels: directories on the root's filesystem and regular files
+    with one link) not carrying the target."""
     stats = Stats()
     rfd = open_root(root)
     root_dev = os.fstat(rfd).st_dev
@@ -366,7 +373,7 @@ def check_tree(root: str, target: bytes) -> Summary:
                     if st.st_dev != root_dev:
                         continue
                     stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=dfd))
-                elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                elif not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                     continue
                 stats.entries += 1
                 if get_label(entry.name) != target:

@@ -7,11 +7,16 @@ fixture, pass or fail.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import stat
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +32,48 @@ from tests.helpers import call, run, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
+
+IMAGE = "system_u:object_r:svirt_image_t:"
+CONTENT = "system_u:object_r:virt_content_t:s0"
+TARGET = IMAGE + "s0:c11,c12"
+DEVICE_LABEL = "system_u:object_r:fixed_disk_device_t:s0"
+
+
+def setlabel(path: Path | str, label: str | None) -> None:
+    if label is None:
+        with contextlib.suppress(OSError):
+            os.removexattr(path, "security.selinux", follow_symlinks=False)
+    else:
+        os.setxattr(path, "security.selinux", label.encode(), follow_symlinks=False)
+
+
+def tree_labels(root: Path) -> dict[str, str | None]:
+    """Every label in a tree, by path (symlinks themselves, never followed)."""
+    found = {str(root): xattr(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            found[os.path.join(dirpath, name)] = xattr(os.path.join(dirpath, name))
+    return found
+
+
+def treewalk(*args: str, **popen: Any) -> dict[str, Any]:
+    """Run the tree helper as svirtd does; its summary."""
+    out = subprocess.run([sys.executable, "-m", "svirtd.treewalk", *args], capture_output=True, text=True, **popen)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert isinstance(result, dict), out
+    return result
+
+
+def make_specials(where: Path) -> list[Path]:
+    """A block and a character device node, a FIFO and a socket, each carrying a label of its own."""
+    nodes = [where / "sda", where / "mem", where / "fifo", where / "sock"]
+    os.mknod(nodes[0], 0o600 | stat.S_IFBLK, os.makedev(8, 0))
+    os.mknod(nodes[1], 0o600 | stat.S_IFCHR, os.makedev(1, 1))
+    os.mkfifo(nodes[2])
+    os.mknod(nodes[3], 0o600 | stat.S_IFSOCK)
+    for node in nodes:
+        setlabel(node, DEVICE_LABEL)
+    return nodes
 
 
 # -- finding 11: block devices the host uses --------------------------------------------------------
@@ -153,3 +200,36 @@ def test_a_guest_cannot_be_handed_another_guests_disk_through_a_users_link(bus: 
     assert exc.value.name == "org.svirt.Manager1.Error.UnsafePath", exc.value
     assert str(user_dir / "sub") in exc.value.text
     assert xattr(b_disk) is None and run(call(bus, "List")) == []
+
+
+# -- finding 2: device nodes, FIFOs and sockets inside trees ----------------------------------------
+
+
+def test_device_nodes_fifos_and_sockets_in_a_tree_are_never_labeled(tmp_path: Path, as_root: None) -> None:
+    root = tmp_path / "share"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "file").write_bytes(b"x")
+    nodes = make_specials(root / "sub")
+    journal = str(tmp_path / "journals" / "t")
+    result = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal)
+    assert {str(n): xattr(n) for n in nodes} == {str(n): DEVICE_LABEL for n in nodes}
+    assert (result["specials"], result["errors"]) == (4, 0), result
+    assert xattr(root / "sub" / "file") == TARGET
+    check = treewalk("check", "--root", str(root), "--target", TARGET)
+    assert (check["entries"], check["off_target"]) == (2, 0), check  # sub and file; the root is not counted
+    treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal)
+    assert xattr(root / "sub" / "file") is None
+    assert {str(n): xattr(n) for n in nodes} == {str(n): DEVICE_LABEL for n in nodes}
+
+
+def test_svirtd_says_how_many_special_files_a_share_holds(bus: PrivateBus, guests: GuestFactory,
+                                                           svirtd: StartSvirtd) -> None:
+    share = guests.image_dir / "share"
+    share.mkdir(parents=True)
+    nodes = make_specials(share)
+    proc = svirtd(default_confined=False)
+    g = guests.new(extra_devices=f"<filesystem type='mount'><source dir='{share}'/><target dir='s'/></filesystem>")
+    run(call(bus, "Isolate", "ss", g.uuid, ""))
+    assert (xattr(share) or "").startswith(IMAGE)
+    assert all(xattr(n) == DEVICE_LABEL for n in nodes)
+    assert "4 device nodes, FIFOs or sockets" in proc.log_text()
