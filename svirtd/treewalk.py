@@ -7,10 +7,12 @@ by their bare names with l{get,set}xattr. fchdir() changes the working directory
 so it cannot happen inside the threaded daemon; here it can, and the helper can also fork workers to
 use every core.
 
-Crash safety: every original label is appended to a journal and fdatasync'ed BEFORE that entry is
-changed. A run killed half-way is simply run again (entries already carrying the target are skipped;
-their originals are already journaled); restore replays journals oldest run first, first record per
-path wins. The helper dies with its parent (PR_SET_PDEATHSIG).
+Crash safety: every original label is appended to a journal, written completely and fdatasync'ed
+BEFORE that entry is changed; a journal that cannot take a batch (disk full, file size limit) stops
+the run before anything of that batch is labeled. A run killed half-way is simply run again (entries
+already carrying the target are skipped; their originals are already journaled); restore replays
+journals oldest run first, first record per path wins, and ignores a torn last record and any record
+whose label is not a context. The helper dies with its parent (PR_SET_PDEATHSIG).
 
 Labels only directories and regular files. Never: follows a symlink, crosses a mount point, relabels a
 hard-linked file (its other names may live outside the tree), labels a device node, FIFO or socket (a
@@ -28,11 +30,12 @@ import errno
 import functools
 import json
 import os
+import re
 import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 XATTR = "security.selinux"
@@ -41,6 +44,8 @@ BATCH = 4096  # entries journaled per fdatasync
 MAX_PENDING_DIRS = 256  # directory fds held while a batch is pending
 PR_SET_PDEATHSIG = 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# user:role:type[:MLS range]: what a journaled original must look like to be written back.
+_CONTEXT = re.compile(rb"[A-Za-z0-9_.]+:[A-Za-z0-9_.]+:[A-Za-z0-9_.]+(?::[A-Za-z0-9_.:,-]+)?")
 
 
 def die_with_parent() -> None:
@@ -73,10 +78,11 @@ class Stats:
         self.errors = 0
         self.first_error = ""
 
-    def error(self, where: str, exc: OSError) -> None:
+    def error(self, where: str, exc: BaseException) -> None:
         self.errors += 1
         if not self.first_error:
-            self.first_error = f"{where}: {exc.strerror}"
+            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+            self.first_error = f"{where}: {what}"
 
     def as_dict(self) -> Summary:
         return dict(vars(self))
@@ -143,7 +149,7 @@ class Labeler:
     def flush(self) -> None:
         """Journal the originals durably, then write the labels."""
         if self._records:
-            os.write(self.journal_fd, b"".join(self._records))
+            write_fully(self.journal_fd, b"".join(self._records))
             os.fdatasync(self.journal_fd)
             self._records.clear()
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -242,19 +248,21 @@ def _fork_worker(rfd: int, share: set[str], target: bytes, journal: Path, root_d
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        code = 0
+        stats = Stats()
         try:
             die_with_parent()
             # Its own open file description: forked processes share a directory fd's read offset.
             own = os.open(".", _DIR_FLAGS, dir_fd=rfd)
             worker = Labeler(target, journal, root_dev)
+            stats = worker.stats
             worker.walk(own, b"", share)
             worker.close()
-            os.write(write_end, json.dumps(worker.stats.as_dict()).encode())
-        except BaseException:
-            code = 1
+        except BaseException as exc:  # the parent fails the run on it, with this reason
+            stats.error(f"worker {os.getpid()}", exc)
+        try:
+            os.write(write_end, json.dumps(stats.as_dict()).encode())
         finally:
-            os._exit(code)
+            os._exit(0)
     os.close(write_end)
     return pid, read_end
 
@@ -268,14 +276,34 @@ def _next_run(prefix: Path) -> int:
     return max(runs, default=0) + 1
 
 
+def write_fully(fd: int, data: bytes) -> None:
+    """Write every byte or raise: a short write (disk full, RLIMIT_FSIZE) is retried, and the error
+    that follows it is raised before anything counts on those bytes."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, "the journal takes no more bytes")
+        view = view[written:]
+
+
 def read_journals(prefix: Path) -> dict[bytes, bytes]:
     """relpath -> original label ('' = none); oldest run first, first record per path wins."""
     originals: dict[bytes, bytes] = {}
     for journal in sorted(prefix.parent.glob(f"{prefix.name}.*.*")):
-        fields = journal.read_bytes().split(b"\0")
-        for i in range(0, len(fields) - 1, 2):
-            originals.setdefault(fields[i], fields[i + 1])
+        for path, label in journal_records(journal.read_bytes()):
+            originals.setdefault(path, label)
     return originals
+
+
+def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(relpath, original) of every complete record. A record ends with its label's NUL: a torn last
+    record (a crash or a full disk cut it) lacks it and is ignored, as is a label that is not a context."""
+    fields = data.split(b"\0")[:-1]  # after the last NUL: a torn record, or nothing
+    for i in range(0, len(fields) - 1, 2):
+        path, label = fields[i], fields[i + 1]
+        if path and (not label or _CONTEXT.fullmatch(label)):
+            yield path, label
 
 
 def restore_tree(root: str, target: bytes, journal_prefix: Path) -> Summary:

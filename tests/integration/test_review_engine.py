@@ -233,3 +233,39 @@ def test_svirtd_says_how_many_special_files_a_share_holds(bus: PrivateBus, guest
     assert (xattr(share) or "").startswith(IMAGE)
     assert all(xattr(n) == DEVICE_LABEL for n in nodes)
     assert "4 device nodes, FIFOs or sockets" in proc.log_text()
+
+
+# -- finding 4: a journal that cannot be written fully ----------------------------------------------
+
+ORIGINAL = "system_u:object_r:user_tmp_t:s0"
+
+
+def test_a_journal_cut_short_stops_the_relabel_before_an_unjournaled_change(tmp_path: Path, as_root: None) -> None:
+    """A full disk, played by RLIMIT_FSIZE on the helper: each journal holds ~500 of 3,000 records.
+    Nothing may be labeled whose original is not durably journaled, and a torn last record must not
+    turn into a label."""
+    import resource
+
+    root = tmp_path / "share"
+    for i in range(3000):
+        f = root / f"d{i % 10}" / f"f{i:04d}"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+        setlabel(f, ORIGINAL)
+    before = tree_labels(root)
+    journal = str(tmp_path / "journals" / "t")
+    limit = 500 * len(f"d0/f0000\0{ORIGINAL}\0")
+
+    def small_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal,
+                      preexec_fn=small_disk)
+    labeled = sum(1 for v in tree_labels(root).values() if v == TARGET)
+    restored = treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal)
+    after = tree_labels(root)
+    wrong = {p: after[p] for p in before if before[p] != after[p]}
+    assert not wrong, f"{len(wrong)} entries not restored, e.g. {sorted(wrong.items())[:3]}"
+    assert restored["errors"] == 0, restored
+    assert result.get("fatal") or result["errors"], result  # it said it could not do its job
+    assert 0 < labeled < 3000, labeled  # it stopped part-way: the test proves something
