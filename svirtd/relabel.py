@@ -200,13 +200,16 @@ def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int
 
 
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
-                 inode: tuple[int, int] | None = None) -> dict[str, int | str | float]:
-    """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job."""
+                 inode: tuple[int, int] | None = None, *, sweep: bool = False) -> dict[str, int | str | float]:
+    """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job.
+    sweep: restore of a private tree (see treewalk.restore_tree)."""
     cmd = [sys.executable, "-m", "svirtd.treewalk", action, "--root", root, "--target", target]
     if journal is not None:
         cmd += ["--journal", str(journal)]
     if inode is not None:
         cmd += ["--inode", f"{inode[0]}:{inode[1]}"]
+    if sweep:
+        cmd.append("--sweep")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
     try:
         result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -272,7 +275,8 @@ def _rollback(done: list[Probed], journal_for: JournalFor) -> None:
         assert item.opened is not None
         try:
             if item.is_tree:
-                run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item))
+                run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item),
+                             sweep=item.planned.resource.rclass is ResourceClass.PRIVATE)
             elif item.current is None:
                 labels.remove_label(item.opened)
             else:
@@ -330,7 +334,8 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
         with labels.open_resource(claim.path, claim.kind) as opened:
             if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
                 return RestoreOutcome(claim.path, False, "left alone: the directory was replaced since")
-            result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino))
+            result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino),
+                                  sweep=claim.rclass is ResourceClass.PRIVATE)
     except FileNotFoundError:
         result = {"entries": 0, "changed": 0, "errors": 0}
     except (UnsafePath, RelabelFailed) as exc:

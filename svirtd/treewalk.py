@@ -306,10 +306,14 @@ def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             yield path, label
 
 
-def restore_tree(root: str, target: bytes, journal_prefix: Path) -> Summary:
-    """Put every journaled original back (where the entry still carries the target), then sweep the tree
-    for entries that carry the target without a record (created after labeling): they get the policy
-    default, or lose the label. No trace of the freed pair may stay behind for its next owner."""
+def restore_tree(root: str, target: bytes, journal_prefix: Path, sweep: bool = False) -> Summary:
+    """Put every journaled original back (where the entry still carries the target).
+
+    sweep (private trees only): entries carrying the target without a record (created after labeling,
+    they inherited the guest's pair) get the policy default, or lose the label: no trace of the freed
+    pair may stay behind for its next owner. A shared or read-only target is no guest's secret, and an
+    entry carrying it without a record carried it before svirtd came (an admin's virt_content_t ISO):
+    such trees get back exactly what was journaled."""
     stats = Stats()
     originals = read_journals(journal_prefix)
     rfd = open_root(root)
@@ -335,7 +339,7 @@ def restore_tree(root: str, target: bytes, journal_prefix: Path) -> Summary:
             stats.entries += 1
             try:
                 default = functools.partial(lookup, f"{root}/{os.fsdecode(key)}", name)
-                if _restore_entry(name, target, originals.get(key), default):
+                if _restore_entry(name, target, originals.get(key), default, sweep):
                     stats.changed += 1
             except OSError as exc:
                 stats.error(os.fsdecode(key), exc)
@@ -345,10 +349,11 @@ def restore_tree(root: str, target: bytes, journal_prefix: Path) -> Summary:
     return stats.as_dict()
 
 
-def _restore_entry(name: str, target: bytes, original: bytes | None, default: Callable[[], str | None]) -> bool:
-    """Restore one entry (cwd: its directory). False when it does not carry the target: never ours,
-    or changed by somebody since, so it is left alone."""
-    if get_label(name) != target:
+def _restore_entry(name: str, target: bytes, original: bytes | None, default: Callable[[], str | None],
+                   sweep: bool) -> bool:
+    """Restore one entry (cwd: its directory). False when it does not carry the target (never ours, or
+    changed by somebody since) or has no record outside a sweep: it is left alone."""
+    if get_label(name) != target or (original is None and not sweep):
         return False
     if original is None:  # created after labeling: the policy default, else no label
         fallback = default()
@@ -422,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--journal", type=Path)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--inode", help="DEV:INO the root must be (what svirtd checked); anything else is refused")
+    p.add_argument("--sweep", action="store_true",
+                   help="restore: entries carrying the target without a record lose it (private trees)")
     args = p.parse_args(argv)
     die_with_parent()
     target = args.target.encode()
@@ -436,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "label":
             result = label_tree(args.root, target, args.journal, max(1, min(args.workers, 16)))
         elif args.action == "restore":
-            result = restore_tree(args.root, target, args.journal)
+            result = restore_tree(args.root, target, args.journal, args.sweep)
         else:
             result = check_tree(args.root, target)
     except OSError as exc:

@@ -269,3 +269,38 @@ def test_a_journal_cut_short_stops_the_relabel_before_an_unjournaled_change(tmp_
     assert restored["errors"] == 0, restored
     assert result.get("fatal") or result["errors"], result  # it said it could not do its job
     assert 0 < labeled < 3000, labeled  # it stopped part-way: the test proves something
+
+
+# -- finding 10: restoring a shared or read-only tree ------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["readonly", "private"])
+def test_only_a_private_tree_loses_the_target_on_entries_svirtd_never_touched(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, mode: str) -> None:
+    """An ISO the admin had labeled virt_content_t:s0 in a read-only share already carries the target, so
+    svirtd journals nothing for it and must leave it as it is. In a private tree an entry carrying the
+    guest's label without a record (created later, inheriting it) must lose it."""
+    share = guests.image_dir / "media"
+    share.mkdir(parents=True)
+    iso, plain = share / "tools.iso", share / "notes.txt"
+    iso.write_bytes(b"iso")
+    plain.write_bytes(b"x")
+    svirtd(default_confined=False)
+    flag = "<readonly/>" if mode == "readonly" else ""
+    g = guests.new(extra_devices=f"<filesystem type='mount'><source dir='{share}'/><target dir='m'/>{flag}"
+                                 "</filesystem>")
+    if mode == "readonly":
+        setlabel(iso, CONTENT)
+    run(call(bus, "Isolate", "ss", g.uuid, ""))
+    target = xattr(share)
+    assert target == CONTENT if mode == "readonly" else (target or "").startswith(IMAGE)
+    assert target is not None and xattr(plain) == target
+    later = share / "later.bin"  # created by the guest after the labeling: it inherited the target
+    later.write_bytes(b"x")
+    setlabel(later, target)
+    run(call(bus, "Release", "s", g.uuid))
+    assert xattr(plain) is None and xattr(share) is None
+    if mode == "readonly":
+        assert xattr(iso) == CONTENT and xattr(later) == CONTENT  # nothing svirtd did not journal is touched
+    else:
+        assert xattr(iso) is None and xattr(later) != target  # the guest's pair is gone (policy default)
