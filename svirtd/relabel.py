@@ -200,17 +200,23 @@ def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int
 
 
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
-                 inode: tuple[int, int] | None = None, *, sweep: bool = False) -> dict[str, int | str | float]:
+                 inode: tuple[int, int] | None = None, *, root_fd: int | None = None,
+                 sweep: bool = False) -> dict[str, int | str | float]:
     """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job.
-    sweep: restore of a private tree (see treewalk.restore_tree)."""
+
+    root_fd: the descriptor svirtd checked the root through, handed to the helper, which then works on
+    that very directory (root only names it). sweep: restore of a private tree (treewalk.restore_tree)."""
     cmd = [sys.executable, "-m", "svirtd.treewalk", action, "--root", root, "--target", target]
+    if root_fd is not None:
+        cmd += ["--root-fd", str(root_fd)]
     if journal is not None:
         cmd += ["--journal", str(journal)]
     if inode is not None:
         cmd += ["--inode", f"{inode[0]}:{inode[1]}"]
     if sweep:
         cmd.append("--sweep")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
+                          pass_fds=() if root_fd is None else (root_fd,))
     try:
         result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -223,7 +229,8 @@ def run_treewalk(action: str, root: str, target: str, journal: Path | None = Non
 def label_tree(item: Probed, journal: Path) -> dict[str, int | str | float]:
     assert item.opened is not None
     st = item.opened.st
-    result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino))
+    result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino),
+                          root_fd=item.opened.fd)
     if int(result["errors"]):
         raise RelabelFailed(f"tree {item.path}: {result['errors']} entries could not be labeled "
                             f"(first: {result['first_error']})")
@@ -275,7 +282,9 @@ def _rollback(done: list[Probed], journal_for: JournalFor) -> None:
         assert item.opened is not None
         try:
             if item.is_tree:
+                st = item.opened.st
                 run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item),
+                             (st.st_dev, st.st_ino), root_fd=item.opened.fd,
                              sweep=item.planned.resource.rclass is ResourceClass.PRIVATE)
             elif item.current is None:
                 labels.remove_label(item.opened)
@@ -335,7 +344,7 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
             if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
                 return RestoreOutcome(claim.path, False, "left alone: the directory was replaced since")
             result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino),
-                                  sweep=claim.rclass is ResourceClass.PRIVATE)
+                                  root_fd=opened.fd, sweep=claim.rclass is ResourceClass.PRIVATE)
     except FileNotFoundError:
         result = {"entries": 0, "changed": 0, "errors": 0}
     except (UnsafePath, RelabelFailed) as exc:

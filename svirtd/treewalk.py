@@ -63,6 +63,22 @@ def open_root(path: str) -> int:
     return fd
 
 
+def checked_root(path: str, inherited: int | None, inode: str | None) -> int:
+    """Directory fd of the tree root, -1 when it is not DEV:INO. The very directory svirtd checked when it
+    hands over its fd; else opened one component at a time. Never opened again by path afterwards: a
+    directory swapped in under the same name is never the one worked on."""
+    if inherited is not None:
+        rfd = os.open(".", _DIR_FLAGS, dir_fd=inherited)
+        os.close(inherited)
+    else:
+        rfd = open_root(path)
+    st = os.fstat(rfd)
+    if inode and f"{st.st_dev}:{st.st_ino}" != inode:
+        os.close(rfd)
+        return -1
+    return rfd
+
+
 def get_label(name: str) -> bytes | None:
     try:
         return os.getxattr(name, XATTR, follow_symlinks=False).rstrip(b"\0")
@@ -205,10 +221,9 @@ class Labeler:
         os.close(self.journal_fd)
 
 
-def label_tree(root: str, target: bytes, journal_prefix: Path, workers: int) -> Summary:
+def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int) -> Summary:
     started = time.monotonic()
     journal_prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    rfd = open_root(root)
     root_st = os.fstat(rfd)
     run = _next_run(journal_prefix)
     # The root itself first (parent process, journaled like any entry).
@@ -236,7 +251,6 @@ def label_tree(root: str, target: bytes, journal_prefix: Path, workers: int) -> 
             stats.first_error = stats.first_error or f"worker {pid} failed"
         else:
             stats.add(json.loads(data))
-    os.close(rfd)
     result = stats.as_dict()
     result["seconds"] = round(time.monotonic() - started, 4)
     return result
@@ -306,7 +320,7 @@ def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             yield path, label
 
 
-def restore_tree(root: str, target: bytes, journal_prefix: Path, sweep: bool = False) -> Summary:
+def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep: bool = False) -> Summary:
     """Put every journaled original back (where the entry still carries the target).
 
     sweep (private trees only): entries carrying the target without a record (created after labeling,
@@ -316,7 +330,6 @@ def restore_tree(root: str, target: bytes, journal_prefix: Path, sweep: bool = F
     such trees get back exactly what was journaled."""
     stats = Stats()
     originals = read_journals(journal_prefix)
-    rfd = open_root(root)
     root_dev = os.fstat(rfd).st_dev
     lookup = _default_lookup()
     stack: list[tuple[int, bytes]] = [(rfd, b"")]
@@ -345,7 +358,6 @@ def restore_tree(root: str, target: bytes, journal_prefix: Path, sweep: bool = F
                 stats.error(os.fsdecode(key), exc)
         if dfd != rfd:
             os.close(dfd)
-    os.close(rfd)
     return stats.as_dict()
 
 
@@ -385,11 +397,10 @@ def _default_lookup() -> Callable[[str, str], str | None]:
     return lookup
 
 
-def check_tree(root: str, target: bytes) -> Summary:
+def check_tree(rfd: int, target: bytes) -> Summary:
     """Count entries (only what label_tree labels: directories on the root's filesystem and regular files
     with one link) not carrying the target."""
     stats = Stats()
-    rfd = open_root(root)
     root_dev = os.fstat(rfd).st_dev
     os.fchdir(rfd)
     off = 0 if get_label(".") == target else 1
@@ -413,7 +424,6 @@ def check_tree(root: str, target: bytes) -> Summary:
                     off += 1
         if dfd != rfd:
             os.close(dfd)
-    os.close(rfd)
     result = stats.as_dict()
     result["off_target"] = off
     return result
@@ -426,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--journal", type=Path)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--root-fd", type=int, help="an inherited fd (O_PATH will do) of the root svirtd checked: "
+                   "worked on instead of opening --root, which then only names it")
     p.add_argument("--inode", help="DEV:INO the root must be (what svirtd checked); anything else is refused")
     p.add_argument("--sweep", action="store_true",
                    help="restore: entries carrying the target without a record lose it (private trees)")
@@ -433,19 +445,17 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     target = args.target.encode()
     try:
-        if args.inode:
-            rfd = open_root(args.root)
-            st = os.fstat(rfd)
-            os.close(rfd)
-            if f"{st.st_dev}:{st.st_ino}" != args.inode:
-                print(json.dumps({"fatal": f"{args.root} is no longer the directory svirtd checked"}))
-                return 1
+        rfd = checked_root(args.root, args.root_fd, args.inode)
+        if rfd < 0:
+            print(json.dumps({"fatal": f"{args.root} is no longer the directory svirtd checked"}))
+            return 1
         if args.action == "label":
-            result = label_tree(args.root, target, args.journal, max(1, min(args.workers, 16)))
+            result = label_tree(rfd, target, args.journal, max(1, min(args.workers, 16)))
         elif args.action == "restore":
-            result = restore_tree(args.root, target, args.journal, args.sweep)
+            result = restore_tree(rfd, args.root, target, args.journal, args.sweep)
         else:
-            result = check_tree(args.root, target)
+            result = check_tree(rfd, target)
+        os.close(rfd)
     except OSError as exc:
         print(json.dumps({"fatal": f"{exc.filename or args.root}: {exc.strerror}"}))
         return 1

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from svirtd import labels
-from svirtd.errors import UnsafePath
-from svirtd.models import ResourceKind
+from svirtd import labels, relabel
+from svirtd.errors import RelabelFailed, UnsafePath
+from svirtd.models import Level, Resource, ResourceClass, ResourceKind
 from testbed.bus import PrivateBus
 from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
@@ -62,6 +62,24 @@ def treewalk(*args: str, **popen: Any) -> dict[str, Any]:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert isinstance(result, dict), out
     return result
+
+
+@contextlib.contextmanager
+def immutable(*paths: Path) -> Iterator[None]:
+    """chattr +i: even root's setxattr fails (EPERM) on them until the block ends."""
+    subprocess.run(["chattr", "+i", *map(str, paths)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, paths)], check=True)
+
+
+def probed(*resources: tuple[Path, ResourceKind, ResourceClass]) -> relabel.ProbeResult:
+    """svirtd's own probe of these resources for a guest at s0:c11,c12 (close() it)."""
+    items = tuple(relabel.PlannedResource(Resource(path=str(path), device=f"test {kind.value}", kind=kind,
+                                                   rclass=rclass), TARGET) for path, kind, rclass in resources)
+    plan = relabel.RelabelPlan(uuid="review", level=Level(low=11, high=12), items=items, unhandled=())
+    return relabel.probe(plan)
 
 
 def make_specials(where: Path) -> list[Path]:
@@ -304,3 +322,35 @@ def test_only_a_private_tree_loses_the_target_on_entries_svirtd_never_touched(
         assert xattr(iso) == CONTENT and xattr(later) == CONTENT  # nothing svirtd did not journal is touched
     else:
         assert xattr(iso) is None and xattr(later) != target  # the guest's pair is gone (policy default)
+
+
+# -- finding 15: the helper works on the very directory svirtd checked -------------------------------
+
+
+def test_a_rollback_restores_the_directory_it_labeled_not_what_its_path_names_now(tmp_path: Path,
+                                                                                  as_root: None) -> None:
+    """A tree is labeled, the next resource fails, and between the two the tree's path is made to name
+    another directory: the rollback must still restore the labeled one."""
+    tree = tmp_path / "a-share"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "f").write_bytes(b"x")
+    disk = tmp_path / "b.img"
+    disk.write_bytes(b"x")
+    moved = tmp_path / "a-share.moved"
+    calls: list[relabel.Probed] = []
+
+    def journal_for(item: relabel.Probed) -> Path:
+        calls.append(item)
+        if len(calls) == 2:  # the rollback asks again: swap the directory under its path first
+            tree.rename(moved)
+            tree.mkdir()
+        return tmp_path / "journals" / "t"
+
+    result = probed((tree, ResourceKind.TREE, ResourceClass.PRIVATE), (disk, ResourceKind.FILE, ResourceClass.PRIVATE))
+    try:
+        with immutable(disk), pytest.raises(RelabelFailed):
+            relabel.apply_probed(result.present, journal_for)
+    finally:
+        result.close()
+    assert len(calls) == 2, "the rollback did not happen: the test proves nothing"
+    assert tree_labels(moved) == dict.fromkeys(tree_labels(moved))  # every label back to none
