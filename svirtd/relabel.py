@@ -29,6 +29,7 @@ from .path_policy import Nesting, check_resource_path, nesting
 from .policy import LabelSpec
 from .resources import DomainSpec
 from .store import Claim
+from .treewalk import journal_run_glob, next_run
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +201,18 @@ def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int
 
 
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
-                 inode: tuple[int, int] | None = None, *, root_fd: int | None = None,
+                 inode: tuple[int, int] | None = None, *, root_fd: int | None = None, run: int | None = None,
                  sweep: bool = False) -> dict[str, int | str | float]:
     """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job.
 
     root_fd: the descriptor svirtd checked the root through, handed to the helper, which then works on
-    that very directory (root only names it). sweep: restore of a private tree (treewalk.restore_tree)."""
+    that very directory (root only names it). run: the journal run a label writes, or the only one a
+    restore reads. sweep: restore of a private tree (treewalk.restore_tree)."""
     cmd = [sys.executable, "-m", "svirtd.treewalk", action, "--root", root, "--target", target]
     if root_fd is not None:
         cmd += ["--root-fd", str(root_fd)]
+    if run is not None:
+        cmd += ["--run", str(run)]
     if journal is not None:
         cmd += ["--journal", str(journal)]
     if inode is not None:
@@ -226,11 +230,11 @@ def run_treewalk(action: str, root: str, target: str, journal: Path | None = Non
     return result
 
 
-def label_tree(item: Probed, journal: Path) -> dict[str, int | str | float]:
+def label_tree(item: Probed, journal: Path, run: int | None = None) -> dict[str, int | str | float]:
     assert item.opened is not None
     st = item.opened.st
     result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino),
-                          root_fd=item.opened.fd)
+                          root_fd=item.opened.fd, run=run)
     if int(result["errors"]):
         raise RelabelFailed(f"tree {item.path}: {result['errors']} entries could not be labeled "
                             f"(first: {result['first_error']})")
@@ -254,18 +258,20 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
     done_already(item): a tree whose last relabel completed and whose root still carries the target
     is not walked again (the fast path: a re-converge of a 100k-file share costs one getxattr).
     """
-    done: list[Probed] = []
+    done: list[tuple[Probed, int]] = []  # with the journal run of a tree (0 for a single file)
     for item in items:
         assert item.opened is not None
         if item.is_tree:
             if done_already(item):
                 continue
+            journal = journal_for(item)
+            run = next_run(journal)
             try:
-                label_tree(item, journal_for(item))
+                label_tree(item, journal, run)
             except RelabelFailed:
-                _rollback([*done, item], journal_for)
+                _rollback([*done, (item, run)], journal_for)
                 raise
-            done.append(item)
+            done.append((item, run))
             continue
         if item.current == item.planned.target:
             continue
@@ -274,24 +280,38 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
         except (OSError, labels.LabelUnsupported) as exc:
             _rollback(done, journal_for)
             raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
-        done.append(item)
+        done.append((item, 0))
 
 
-def _rollback(done: list[Probed], journal_for: JournalFor) -> None:
-    for item in reversed(done):
+def _rollback(done: list[tuple[Probed, int]], journal_for: JournalFor) -> None:
+    for item, run in reversed(done):
         assert item.opened is not None
         try:
             if item.is_tree:
-                st = item.opened.st
-                run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item),
-                             (st.st_dev, st.st_ino), root_fd=item.opened.fd,
-                             sweep=item.planned.resource.rclass is ResourceClass.PRIVATE)
+                _rollback_tree(item, journal_for(item), run)
             elif item.current is None:
                 labels.remove_label(item.opened)
             else:
                 labels.set_label(item.opened, item.current)
         except (OSError, labels.LabelUnsupported, RelabelFailed) as exc:  # keep going: restore what we can
             log.error("rollback of %s failed: %s", item.path, exc)
+
+
+def _rollback_tree(item: Probed, journal: Path, run: int) -> None:
+    """Undo a tree relabel, then forget the journals it replayed: kept, an original they remember would
+    outvote a label an admin sets later (first record per path wins). A private tree's journals are all
+    this guest's, replayed whole (and swept); a shared or read-only tree's journal holds the runs of
+    every guest that labeled it, so only this run is undone: the others still use the tree."""
+    assert item.opened is not None
+    private = item.planned.resource.rclass is ResourceClass.PRIVATE
+    only = None if private else run
+    st = item.opened.st
+    result = run_treewalk("restore", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino),
+                          root_fd=item.opened.fd, run=only, sweep=private)
+    if int(result["errors"]):
+        raise RelabelFailed(f"{result['errors']} entries not restored (first: {result['first_error']}); "
+                            f"journal kept at {journal}")
+    discard_journal(journal, only)
 
 
 # -- restoring ------------------------------------------------------------------------------------
@@ -309,9 +329,9 @@ def claim_journal(claim: Claim, journal_dir: Path) -> Path:
     return journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
 
 
-def discard_journal(journal: Path) -> None:
-    """Forget a tree's originals (the tree stays as it is)."""
-    for part in journal.parent.glob(f"{journal.name}.*"):
+def discard_journal(journal: Path, run: int | None = None) -> None:
+    """Forget a tree's originals, or those of one run (the tree stays as it is)."""
+    for part in journal.parent.glob(f"{journal.name}.*" if run is None else journal_run_glob(journal, run)):
         part.unlink(missing_ok=True)
 
 

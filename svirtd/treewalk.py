@@ -221,11 +221,11 @@ class Labeler:
         os.close(self.journal_fd)
 
 
-def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int) -> Summary:
+def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int, run: int | None = None) -> Summary:
     started = time.monotonic()
     journal_prefix.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     root_st = os.fstat(rfd)
-    run = _next_run(journal_prefix)
+    run = run or next_run(journal_prefix)
     # The root itself first (parent process, journaled like any entry).
     os.fchdir(rfd)
     root_labeler = Labeler(target, _journal(journal_prefix, run, "root"), root_st.st_dev)
@@ -285,7 +285,12 @@ def _journal(prefix: Path, run: int, worker: str) -> Path:
     return prefix.with_name(f"{prefix.name}.{run:04d}.{worker}")
 
 
-def _next_run(prefix: Path) -> int:
+def journal_run_glob(prefix: Path, run: int) -> str:
+    """Glob (in prefix's directory) of one run's journals: its root's and each worker's."""
+    return f"{prefix.name}.{run:04d}.*"
+
+
+def next_run(prefix: Path) -> int:
     runs = [int(p.name.split(".")[-2]) for p in prefix.parent.glob(f"{prefix.name}.*.*")]
     return max(runs, default=0) + 1
 
@@ -301,10 +306,11 @@ def write_fully(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def read_journals(prefix: Path) -> dict[bytes, bytes]:
-    """relpath -> original label ('' = none); oldest run first, first record per path wins."""
+def read_journals(prefix: Path, run: int | None = None) -> dict[bytes, bytes]:
+    """relpath -> original label ('' = none); oldest run first, first record per path wins. run: that
+    run's journals only."""
     originals: dict[bytes, bytes] = {}
-    for journal in sorted(prefix.parent.glob(f"{prefix.name}.*.*")):
+    for journal in sorted(prefix.parent.glob(f"{prefix.name}.*.*" if run is None else journal_run_glob(prefix, run))):
         for path, label in journal_records(journal.read_bytes()):
             originals.setdefault(path, label)
     return originals
@@ -320,7 +326,8 @@ def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
             yield path, label
 
 
-def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep: bool = False) -> Summary:
+def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep: bool = False,
+                 run: int | None = None) -> Summary:
     """Put every journaled original back (where the entry still carries the target).
 
     sweep (private trees only): entries carrying the target without a record (created after labeling,
@@ -329,7 +336,7 @@ def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep
     entry carrying it without a record carried it before svirtd came (an admin's virt_content_t ISO):
     such trees get back exactly what was journaled."""
     stats = Stats()
-    originals = read_journals(journal_prefix)
+    originals = read_journals(journal_prefix, run)
     root_dev = os.fstat(rfd).st_dev
     lookup = _default_lookup()
     stack: list[tuple[int, bytes]] = [(rfd, b"")]
@@ -439,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root-fd", type=int, help="an inherited fd (O_PATH will do) of the root svirtd checked: "
                    "worked on instead of opening --root, which then only names it")
     p.add_argument("--inode", help="DEV:INO the root must be (what svirtd checked); anything else is refused")
+    p.add_argument("--run", type=int, help="label: the journal run to write; restore: the only run to read")
     p.add_argument("--sweep", action="store_true",
                    help="restore: entries carrying the target without a record lose it (private trees)")
     args = p.parse_args(argv)
@@ -450,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"fatal": f"{args.root} is no longer the directory svirtd checked"}))
             return 1
         if args.action == "label":
-            result = label_tree(rfd, target, args.journal, max(1, min(args.workers, 16)))
+            result = label_tree(rfd, target, args.journal, max(1, min(args.workers, 16)), args.run)
         elif args.action == "restore":
-            result = restore_tree(rfd, args.root, target, args.journal, args.sweep)
+            result = restore_tree(rfd, args.root, target, args.journal, args.sweep, args.run)
         else:
             result = check_tree(rfd, target)
         os.close(rfd)

@@ -354,3 +354,59 @@ def test_a_rollback_restores_the_directory_it_labeled_not_what_its_path_names_no
         result.close()
     assert len(calls) == 2, "the rollback did not happen: the test proves nothing"
     assert tree_labels(moved) == dict.fromkeys(tree_labels(moved))  # every label back to none
+
+
+# -- finding 17: journals of a rolled-back tree relabel ----------------------------------------------
+
+ADMIN = "system_u:object_r:public_content_t:s0"
+
+
+@pytest.mark.parametrize("rclass", ["private", "readonly"])
+def test_a_rolled_back_tree_relabel_leaves_no_journal_that_outvotes_a_later_change(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, rclass: str) -> None:
+    """Isolate fails after the tree was labeled (the disk after it cannot be labeled) and is rolled back;
+    the admin then labels a file of the tree; the next Isolate journals that label, and Release must put
+    it back, not the one a stale journal of the rolled-back run remembers."""
+    d = guests.image_dir
+    share = d / "a-share"
+    share.mkdir(parents=True)
+    f = share / "file"
+    f.write_bytes(b"x")
+    disk = make_disk(d / "z.img")
+    proc = svirtd(default_confined=False)
+    flag = "<readonly/>" if rclass == "readonly" else ""
+    fs = f"<filesystem type='mount'><source dir='{share}'/><target dir='s'/>{flag}</filesystem>"
+    g = guests.new(disk_specs=[Disk(disk, "vda")], extra_devices=fs)
+    with immutable(disk), pytest.raises(CallFailed) as exc:
+        run(call(bus, "Isolate", "ss", g.uuid, ""))
+    assert exc.value.name == "org.svirt.Manager1.Error.RelabelFailed", exc.value
+    assert xattr(f) is None and xattr(share) is None  # rolled back
+    setlabel(f, ADMIN)
+    run(call(bus, "Isolate", "ss", g.uuid, ""))
+    assert xattr(f) != ADMIN
+    run(call(bus, "Release", "s", g.uuid))
+    assert xattr(f) == ADMIN and xattr(share) is None
+    assert not list((proc.state_dir / "trees").iterdir())
+
+
+def test_a_rolled_back_relabel_of_a_shared_tree_leaves_the_other_guests_labels(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    """A read-only tree has ONE journal whoever labels it. B's relabel is rolled back while A uses the
+    tree: the rollback restores what B's run changed (nothing), never the originals A's run journaled."""
+    d = guests.image_dir
+    share = d / "a-share"
+    share.mkdir(parents=True)
+    f = share / "file"
+    f.write_bytes(b"x")
+    fs = f"<filesystem type='mount'><source dir='{share}'/><target dir='s'/><readonly/></filesystem>"
+    svirtd(default_confined=False)
+    a = guests.new(extra_devices=fs)
+    run(call(bus, "Isolate", "ss", a.uuid, ""))
+    assert xattr(f) == CONTENT
+    disk = make_disk(d / "z.img")
+    b = guests.new(disk_specs=[Disk(disk, "vda")], extra_devices=fs)
+    with immutable(disk), pytest.raises(CallFailed):
+        run(call(bus, "Isolate", "ss", b.uuid, ""))
+    assert xattr(f) == CONTENT and xattr(share) == CONTENT  # A still uses it
+    run(call(bus, "Release", "s", a.uuid))
+    assert xattr(f) is None and xattr(share) is None  # A's journal was kept for this
