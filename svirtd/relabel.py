@@ -239,9 +239,9 @@ def label_tree(item: Probed, journal: Path, run: int | None = None) -> dict[str,
         raise RelabelFailed(f"tree {item.path}: {result['errors']} entries could not be labeled "
                             f"(first: {result['first_error']})")
     log.info("tree %s: %s entries, %s relabeled in %ss (left alone: %s symlinks, %s mount points, "
-             "%s hard-linked files, %s device nodes, FIFOs or sockets)", item.path, result["entries"],
-             result["changed"], result["seconds"], result["symlinks"], result["mounts"], result["hardlinks"],
-             result["specials"])
+             "%s hard-linked files, %s device nodes, FIFOs or sockets, %s changed during the walk)", item.path,
+             result["entries"], result["changed"], result["seconds"], result["symlinks"], result["mounts"],
+             result["hardlinks"], result["specials"], result["raced"])
     return result
 
 

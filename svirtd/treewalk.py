@@ -17,7 +17,10 @@ whose label is not a context. The helper dies with its parent (PR_SET_PDEATHSIG)
 Labels only directories and regular files. Never: follows a symlink, crosses a mount point, relabels a
 hard-linked file (its other names may live outside the tree), labels a device node, FIFO or socket (a
 guest with a writable share can create them; svirt_t may use block devices carrying its label), or opens
-a file for I/O.
+a file for I/O. An entry is scanned by name, but labeled (and restored) through an O_PATH descriptor of
+it, re-checked right before the write (/proc/self/fd/N names exactly that inode): the inode the scan saw
+and journaled, still of a labelable kind with one link, still carrying the journaled original. A name
+swapped meanwhile (for a hard link to a file outside the tree, say) is left alone and counted as raced.
 
 Standalone on purpose: stdlib only on the labeling path, so it starts in tens of milliseconds.
 """
@@ -44,6 +47,10 @@ BATCH = 4096  # entries journaled per fdatasync
 MAX_PENDING_DIRS = 256  # directory fds held while a batch is pending
 PR_SET_PDEATHSIG = 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# Journal format 2: this header, then (relpath, original, "dev:ino") records, each field NUL-terminated.
+# Without it, format 1: (relpath, original) records (journals of an older svirtd, still restored).
+JOURNAL_HEADER = b"svirtd-journal 2\0"
 # user:role:type[:MLS range]: what a journaled original must look like to be written back.
 _CONTEXT = re.compile(rb"[A-Za-z0-9_.]+:[A-Za-z0-9_.]+:[A-Za-z0-9_.]+(?::[A-Za-z0-9_.:,-]+)?")
 
@@ -79,19 +86,35 @@ def checked_root(path: str, inherited: int | None, inode: str | None) -> int:
     return rfd
 
 
-def get_label(name: str) -> bytes | None:
+def get_label(name: str, follow: bool = False) -> bytes | None:
+    """The label of name (follow: of what it names, for /proc/self/fd/N), None when it has none."""
     try:
-        return os.getxattr(name, XATTR, follow_symlinks=False).rstrip(b"\0")
+        return os.getxattr(name, XATTR, follow_symlinks=follow).rstrip(b"\0")
     except OSError as exc:
         if exc.errno == errno.ENODATA:
             return None
         raise
 
 
+def show(rel: bytes) -> str:
+    """A relative path for messages: any name, not only UTF-8 ones."""
+    return rel.decode("utf-8", "backslashreplace")
+
+
+Ident = tuple[int, int]  # (st_dev, st_ino)
+
+
+def labelable(st: os.stat_result, root_dev: int) -> bool:
+    """What a tree relabel may label: a directory on the root's filesystem, a regular file with one link."""
+    if stat.S_ISDIR(st.st_mode):
+        return st.st_dev == root_dev
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
 class Stats:
     def __init__(self) -> None:
         self.entries = self.changed = self.symlinks = self.mounts = self.hardlinks = self.specials = 0
-        self.errors = 0
+        self.raced = self.errors = 0
         self.first_error = ""
 
     def error(self, where: str, exc: BaseException) -> None:
@@ -117,12 +140,15 @@ class Labeler:
     def __init__(self, target: bytes, journal: Path, root_dev: int) -> None:
         self.target = target
         self.root_dev = root_dev
-        self.journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        # A new file each run and worker: its header goes out with the first batch.
+        self.journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.stats = Stats()
+        self._header = JOURNAL_HEADER  # written with the first batch
         self._records: list[bytes] = []
-        # (scan number, our dup of the directory fd, names) waiting for the journal sync. Scan numbers,
-        # not fd numbers, identify a directory: a closed fd's number is reused by the next open.
-        self._pending: list[tuple[int, int, list[str]]] = []
+        # (scan number, our dup of the directory fd, its relpath, [(name, inode scanned, original)]) waiting
+        # for the journal sync. Scan numbers, not fd numbers, identify a directory: a closed fd's number is
+        # reused by the next open.
+        self._pending: list[tuple[int, int, bytes, list[tuple[str, Ident, bytes]]]] = []
         self._scan_no = 0
         self._pending_count = 0
 
@@ -131,33 +157,40 @@ class Labeler:
         self.stats.entries += 1
         name = entry.name
         try:
-            if entry.is_symlink():
-                self.stats.symlinks += 1
-                return False
-            is_dir = entry.is_dir(follow_symlinks=False)
             st = entry.stat(follow_symlinks=False)
-            if is_dir and st.st_dev != self.root_dev:
-                self.stats.mounts += 1
-                return False
-            if not is_dir and not stat.S_ISREG(st.st_mode):
-                self.stats.specials += 1
-                return False
-            if not is_dir and st.st_nlink > 1:
-                self.stats.hardlinks += 1
+            if not self._counts_as_labelable(st):
                 return False
             current = get_label(name)
-        except OSError as exc:
-            self.stats.error(os.fsdecode(rel + name.encode()), exc)
+        except Exception as exc:  # whatever one entry does, the walk goes on and the run reports it
+            self.stats.error(show(rel + os.fsencode(name)), exc)
             return False
         if current != self.target:
-            self._records.append(rel + os.fsencode(name) + b"\0" + (current or b"") + b"\0")
-            self._queue(dfd, name)
-        return is_dir
+            self.journal_and_queue(dfd, rel, name, st, current)
+        return stat.S_ISDIR(st.st_mode)
 
-    def _queue(self, dfd: int, name: str) -> None:
+    def _counts_as_labelable(self, st: os.stat_result) -> bool:
+        """labelable(), counting why not."""
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            self.stats.symlinks += 1
+        elif stat.S_ISDIR(mode) and st.st_dev != self.root_dev:
+            self.stats.mounts += 1
+        elif not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
+            self.stats.specials += 1
+        elif stat.S_ISREG(mode) and st.st_nlink > 1:
+            self.stats.hardlinks += 1
+        else:
+            return True
+        return False
+
+    def journal_and_queue(self, dfd: int, rel: bytes, name: str, st: os.stat_result, current: bytes | None) -> None:
+        """Record an entry's original (with the inode it belongs to) and queue its label for after the sync."""
+        original = current or b""
+        key = b"." if name == "." else rel + os.fsencode(name)
+        self._records.append(key + b"\0" + original + b"\0" + f"{st.st_dev}:{st.st_ino}".encode() + b"\0")
         if not self._pending or self._pending[-1][0] != self._scan_no:
-            self._pending.append((self._scan_no, os.dup(dfd), []))
-        self._pending[-1][2].append(name)
+            self._pending.append((self._scan_no, os.dup(dfd), rel, []))
+        self._pending[-1][3].append((name, (st.st_dev, st.st_ino), original))
         self._pending_count += 1
         if self._pending_count >= BATCH or len(self._pending) >= MAX_PENDING_DIRS:
             self.flush()
@@ -165,25 +198,47 @@ class Labeler:
     def flush(self) -> None:
         """Journal the originals durably, then write the labels."""
         if self._records:
-            write_fully(self.journal_fd, b"".join(self._records))
+            write_fully(self.journal_fd, self._header + b"".join(self._records))
             os.fdatasync(self.journal_fd)
+            self._header = b""
             self._records.clear()
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for _walked, dfd, names in self._pending:
+            for _scan, dfd, rel, items in self._pending:
                 os.fchdir(dfd)
-                for name in names:
-                    try:
-                        os.setxattr(name, XATTR, self.target, follow_symlinks=False)
-                        self.stats.changed += 1
-                    except OSError as exc:
-                        self.stats.error(name, exc)
-                os.close(dfd)
+                for name, ident, original in items:
+                    self._label(rel, name, ident, original)
             os.fchdir(cwd)
         finally:
+            for _scan, dfd, _rel, _items in self._pending:
+                os.close(dfd)
             os.close(cwd)
-        self._pending.clear()
-        self._pending_count = 0
+            self._pending.clear()
+            self._pending_count = 0
+
+    def _label(self, rel: bytes, name: str, ident: Ident, original: bytes) -> None:
+        """Label the inode the scan saw under this name (cwd: its directory), through a descriptor of it."""
+        try:
+            fd = os.open(name, _PATH_FLAGS)
+        except FileNotFoundError:
+            self.stats.raced += 1
+            return
+        except Exception as exc:
+            self.stats.error(show(rel + os.fsencode(name)), exc)
+            return
+        try:
+            st = os.fstat(fd)
+            proc = f"/proc/self/fd/{fd}"
+            if (st.st_dev, st.st_ino) != ident or not labelable(st, self.root_dev) \
+                    or (get_label(proc, follow=True) or b"") != original:
+                self.stats.raced += 1  # swapped, linked or relabeled since its original was journaled
+                return
+            os.setxattr(proc, XATTR, self.target)
+            self.stats.changed += 1
+        except Exception as exc:
+            self.stats.error(show(rel + os.fsencode(name)), exc)
+        finally:
+            os.close(fd)
 
     def walk(self, dfd: int, rel: bytes, only: set[str] | None = None) -> None:
         """Depth-first below dfd (not dfd itself). only: restrict to these top-level names."""
@@ -231,8 +286,7 @@ def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int, run:
     root_labeler = Labeler(target, _journal(journal_prefix, run, "root"), root_st.st_dev)
     current = get_label(".")
     if current != target:
-        root_labeler._records.append(b".\0" + (current or b"") + b"\0")
-        root_labeler._queue(rfd, ".")  # scan number 0: the root itself
+        root_labeler.journal_and_queue(rfd, b"", ".", root_st, current)  # scan number 0: the root itself
     root_labeler.close()
     names = sorted(os.listdir(rfd))
     shares = [set(names[i::workers]) for i in range(workers)] if workers > 1 else [set(names)]
@@ -306,24 +360,35 @@ def write_fully(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def read_journals(prefix: Path, run: int | None = None) -> dict[bytes, bytes]:
-    """relpath -> original label ('' = none); oldest run first, first record per path wins. run: that
-    run's journals only."""
-    originals: dict[bytes, bytes] = {}
-    for journal in sorted(prefix.parent.glob(f"{prefix.name}.*.*" if run is None else journal_run_glob(prefix, run))):
-        for path, label in journal_records(journal.read_bytes()):
-            originals.setdefault(path, label)
+Record = tuple[bytes, Ident | None]  # (original label, b"" = none; the inode it was read from, if known)
+
+
+def read_journals(prefix: Path, run: int | None = None) -> dict[bytes, Record]:
+    """relpath -> its record; oldest run first, first record per path wins. run: that run's journals only."""
+    originals: dict[bytes, Record] = {}
+    pattern = f"{prefix.name}.*.*" if run is None else journal_run_glob(prefix, run)
+    for journal in sorted(prefix.parent.glob(pattern)):
+        for path, label, ident in journal_records(journal.read_bytes()):
+            originals.setdefault(path, (label, ident))
     return originals
 
 
-def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """(relpath, original) of every complete record. A record ends with its label's NUL: a torn last
-    record (a crash or a full disk cut it) lacks it and is ignored, as is a label that is not a context."""
-    fields = data.split(b"\0")[:-1]  # after the last NUL: a torn record, or nothing
-    for i in range(0, len(fields) - 1, 2):
+def journal_records(data: bytes) -> Iterator[tuple[bytes, bytes, Ident | None]]:
+    """(relpath, original, inode or None in format 1) of every complete record. A record ends with its
+    last field's NUL: a torn last record (a crash or a full disk cut it) lacks it and is ignored, as is a
+    record whose label is not a context or whose inode does not parse."""
+    width = 3 if data.startswith(JOURNAL_HEADER) else 2
+    fields = data[len(JOURNAL_HEADER) if width == 3 else 0:].split(b"\0")[:-1]  # after the last NUL: torn
+    for i in range(0, len(fields) - width + 1, width):
         path, label = fields[i], fields[i + 1]
-        if path and (not label or _CONTEXT.fullmatch(label)):
-            yield path, label
+        ident = _ident(fields[i + 2]) if width == 3 else None
+        if path and (not label or _CONTEXT.fullmatch(label)) and (width == 2 or ident is not None):
+            yield path, label, ident
+
+
+def _ident(text: bytes) -> Ident | None:
+    dev, _, ino = text.partition(b":")
+    return (int(dev), int(ino)) if dev.isdigit() and ino.isdigit() else None
 
 
 def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep: bool = False,
@@ -358,8 +423,8 @@ def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep
             key = b"." if name == "." else rel + os.fsencode(name)
             stats.entries += 1
             try:
-                default = functools.partial(lookup, f"{root}/{os.fsdecode(key)}", name)
-                if _restore_entry(name, target, originals.get(key), default, sweep):
+                default = functools.partial(lookup, f"{root}/{os.fsdecode(key)}")
+                if _restore_entry(name, target, originals.get(key), default, sweep, root_dev):
                     stats.changed += 1
             except OSError as exc:
                 stats.error(os.fsdecode(key), exc)
@@ -368,34 +433,49 @@ def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep
     return stats.as_dict()
 
 
-def _restore_entry(name: str, target: bytes, original: bytes | None, default: Callable[[], str | None],
-                   sweep: bool) -> bool:
-    """Restore one entry (cwd: its directory). False when it does not carry the target (never ours, or
-    changed by somebody since) or has no record outside a sweep: it is left alone."""
-    if get_label(name) != target or (original is None and not sweep):
+def _restore_entry(name: str, target: bytes, record: Record | None, default: Callable[[int], str | None],
+                   sweep: bool, root_dev: int) -> bool:
+    """Restore one entry (cwd: its directory), through a descriptor of it. False when it is left alone:
+    it does not carry the target (never ours, or changed by somebody since), or its record is not about
+    this inode (the name was swapped, e.g. for a hard link to a file outside the tree) outside a sweep."""
+    if get_label(name) != target:  # by name: the cheap filter, checked again on the descriptor
         return False
-    if original is None:  # created after labeling: the policy default, else no label
-        fallback = default()
-        original = fallback.encode() if fallback else b""
-    if original:
-        os.setxattr(name, XATTR, original, follow_symlinks=False)
-    else:
-        os.removexattr(name, XATTR, follow_symlinks=False)
-    return True
+    fd = os.open(name, _PATH_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            return False
+        if record is not None and (record[1] == (st.st_dev, st.st_ino) if record[1] is not None
+                                   else labelable(st, root_dev)):
+            original = record[0]
+        elif sweep:  # it carries the guest's pair with no record of this inode: the policy default, or none
+            fallback = default(st.st_mode)
+            original = fallback.encode() if fallback else b""
+        else:
+            return False
+        proc = f"/proc/self/fd/{fd}"
+        if get_label(proc, follow=True) != target:
+            return False
+        if original:
+            os.setxattr(proc, XATTR, original)
+        else:
+            os.removexattr(proc, XATTR)
+        return True
+    finally:
+        os.close(fd)
 
 
-def _default_lookup() -> Callable[[str, str], str | None]:
+def _default_lookup() -> Callable[[str, int], str | None]:
     """selabel_lookup on the policy's file_contexts, when the bindings are there."""
     try:
         import selinux  # noqa: PLC0415 - only restore needs it; labeling stays stdlib-only
 
         handle = selinux.selabel_open(selinux.SELABEL_CTX_FILE, None, 0)
     except (ImportError, OSError):
-        return lambda _path, _name: None
+        return lambda _path, _mode: None
 
-    def lookup(path: str, name: str) -> str | None:
+    def lookup(path: str, mode: int) -> str | None:
         try:
-            mode = os.lstat(name).st_mode
             rc, context = selinux.selabel_lookup_raw(handle, path, mode)
             return str(context) if rc == 0 else None
         except OSError:

@@ -410,3 +410,68 @@ def test_a_rolled_back_relabel_of_a_shared_tree_leaves_the_other_guests_labels(
     assert xattr(f) == CONTENT and xattr(share) == CONTENT  # A still uses it
     run(call(bus, "Release", "s", a.uuid))
     assert xattr(f) is None and xattr(share) is None  # A's journal was kept for this
+
+
+# -- finding 7: a name swapped for a hard link between scan and label --------------------------------
+
+ETC = "system_u:object_r:etc_t:s0"
+SWAPPER = """
+import os, sys
+outside, victims = sys.argv[1], sys.argv[2:]
+while True:
+    for v in victims:
+        os.link(outside, v + ".ln")
+        os.rename(v + ".ln", v)          # the name: a hard link to the file outside the tree
+        with open(v + ".new", "wb") as fh:
+            fh.write(b"x")
+        os.rename(v + ".new", v)         # the name: a regular file of the tree again
+"""
+
+
+def test_a_name_swapped_for_a_hard_link_to_an_outside_file_is_never_labeled(tmp_path: Path, as_root: None) -> None:
+    """A writer inside the tree swaps names between a file of its own and a hard link to a file outside
+    the tree, while the helper labels the tree, 20 times: the outside file must never get the label."""
+    outside = tmp_path / "passwd"
+    outside.write_bytes(b"root:x:0:0")
+    setlabel(outside, ETC)
+    root = tmp_path / "share"
+    for i in range(2000):
+        (root / f"d{i % 20}").mkdir(parents=True, exist_ok=True)
+        (root / f"d{i % 20}" / f"f{i}").write_bytes(b"x")
+    victims = [str(root / f"d{i}" / "victim") for i in range(20)]
+    for v in victims:
+        Path(v).write_bytes(b"x")
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(outside), *victims])
+    hits, raced = 0, 0
+    try:
+        for attempt in range(20):
+            journal = str(tmp_path / "journals" / f"t{attempt}")
+            result = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal)
+            raced += int(result.get("raced", 0))
+            if xattr(outside) != ETC:
+                hits += 1
+                setlabel(outside, ETC)
+            treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal, "--sweep")
+    finally:
+        swapper.kill()
+        swapper.wait()
+    assert hits == 0, f"the file outside the tree got the guest's label in {hits} of 20 runs"
+    assert raced > 0, "no swap landed between a scan and its label: the test proved nothing"
+
+
+def test_restore_never_writes_through_a_hard_link_to_a_file_outside_the_tree(tmp_path: Path, as_root: None) -> None:
+    """A read-only tree's journaled file is replaced by a hard link to an ISO outside the tree that
+    carries the same (shared) target: the restore must not give that ISO the file's original."""
+    root = tmp_path / "media"
+    root.mkdir()
+    (root / "f").write_bytes(b"x")
+    journal = str(tmp_path / "journals" / "t")
+    treewalk("label", "--root", str(root), "--target", CONTENT, "--journal", journal)
+    assert xattr(root / "f") == CONTENT
+    iso = tmp_path / "other.iso"
+    iso.write_bytes(b"iso")
+    setlabel(iso, CONTENT)
+    (root / "f").unlink()
+    os.link(iso, root / "f")
+    treewalk("restore", "--root", str(root), "--target", CONTENT, "--journal", journal)
+    assert xattr(iso) == CONTENT and xattr(root) is None
