@@ -222,11 +222,12 @@ class Manager:
         return count
 
     async def recover(self) -> None:
-        """Finish releases a crash interrupted (their originals are in the store)."""
+        """Finish releases a crash interrupted, or that could not restore everything (their originals
+        are in the store); one that still cannot keeps its pair and says why (see _finish_release)."""
         for uuid in self.store.releasing():
             a = self.store.get(uuid)
             if a is not None:
-                log.warning("finishing the release of %s interrupted by a restart", a.name,
+                log.warning("finishing the release of %s interrupted by a restart or still incomplete", a.name,
                             extra=guest_fields(a.uuid, a.name))
                 await self._finish_release(a, optout=False)
 
@@ -414,9 +415,15 @@ class Manager:
             a = self.store.get(uuid)
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
-            await self._finish_release(a, optout=optout)
+            pending = await self._finish_release(a, optout=optout)
+        if pending:
+            raise RelabelFailed(pending)
 
-    async def _finish_release(self, a: Assignment, optout: bool) -> None:
+    async def _finish_release(self, a: Assignment, optout: bool) -> str:
+        """Restore the guest's resources and free its pair; '' when done. Else the note saying what could
+        not be restored: the guest stays (phase 'releasing', Query shows the note) with the claims of
+        those resources, and its pair stays reserved, until a later Release or svirtd's start (recover)
+        restores them: a freed pair still on a file would hand it to the pair's next owner."""
         self.store.begin_release(a.uuid, optout)
         claims = self.store.claims_for(a.uuid)
         keys = {path_key(c.path) for c in claims} | {inode_key(c.dev, c.ino) for c in claims}
@@ -425,11 +432,20 @@ class Manager:
         for out in outcomes:
             level = logging.INFO if out.restored or out.intended else logging.WARNING
             log.log(level, "%s: %s", out.path, out.message, extra=guest_fields(a.uuid, a.name))
+        pending = [out for out in outcomes if out.retry]
+        if pending:
+            retried = {out.path for out in pending}
+            self.store.delete_claims(a.uuid, [c.path for c in claims if c.path not in retried])
+            note = relabel.release_pending_note(a.name, pending)
+            self.store.update_assignment(a.uuid, note=note)
+            log.error("%s: %s", a.name, note, extra=guest_fields(a.uuid, a.name))
+            return note
         self.store.delete_assignment(a.uuid)
         self.allocator.release(a.level)
         self._domains.pop(a.uuid, None)
         log.info("released %s (%s freed)", a.name, a.level, extra=guest_fields(a.uuid, a.name))
         self.listener.released(a.uuid, a.name)
+        return ""
 
     def list_summary(self) -> list[tuple[str, str, str, str, str]]:
         """(uuid, name, level, profile, state) of every isolated guest."""
@@ -568,6 +584,8 @@ class Manager:
     async def _auto_isolate(self, info: DomainInfoLike) -> Assignment | None:
         """Converge an isolated guest (its definition may have changed), or isolate one that automatic
         confinement covers. None when the guest stays unconfined."""
+        if self.store.is_releasing(info.uuid):  # waits for files it could not restore: never relabeled meanwhile
+            return self.store.get(info.uuid)
         if self.store.get(info.uuid) is not None or (self._wants_auto(info.name)
                                                       and not self.store.is_opted_out(info.uuid)):
             return await self._isolate_locked(info, "", Origin.AUTO)

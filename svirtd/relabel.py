@@ -323,6 +323,17 @@ class RestoreOutcome:
     restored: bool
     message: str
     intended: bool = False  # not restored on purpose (still in use, shared): no warning
+    # Not restored, and svirtd's labels may still be on it: the release must not free the pair yet.
+    # (Gone, replaced or relabeled by somebody since: nothing of svirtd's left to restore there.)
+    retry: bool = False
+
+
+def release_pending_note(name: str, pending: Sequence[RestoreOutcome]) -> str:
+    """What Query and the failed Release say when a release could not restore everything."""
+    what = "; ".join(f"{o.path}: {o.message}" for o in pending)
+    return (f"release incomplete: {len(pending)} resource(s) could not be restored ({what}). Its pair stays "
+            f"reserved until they are: fix that, then `svirtctl release {name}` again (svirtd also retries "
+            "when it starts)")
 
 
 def claim_journal(claim: Claim, journal_dir: Path) -> Path:
@@ -368,10 +379,11 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
     except FileNotFoundError:
         result = {"entries": 0, "changed": 0, "errors": 0}
     except (UnsafePath, RelabelFailed) as exc:
-        return RestoreOutcome(claim.path, False, f"left alone: {exc}")
+        return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     if int(result["errors"]):
         return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
-                                                 f"(first: {result.get('first_error')}); journal kept at {journal}")
+                                                 f"(first: {result.get('first_error')}); journal kept at {journal}",
+                              retry=True)
     discard_journal(journal)
     return RestoreOutcome(claim.path, True, f"tree restored: {result['changed']} of {result['entries']} entries")
 
@@ -382,7 +394,7 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
     except FileNotFoundError:
         return RestoreOutcome(claim.path, False, "gone: nothing to restore")
     except UnsafePath as exc:
-        return RestoreOutcome(claim.path, False, f"left alone: {exc}")
+        return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     with opened:
         if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
             return RestoreOutcome(claim.path, False, "left alone: the file was replaced since it was labeled")
@@ -396,11 +408,12 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
             if original is None and defaults is not None:
                 original = defaults.lookup(opened.path, opened.st.st_mode)
             if original is None:
-                return RestoreOutcome(claim.path, False, "left labeled: original and policy default unknown")
+                return RestoreOutcome(claim.path, False, "left labeled: original and policy default unknown",
+                                      retry=True)
             if original == "":
                 labels.remove_label(opened)
             else:
                 labels.set_label(opened, original)
         except (OSError, labels.LabelUnsupported) as exc:
-            return RestoreOutcome(claim.path, False, f"restore failed: {exc}")
+            return RestoreOutcome(claim.path, False, f"restore failed: {exc}", retry=True)
     return RestoreOutcome(claim.path, True, f"restored to {original or '(no label)'}")

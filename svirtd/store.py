@@ -196,6 +196,11 @@ class Store:
     def releasing(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT uuid FROM assignments WHERE phase = 'releasing'")]
 
+    def is_releasing(self, uuid: str) -> bool:
+        """A release is under way, or waits for files it could not restore yet."""
+        return self._db.execute("SELECT 1 FROM assignments WHERE uuid = ? AND phase = 'releasing'",
+                                (uuid,)).fetchone() is not None
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM assignments").fetchone()[0])
 

@@ -2,10 +2,14 @@
 
 Why a separate process: a safe walk must never resolve more than one path component at a time (the
 tree may be writable by a guest, who could swap a directory for a symlink to /etc mid-walk). The walk
-therefore works inside each directory with fchdir() on an fd opened O_NOFOLLOW, and labels entries
-by their bare names with l{get,set}xattr. fchdir() changes the working directory of a whole process,
-so it cannot happen inside the threaded daemon; here it can, and the helper can also fork workers to
-use every core.
+therefore works inside each directory with fchdir() on an fd opened O_NOFOLLOW, and reads entries by
+their bare names. fchdir() changes the working directory of a whole process, so it cannot happen inside
+the threaded daemon; here it can, and the helper can also fork workers to use every core.
+
+Bounded: the walk is depth first and holds a few directory fds whatever the tree's width or depth (see
+walk_tree), well within the default limit of 1,024 open files. Whatever one entry does (a name that is
+not UTF-8, an error), it is counted and reported and the walk goes on: the caller learns that not
+everything was done, never that the helper died.
 
 Crash safety: every original label is appended to a journal, written completely and fdatasync'ed
 BEFORE that entry is changed; a journal that cannot take a batch (disk full, file size limit) stops
@@ -39,12 +43,14 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 XATTR = "security.selinux"
 Summary = dict[str, int | str | float]
 BATCH = 4096  # entries journaled per fdatasync
-MAX_PENDING_DIRS = 256  # directory fds held while a batch is pending
+MAX_PENDING_DIRS = 64  # directory fds held while a batch is pending
+CACHED_DIRS = 16  # directory fds a walk keeps open on its way down (the root apart)
 PR_SET_PDEATHSIG = 1
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -111,6 +117,109 @@ def labelable(st: os.stat_result, root_dev: int) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
 
 
+Visit = Callable[[int, bytes], list[tuple[str, Ident]]]
+
+
+@dataclass
+class _Dir:
+    """A directory on the walk's way down."""
+
+    name: str  # in its parent ('' for the root)
+    rel: bytes  # below the root: b"" or b"a/b/"
+    ident: Ident  # the inode seen when its parent was visited
+    fd: int  # -1 once dropped (CACHED_DIRS)
+    todo: list[tuple[str, Ident]] = field(default_factory=list)  # subdirectories still to visit
+
+
+def walk_tree(rfd: int, visit: Visit, stats: Stats, moved_is_error: bool) -> None:
+    """Depth first over rfd and the directories below it: visit(dfd, rel) is called for each with cwd =
+    that directory, and returns the subdirectories to enter (with the inode it saw them as).
+
+    Holds at most CACHED_DIRS + 2 directory fds (the root's, the deepest CACHED_DIRS on the way down, and
+    two while one is opened again), so neither 1,500 subdirectories nor a tree 2,000 deep exhausts the
+    open files limit: a directory whose fd was dropped is opened again from its nearest open ancestor,
+    name by name, each step checked against the inode seen on the way down. A directory moved or gone
+    meanwhile is never walked in its new place: counted as raced, and as an error if moved_is_error."""
+    st = os.fstat(rfd)
+    os.fchdir(rfd)
+    stack = [_Dir("", b"", (st.st_dev, st.st_ino), rfd)]
+    stack[0].todo = _visit(visit, rfd, b"", stats)
+    try:
+        while stack:
+            top = stack[-1]
+            if not top.todo:
+                stack.pop()
+                if stack and top.fd >= 0:  # never the root: it is the caller's
+                    os.close(top.fd)
+                continue
+            name, ident = top.todo.pop()
+            rel = top.rel + os.fsencode(name) + b"/"
+            parent = _reopen(stack, stats, moved_is_error)
+            child = -1 if parent < 0 else _open_dir(parent, name, ident, rel, stats, moved_is_error)
+            if parent < 0:
+                top.todo.clear()
+            if child < 0:
+                continue
+            stack.append(_Dir(name, rel, ident, child))
+            far = stack[-1 - CACHED_DIRS] if len(stack) > CACHED_DIRS + 1 else stack[0]
+            if far is not stack[0] and far.fd >= 0:
+                os.close(far.fd)
+                far.fd = -1
+            os.fchdir(child)
+            stack[-1].todo = _visit(visit, child, rel, stats)
+    finally:
+        for d in stack[1:]:
+            if d.fd >= 0:
+                os.close(d.fd)
+
+
+def _visit(visit: Visit, dfd: int, rel: bytes, stats: Stats) -> list[tuple[str, Ident]]:
+    try:
+        return visit(dfd, rel)
+    except Exception as exc:  # e.g. scandir of a directory removed meanwhile: that directory only
+        stats.error(show(rel) or ".", exc)
+        return []
+
+
+def _reopen(stack: list[_Dir], stats: Stats, moved_is_error: bool) -> int:
+    """fd of the deepest directory on the stack, opened again from its nearest open ancestor if it was
+    dropped; -1 when one of them is no longer where (and what) it was."""
+    top = stack[-1]
+    if top.fd >= 0:
+        return top.fd
+    start = max(i for i, d in enumerate(stack) if d.fd >= 0)
+    fd = stack[start].fd
+    for d in stack[start + 1:]:
+        nfd = _open_dir(fd, d.name, d.ident, d.rel, stats, moved_is_error)
+        if fd != stack[start].fd:
+            os.close(fd)
+        if nfd < 0:
+            return -1
+        fd = nfd
+    top.fd = fd
+    return fd
+
+
+def _open_dir(parent: int, name: str, ident: Ident, rel: bytes, stats: Stats, moved_is_error: bool) -> int:
+    """fd of a subdirectory if it is still the inode seen, else -1 (counted)."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+            stats.error(show(rel), exc)
+            return -1
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) == ident:
+            return fd
+        os.close(fd)
+    stats.raced += 1
+    if moved_is_error:
+        stats.error(show(rel), OSError(errno.ESTALE, "moved or replaced during the walk"))
+    return -1
+
+
 class Stats:
     def __init__(self) -> None:
         self.entries = self.changed = self.symlinks = self.mounts = self.hardlinks = self.specials = 0
@@ -152,21 +261,21 @@ class Labeler:
         self._scan_no = 0
         self._pending_count = 0
 
-    def visit_entry(self, dfd: int, rel: bytes, entry: os.DirEntry[str]) -> bool:
-        """Label one directory entry (cwd is its directory). True when it is a directory to descend into."""
+    def visit_entry(self, dfd: int, rel: bytes, entry: os.DirEntry[str]) -> Ident | None:
+        """Label one directory entry (cwd is its directory); its inode when it is a directory to enter."""
         self.stats.entries += 1
         name = entry.name
         try:
             st = entry.stat(follow_symlinks=False)
             if not self._counts_as_labelable(st):
-                return False
+                return None
             current = get_label(name)
         except Exception as exc:  # whatever one entry does, the walk goes on and the run reports it
             self.stats.error(show(rel + os.fsencode(name)), exc)
-            return False
+            return None
         if current != self.target:
-            self.journal_and_queue(dfd, rel, name, st, current)
-        return stat.S_ISDIR(st.st_mode)
+            self.journal_and_queue(dfd, rel, name, st, current)  # a journal that takes no more stops the run
+        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
     def _counts_as_labelable(self, st: os.stat_result) -> bool:
         """labelable(), counting why not."""
@@ -240,36 +349,21 @@ class Labeler:
         finally:
             os.close(fd)
 
-    def walk(self, dfd: int, rel: bytes, only: set[str] | None = None) -> None:
-        """Depth-first below dfd (not dfd itself). only: restrict to these top-level names."""
-        stack: list[tuple[int, bytes, list[str]]] = []
-        self._scan(dfd, rel, only, stack)
-        while stack:
-            parent, prel, subdirs = stack[-1]
-            if not subdirs:
-                stack.pop()
-                if parent != dfd:
-                    os.close(parent)
-                continue
-            name = subdirs.pop()
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            except OSError as exc:
-                self.stats.error(os.fsdecode(prel) + name, exc)
-                continue
-            self._scan(child, prel + os.fsencode(name) + b"/", None, stack)
+    def walk(self, dfd: int, only: set[str] | None = None) -> None:
+        """Label everything below dfd (not dfd itself). only: restrict to these top-level names."""
+        def visit(dfd: int, rel: bytes) -> list[tuple[str, Ident]]:
+            self._scan_no += 1
+            subdirs: list[tuple[str, Ident]] = []
+            with os.scandir(dfd) as it:
+                for entry in it:
+                    if rel == b"" and only is not None and entry.name not in only:
+                        continue
+                    ident = self.visit_entry(dfd, rel, entry)
+                    if ident is not None:
+                        subdirs.append((entry.name, ident))
+            return subdirs
 
-    def _scan(self, dfd: int, rel: bytes, only: set[str] | None, stack: list[tuple[int, bytes, list[str]]]) -> None:
-        self._scan_no += 1
-        os.fchdir(dfd)
-        subdirs: list[str] = []
-        with os.scandir(dfd) as it:
-            for entry in it:
-                if only is not None and entry.name not in only:
-                    continue
-                if self.visit_entry(dfd, rel, entry):
-                    subdirs.append(entry.name)
-        stack.append((dfd, rel, subdirs))
+        walk_tree(dfd, visit, self.stats, moved_is_error=False)
 
     def close(self) -> None:
         self.flush()
@@ -323,7 +417,7 @@ def _fork_worker(rfd: int, share: set[str], target: bytes, journal: Path, root_d
             own = os.open(".", _DIR_FLAGS, dir_fd=rfd)
             worker = Labeler(target, journal, root_dev)
             stats = worker.stats
-            worker.walk(own, b"", share)
+            worker.walk(own, share)
             worker.close()
         except BaseException as exc:  # the parent fails the run on it, with this reason
             stats.error(f"worker {os.getpid()}", exc)
@@ -404,32 +498,35 @@ def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep
     originals = read_journals(journal_prefix, run)
     root_dev = os.fstat(rfd).st_dev
     lookup = _default_lookup()
-    stack: list[tuple[int, bytes]] = [(rfd, b"")]
-    while stack:
-        dfd, rel = stack.pop()
-        os.fchdir(dfd)
+
+    def visit(dfd: int, rel: bytes) -> list[tuple[str, Ident]]:
         names = ["."] if rel == b"" else []
+        subdirs: list[tuple[str, Ident]] = []
         with os.scandir(dfd) as it:
-            entries = [e for e in it if not e.is_symlink()]
-        for entry in entries:
-            names.append(entry.name)
-            try:
-                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_dev == root_dev:
-                    child = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
-                    stack.append((child, rel + os.fsencode(entry.name) + b"/"))
-            except OSError as exc:
-                stats.error(entry.name, exc)
+            for entry in it:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except Exception as exc:
+                    stats.error(show(rel + os.fsencode(entry.name)), exc)
+                    continue
+                if stat.S_ISLNK(st.st_mode) or st.st_dev != root_dev:  # never labeled: never restored
+                    continue
+                names.append(entry.name)
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append((entry.name, (st.st_dev, st.st_ino)))
         for name in names:
             key = b"." if name == "." else rel + os.fsencode(name)
             stats.entries += 1
             try:
-                default = functools.partial(lookup, f"{root}/{os.fsdecode(key)}")
-                if _restore_entry(name, target, originals.get(key), default, sweep, root_dev):
+                where = root if name == "." else os.fsdecode(os.fsencode(root) + b"/" + key)
+                if _restore_entry(name, target, originals.get(key), functools.partial(lookup, where), sweep,
+                                  root_dev):
                     stats.changed += 1
-            except OSError as exc:
-                stats.error(os.fsdecode(key), exc)
-        if dfd != rfd:
-            os.close(dfd)
+            except Exception as exc:  # counted: the caller keeps the pair until every entry is restored
+                stats.error(show(key), exc)
+        return subdirs
+
+    walk_tree(rfd, visit, stats, moved_is_error=True)
     return stats.as_dict()
 
 
@@ -475,11 +572,14 @@ def _default_lookup() -> Callable[[str, int], str | None]:
         return lambda _path, _mode: None
 
     def lookup(path: str, mode: int) -> str | None:
+        # The bindings take UTF-8 text only: bytes that are not (a guest's `mv f $'evil\\xff'`) are
+        # looked up as U+FFFD; file_contexts patterns are about the directories above such a name.
+        text = path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         try:
-            rc, context = selinux.selabel_lookup_raw(handle, path, mode)
-            return str(context) if rc == 0 else None
-        except OSError:
+            rc, context = selinux.selabel_lookup_raw(handle, text, mode)
+        except (OSError, TypeError, ValueError):
             return None
+        return str(context) if rc == 0 else None
 
     return lookup
 
@@ -491,26 +591,27 @@ def check_tree(rfd: int, target: bytes) -> Summary:
     root_dev = os.fstat(rfd).st_dev
     os.fchdir(rfd)
     off = 0 if get_label(".") == target else 1
-    stack = [rfd]
-    while stack:
-        dfd = stack.pop()
-        os.fchdir(dfd)
+
+    def visit(dfd: int, rel: bytes) -> list[tuple[str, Ident]]:
+        nonlocal off
+        subdirs: list[tuple[str, Ident]] = []
         with os.scandir(dfd) as it:
             for entry in it:
-                if entry.is_symlink():
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if entry.is_dir(follow_symlinks=False):
-                    if st.st_dev != root_dev:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                    if not labelable(st, root_dev):
                         continue
-                    stack.append(os.open(entry.name, _DIR_FLAGS, dir_fd=dfd))
-                elif not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                    stats.entries += 1
+                    if get_label(entry.name) != target:
+                        off += 1
+                except Exception as exc:
+                    stats.error(show(rel + os.fsencode(entry.name)), exc)
                     continue
-                stats.entries += 1
-                if get_label(entry.name) != target:
-                    off += 1
-        if dfd != rfd:
-            os.close(dfd)
+                if stat.S_ISDIR(st.st_mode):
+                    subdirs.append((entry.name, (st.st_dev, st.st_ino)))
+        return subdirs
+
+    walk_tree(rfd, visit, stats, moved_is_error=True)
     result = stats.as_dict()
     result["off_target"] = off
     return result

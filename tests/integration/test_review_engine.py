@@ -24,7 +24,7 @@ from svirtd import labels, relabel
 from svirtd.errors import RelabelFailed, UnsafePath
 from svirtd.models import Level, Resource, ResourceClass, ResourceKind
 from testbed.bus import PrivateBus
-from testbed.client import CallFailed
+from testbed.client import CallFailed, SvirtClient
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.mounts import Mounts, mounted
@@ -475,3 +475,136 @@ def test_restore_never_writes_through_a_hard_link_to_a_file_outside_the_tree(tmp
     os.link(iso, root / "f")
     treewalk("restore", "--root", str(root), "--target", CONTENT, "--journal", journal)
     assert xattr(iso) == CONTENT and xattr(root) is None
+
+
+# -- finding 1: a release that could not restore everything keeps the pair --------------------------
+
+
+@contextlib.contextmanager
+def open_files_limit(soft: int) -> Iterator[None]:
+    """Processes started inside (svirtd, and its tree helpers) get the default soft limit of 1,024 files."""
+    import resource
+
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, old[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+
+
+def share_xml(share: Path) -> str:
+    return f"<filesystem type='mount' accessmode='passthrough'><source dir='{share}'/><target dir='s'/></filesystem>"
+
+
+def carrying(root: Path, label: str) -> list[str]:
+    return sorted(p for p, v in tree_labels(root).items() if v == label)
+
+
+async def free_pairs(bus: PrivateBus) -> int:
+    async with SvirtClient(bus.address) as client:
+        free = await client.prop("CategoriesFree")
+    assert isinstance(free, int)
+    return free
+
+
+def test_a_share_of_1500_directories_is_restored_under_the_default_open_files_limit(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    share = guests.image_dir / "share"
+    for i in range(1500):
+        (share / f"d{i}").mkdir(parents=True)
+        (share / f"d{i}" / "f").write_bytes(b"x")
+    with open_files_limit(1024):
+        svirtd(default_confined=False)
+    g = guests.new(extra_devices=share_xml(share))
+    report = run(call(bus, "Isolate", "ss", g.uuid, ""))
+    private = IMAGE + report["level"]
+    assert len(carrying(share, private)) == 3001
+    run(call(bus, "Release", "s", g.uuid))
+    assert carrying(share, private) == []
+    assert run(call(bus, "List")) == []
+
+
+def test_a_file_the_guest_renamed_to_a_name_that_is_not_utf8_is_restored(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    share = guests.image_dir / "share"
+    share.mkdir(parents=True)
+    (share / "f").write_bytes(b"x")
+    svirtd(default_confined=False)
+    g = guests.new(extra_devices=share_xml(share))
+    report = run(call(bus, "Isolate", "ss", g.uuid, ""))
+    private = IMAGE + report["level"]
+    evil = os.path.join(os.fsencode(share), b"evil\xff")
+    os.rename(os.fsencode(share / "f"), evil)  # mv f $'evil\xff', inside the guest
+    assert xattr(os.fsdecode(evil)) == private
+    run(call(bus, "Release", "s", g.uuid))
+    assert xattr(os.fsdecode(evil)) != private and xattr(share) is None
+    assert run(call(bus, "List")) == []
+
+
+@pytest.mark.parametrize("retry_by", ["release", "restart"])
+def test_a_release_that_cannot_restore_a_file_keeps_the_pair_until_it_can(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, retry_by: str) -> None:
+    """A file of the share cannot be restored (immutable: setxattr fails): Release fails, the guest stays
+    listed with a note saying what failed and how to retry, its pair stays reserved (a restart keeps it
+    so); once the file can be restored, Release again or svirtd's start finishes the release."""
+    share = guests.image_dir / "share"
+    (share / "sub").mkdir(parents=True)
+    stuck = share / "sub" / "stuck"
+    stuck.write_bytes(b"x")
+    (share / "other").write_bytes(b"x")
+    first = svirtd(default_confined=False)
+    g = guests.new(extra_devices=share_xml(share))
+    report = run(call(bus, "Isolate", "ss", g.uuid, ""))
+    private = IMAGE + report["level"]
+    free = run(free_pairs(bus))
+    with immutable(stuck):
+        with pytest.raises(CallFailed) as exc:
+            run(call(bus, "Release", "s", g.uuid))
+        assert exc.value.name == "org.svirt.Manager1.Error.RelabelFailed", exc.value
+        assert str(share) in exc.value.text and "svirtctl release" in exc.value.text
+        assert [r[0] for r in run(call(bus, "List"))] == [g.uuid]
+        assert run(free_pairs(bus)) == free  # the pair is not handed out again
+        note = run(call(bus, "Query", "s", g.uuid))["note"]
+        assert "release incomplete" in note and str(share) in note and "svirtctl release" in note
+        assert carrying(share, private) == [str(stuck)]  # everything else was restored
+        first.stop()
+        proc = svirtd(default_confined=False)  # a restart: the pair is still reserved, svirtd still starts
+        assert [r[0] for r in run(call(bus, "List"))] == [g.uuid]
+        assert run(free_pairs(bus)) == free
+        assert carrying(share, private) == [str(stuck)]  # not labeled again by the reconcile at the start
+    if retry_by == "release":
+        run(call(bus, "Release", "s", g.uuid))
+    else:
+        proc.stop()
+        svirtd(default_confined=False)
+    assert carrying(share, private) == []
+    assert run(call(bus, "List")) == []
+    assert run(free_pairs(bus)) == free + 1
+
+
+def test_a_tree_1200_directories_deep_is_labeled_checked_and_restored_within_1024_open_files(
+        tmp_path: Path, as_root: None) -> None:
+    import resource
+
+    root = tmp_path / "share"
+    deepest = root
+    root.mkdir()
+    for _ in range(1200):
+        deepest = deepest / "d"
+        deepest.mkdir()
+    (deepest / "f").write_bytes(b"x")
+
+    def default_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    journal = str(tmp_path / "journals" / "t")
+    labeled = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal,
+                       preexec_fn=default_limit)
+    assert (labeled.get("fatal"), labeled.get("errors"), labeled.get("changed")) == (None, 0, 1202), labeled
+    check = treewalk("check", "--root", str(root), "--target", TARGET, preexec_fn=default_limit)
+    assert (check.get("errors"), check.get("off_target")) == (0, 0), check
+    restored = treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal, "--sweep",
+                        preexec_fn=default_limit)
+    assert (restored.get("errors"), restored.get("changed")) == (0, 1202), restored
+    assert xattr(deepest / "f") is None and xattr(root) is None
