@@ -29,6 +29,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.mounts import Mounts, mounted
 from tests.helpers import call, run, xattr
+from tests.integration.test_relabel import setlabel
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -37,14 +38,6 @@ IMAGE = "system_u:object_r:svirt_image_t:"
 CONTENT = "system_u:object_r:virt_content_t:s0"
 TARGET = IMAGE + "s0:c11,c12"
 DEVICE_LABEL = "system_u:object_r:fixed_disk_device_t:s0"
-
-
-def setlabel(path: Path | str, label: str | None) -> None:
-    if label is None:
-        with contextlib.suppress(OSError):
-            os.removexattr(path, "security.selinux", follow_symlinks=False)
-    else:
-        os.setxattr(path, "security.selinux", label.encode(), follow_symlinks=False)
 
 
 def tree_labels(root: Path) -> dict[str, str | None]:
