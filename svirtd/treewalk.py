@@ -136,8 +136,8 @@ def walk_tree(rfd: int, visit: Visit, stats: Stats, moved_is_error: bool) -> Non
     that directory, and returns the subdirectories to enter (with the inode it saw them as).
 
     Holds at most CACHED_DIRS + 2 directory fds (the root's, the deepest CACHED_DIRS on the way down, and
-    two while one is opened again), so neither 1,500 subdirectories nor a tree 2,000 deep exhausts the
-    open files limit: a directory whose fd was dropped is opened again from its nearest open ancestor,
+    two while one is opened again), so neither 1,500 subdirectories nor a tree thousands deep exhausts
+    the open files limit: a directory whose fd was dropped is opened again from its nearest open ancestor,
     name by name, each step checked against the inode seen on the way down. A directory moved or gone
     meanwhile is never walked in its new place: counted as raced, and as an error if moved_is_error."""
     st = os.fstat(rfd)
@@ -173,9 +173,15 @@ def walk_tree(rfd: int, visit: Visit, stats: Stats, moved_is_error: bool) -> Non
                 os.close(d.fd)
 
 
+class JournalFailed(OSError):
+    """The journal took a batch only in part, or not at all: the run stops, nothing of it is labeled."""
+
+
 def _visit(visit: Visit, dfd: int, rel: bytes, stats: Stats) -> list[tuple[str, Ident]]:
     try:
         return visit(dfd, rel)
+    except JournalFailed:
+        raise
     except Exception as exc:  # e.g. scandir of a directory removed meanwhile: that directory only
         stats.error(show(rel) or ".", exc)
         return []
@@ -307,8 +313,11 @@ class Labeler:
     def flush(self) -> None:
         """Journal the originals durably, then write the labels."""
         if self._records:
-            write_fully(self.journal_fd, self._header + b"".join(self._records))
-            os.fdatasync(self.journal_fd)
+            try:
+                write_fully(self.journal_fd, self._header + b"".join(self._records))
+                os.fdatasync(self.journal_fd)
+            except OSError as exc:  # after a torn record nothing more may be appended: the run ends here
+                raise JournalFailed(exc.errno, f"journal: {exc.strerror}") from exc
             self._header = b""
             self._records.clear()
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -282,6 +282,46 @@ def test_a_journal_cut_short_stops_the_relabel_before_an_unjournaled_change(tmp_
     assert 0 < labeled < 3000, labeled  # it stopped part-way: the test proves something
 
 
+# The helper on a disk that fills up and frees again: in a forked worker, the first journal write is
+# cut short (half its bytes), the next fails with ENOSPC, and every later one succeeds.
+FILLING_DISK_HELPER = """
+import errno, os, sys
+from svirtd import treewalk
+parent, real_write, calls = os.getpid(), os.write, []
+def write(fd, data):
+    if os.getpid() == parent:
+        return real_write(fd, data)
+    calls.append(len(data))
+    if len(calls) == 1:
+        return real_write(fd, bytes(data)[: len(data) // 2])
+    if len(calls) == 2:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real_write(fd, data)
+os.write = write
+sys.exit(treewalk.main(sys.argv[1:]))
+"""
+
+
+def test_nothing_is_appended_to_a_journal_after_a_torn_batch(tmp_path: Path, as_root: None) -> None:
+    """Space that comes back after a failed journal write must not let the run go on: the records it
+    would append behind the torn one could not be read back, and their files would keep the target."""
+    root = tmp_path / "media"
+    for i in range(70):  # more directories than a batch holds: several journal writes per worker
+        (root / f"d{i}").mkdir(parents=True)
+        (root / f"d{i}" / "f").write_bytes(b"x")
+        setlabel(root / f"d{i}" / "f", ORIGINAL)
+    before = tree_labels(root)
+    journal = str(tmp_path / "journals" / "t")
+    out = subprocess.run([sys.executable, "-c", FILLING_DISK_HELPER, "label", "--root", str(root), "--target",
+                          CONTENT, "--journal", journal, "--workers", "1"], capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    treewalk("restore", "--root", str(root), "--target", CONTENT, "--journal", journal)
+    after = tree_labels(root)
+    wrong = {p: after[p] for p in before if before[p] != after[p]}
+    assert not wrong, f"{len(wrong)} entries not restored, e.g. {sorted(wrong.items())[:3]}"
+    assert result["errors"] and "No space left" in result["first_error"], result
+
+
 # -- finding 10: restoring a shared or read-only tree ------------------------------------------------
 
 
@@ -592,12 +632,18 @@ def test_a_tree_1200_directories_deep_is_labeled_checked_and_restored_within_102
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
     journal = str(tmp_path / "journals" / "t")
-    labeled = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal,
-                       preexec_fn=default_limit)
-    assert (labeled.get("fatal"), labeled.get("errors"), labeled.get("changed")) == (None, 0, 1202), labeled
-    check = treewalk("check", "--root", str(root), "--target", TARGET, preexec_fn=default_limit)
-    assert (check.get("errors"), check.get("off_target")) == (0, 0), check
-    restored = treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal, "--sweep",
-                        preexec_fn=default_limit)
-    assert (restored.get("errors"), restored.get("changed")) == (0, 1202), restored
-    assert xattr(deepest / "f") is None and xattr(root) is None
+    try:
+        labeled = treewalk("label", "--root", str(root), "--target", TARGET, "--journal", journal,
+                           preexec_fn=default_limit)
+        assert (labeled.get("fatal"), labeled.get("errors"), labeled.get("changed")) == (None, 0, 1202), labeled
+        check = treewalk("check", "--root", str(root), "--target", TARGET, preexec_fn=default_limit)
+        assert (check.get("errors"), check.get("off_target")) == (0, 0), check
+        restored = treewalk("restore", "--root", str(root), "--target", TARGET, "--journal", journal, "--sweep",
+                            preexec_fn=default_limit)
+        assert (restored.get("errors"), restored.get("changed")) == (0, 1202), restored
+        assert xattr(deepest / "f") is None and xattr(root) is None
+    finally:  # bottom up: shutil.rmtree (pytest's clean-up of old temp dirs) recurses once per level
+        (deepest / "f").unlink()
+        while deepest != root:
+            deepest.rmdir()
+            deepest = deepest.parent
