@@ -7,7 +7,7 @@ PACKAGES="
   python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd python3-venv
   selinux-policy-default selinux-policy-dev selinux-utils policycoreutils setools selint
   dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
-  attr dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
+  attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
 "
 missing=""
 for p in $PACKAGES; do

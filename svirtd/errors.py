@@ -46,7 +46,8 @@ class AccessDenied(SvirtError):
 
 
 class RelabelFailed(SvirtError):
-    """Relabeling failed part-way; everything already changed was rolled back."""
+    """Relabeling failed part-way (everything already changed was rolled back), or a release could not
+    restore everything (the guest keeps its pair until it can; the message says what failed)."""
 
 
 class StorageNotResponding(SvirtError):

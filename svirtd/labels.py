@@ -1,7 +1,8 @@
 """The one door to file labels (edge adapter): safe opening, reading and writing ``security.selinux``.
 
 Paths are opened component by component with O_PATH|O_NOFOLLOW from a directory fd, so a symlink
-swapped in after the checks cannot redirect a write; labels are then read and written through
+swapped in after the checks cannot redirect a write. A symlink on the way is followed only when nobody
+but root can have put it there (see resolve()); labels are then read and written through
 ``/proc/self/fd/N`` (the magic link names exactly the inode we checked) with libselinux's ``*_raw``
 calls, which never translate contexts.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import pwd
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,54 +84,183 @@ def open_resource(path: str, kind: ResourceKind) -> Opened:
     """Open a resource for labeling, refusing anything but the expected kind of file.
 
     FileNotFoundError if it does not exist; UnsafePath if it is a symlink (block disks excepted:
-    /dev/disk/by-* links are resolved to the node they name), the wrong file type, or resolves
-    into a place the caller's path policy must judge again (the returned .path says where).
+    /dev/disk/by-* links are resolved to the node they name), the wrong file type, reached through a
+    symlink an unprivileged user controls, or resolves into a place the caller's path policy must judge
+    again (the returned .path says where).
     """
     check_path_text(path)
-    parent, _, leaf = path.rpartition("/")
-    real_parent = os.path.realpath(parent or "/")  # symlinked directories (e.g. an images dir) are fine
-    real = f"{real_parent.rstrip('/')}/{leaf}"
-    fd = _walk_nofollow(real)
-    st = os.fstat(fd)
-    if stat.S_ISLNK(st.st_mode):
-        os.close(fd)
-        if kind is ResourceKind.BLOCK:
-            target = os.path.realpath(real)
-            if not target.startswith("/dev/"):
-                raise UnsafePath(f"{path}: block disk link points outside /dev ({target})")
-            fd = _walk_nofollow(target)
-            st = os.fstat(fd)
-            real = target
-        else:
-            raise UnsafePath(f"{path} is a symlink (to {os.path.realpath(real)}); name the real file in the "
-                             "domain XML")
+    fd, real, via_link = resolve(path, follow_last=kind is ResourceKind.BLOCK)
     try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(f"{path} is a symlink (to {os.readlink('', dir_fd=fd)}); name the real file in the "
+                             "domain XML")
+        if via_link and not real.startswith("/dev/"):
+            raise UnsafePath(f"{path}: block disk link points outside /dev ({real})")
         _check_type(path, st, kind)
         if kind is ResourceKind.BLOCK:
-            _refuse_mounted(path, st)
-    except UnsafePath:
+            _refuse_mounted(path, fd, st)
+    except BaseException:
         os.close(fd)
         raise
     return Opened(fd=fd, path=real, st=st)
 
 
-def _refuse_mounted(path: str, st: os.stat_result) -> None:
-    """A block device the host has mounted (or a whole disk one of whose partitions is) is never
-    handed to a guest: it would get the host's own filesystem."""
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    devices = {f"{major}:{minor}"}
-    sysfs = Path(f"/sys/dev/block/{major}:{minor}")
+MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
+
+
+def resolve(path: str, follow_last: bool = False) -> tuple[int, str, bool]:
+    """(O_PATH fd, real path, whether the last component was a link followed) of an absolute path.
+
+    One component at a time with O_NOFOLLOW. A symlink is followed only when root owns it AND the
+    directory holding it is writable by nobody but root: otherwise whoever owns the link or can write
+    its directory could point it elsewhere (another guest's files) between two relabels, or after the
+    checks. UnsafePath names such a link and its owner. Never follows a magic link: targets are read
+    as text and walked again under the same rule. The last component is returned as is (a symlink
+    included) unless follow_last.
+    """
+    todo = [p for p in reversed(path.split("/")) if p]
+    walked: list[tuple[str, int]] = []  # (name, O_PATH fd) from / down to the current directory
+    root = os.open("/", _O_PATH | os.O_DIRECTORY)
+    links = 0
+    via_link = False
+    try:
+        while todo:
+            part = todo.pop()
+            if part == "." or (part == ".." and not walked):
+                continue
+            if part == "..":
+                os.close(walked.pop()[1])
+                continue
+            parent = walked[-1][1] if walked else root
+            fd = os.open(part, _O_PATH, dir_fd=parent)
+            st = os.fstat(fd)
+            last = not todo
+            if stat.S_ISLNK(st.st_mode) and (not last or follow_last):
+                try:
+                    target = _trusted_link(parent, part, st, "/" + "/".join([*(n for n, _ in walked), part]))
+                finally:
+                    os.close(fd)
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise UnsafePath(f"{path}: more than {MAX_SYMLINKS} symlinks on the way")
+                if target.startswith("/"):
+                    for _, held in walked:
+                        os.close(held)
+                    walked.clear()
+                todo.extend(p for p in reversed(target.split("/")) if p)
+                via_link = via_link or last
+                continue
+            if not last and not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise UnsafePath(f"{path}: component {part!r} is not a directory")
+            walked.append((part, fd))
+        if not walked:
+            return os.dup(root), "/", via_link
+        real = "/" + "/".join(n for n, _ in walked)
+        return walked.pop()[1], real, via_link
+    finally:
+        for _, held in walked:
+            os.close(held)
+        os.close(root)
+
+
+def _trusted_link(parent: int, name: str, st: os.stat_result, where: str) -> str:
+    """The target of a symlink that only root can have made or replaced; UnsafePath otherwise."""
+    holder = os.fstat(parent)
+    if st.st_uid != 0:
+        raise UnsafePath(f"{where} is a symlink owned by uid {st.st_uid} ({_user(st.st_uid)}): svirtd follows "
+                         "only links root owns in directories only root can write; name the real path")
+    if holder.st_uid != 0 or holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafePath(f"{where} is a symlink in a directory writable by others (owner uid {holder.st_uid}, "
+                         f"mode {stat.filemode(holder.st_mode)}): anyone who can write it can swap the link; "
+                         "name the real path")
+    # The directory is root's alone: the link read by name is the one just checked.
+    return os.readlink(name, dir_fd=parent)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "no such user"
+
+
+def _refuse_mounted(path: str, fd: int, st: os.stat_result) -> None:
+    """A block device the host uses is never handed to a guest: it would get the host's own data. Used:
+    mounted (btrfs included: its mountinfo line names an anonymous 0:NN device, the source field the
+    real one), held by a device-mapper/md/bcache device (LVM PV, dm-crypt, RAID member), swap, claimed
+    exclusively by the kernel (all of these, and ZFS vdevs); or a whole disk one of whose partitions is."""
+    why = _host_use(fd, st)
+    if why:
+        raise UnsafePath(f"{path}: the host uses it ({why}); a guest must never get one of the host's devices")
+
+
+def _host_use(fd: int, st: os.stat_result) -> str:
+    """How the host uses this block device (or one of its partitions), '' when it does not."""
+    devices = block_devices(st)
+    return _claimed(fd) or _held(devices) or _swap_use(devices) or _mount_use(devices)
+
+
+def block_devices(st: os.stat_result) -> set[tuple[int, int]]:
+    """(major, minor) of a block device and of each of its partitions."""
+    devices = {(os.major(st.st_rdev), os.minor(st.st_rdev))}
     with contextlib.suppress(OSError):
-        for part in sysfs.iterdir():
-            dev_file = part / "dev"
-            if dev_file.is_file():
-                devices.add(dev_file.read_text().strip())
+        for part in Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                number = (part / "dev").read_text().split(":")
+                devices.add((int(number[0]), int(number[1])))
+    return devices
+
+
+def _claimed(fd: int) -> str:
+    """The kernel's own answer: a mounted filesystem, a dm/md holder, swap or a ZFS pool claims the
+    device exclusively, and an exclusive open then fails with EBUSY (closed at once: nothing is read)."""
+    try:
+        os.close(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_EXCL | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC))
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return "the kernel holds it: mounted, a device-mapper/RAID member, swap or a ZFS vdev"
+    return ""
+
+
+def _held(devices: set[tuple[int, int]]) -> str:
+    for major, minor in sorted(devices):
+        with contextlib.suppress(OSError):
+            holders = sorted(os.listdir(f"/sys/dev/block/{major}:{minor}/holders"))
+            if holders:
+                return f"{major}:{minor} is held by {', '.join(holders)}"
+    return ""
+
+
+def _swap_use(devices: set[tuple[int, int]]) -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/swaps").read_text().splitlines()[1:]:
+            if line and _rdev_of(line.split()[0]) in devices:
+                return f"swap area {line.split()[0]}"
+    return ""
+
+
+def _mount_use(devices: set[tuple[int, int]]) -> str:
+    """Mounted: by device number, or by the mount source (btrfs shows an anonymous 0:NN number)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             fields = line.split()
-            if len(fields) > 4 and fields[2] in devices:
-                raise UnsafePath(f"{path}: the host has it mounted ({fields[2]} on {fields[4]}); "
-                                 "a guest must never get one of the host's filesystems")
+            source = line.split(" - ", 1)[1].split()[1] if " - " in line else ""
+            with contextlib.suppress(ValueError):
+                mount_dev = tuple(int(n) for n in fields[2].split(":"))
+                if mount_dev in devices or (source.startswith("/dev/") and _rdev_of(source) in devices):
+                    return f"mounted on {fields[4]}"
+    return ""
+
+
+def _rdev_of(path: str) -> tuple[int, int] | None:
+    """(major, minor) of a block device node, None when path is not one."""
+    try:
+        st = os.stat(path.replace("\\040", " "))
+    except OSError:
+        return None
+    return (os.major(st.st_rdev), os.minor(st.st_rdev)) if stat.S_ISBLK(st.st_mode) else None
 
 
 LIBVIRT_REMEMBER = "trusted.libvirt.security.selinux"
@@ -159,27 +290,6 @@ def can_read_trusted_xattrs() -> bool:
         if line.startswith("CapEff:"):
             return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
     return False
-
-
-def _walk_nofollow(path: str) -> int:
-    """O_PATH fd of path; every component opened with O_NOFOLLOW relative to its parent."""
-    parts = [p for p in path.split("/") if p]
-    fd = os.open("/", _O_PATH | os.O_DIRECTORY)
-    try:
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            try:
-                nfd = os.open(part, _O_PATH | (0 if last else os.O_DIRECTORY), dir_fd=fd)
-            except OSError as exc:
-                if exc.errno in (errno.ENOTDIR, errno.ELOOP):
-                    raise UnsafePath(f"{path}: component {part!r} is a symlink or not a directory") from exc
-                raise
-            os.close(fd)
-            fd = nfd
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _check_type(path: str, st: os.stat_result, kind: ResourceKind) -> None:

@@ -29,7 +29,15 @@ from .allocator import PairAllocator
 from .config import Config
 from .converge import Converger
 from .denials import GuestRef
-from .errors import InvalidArgument, NoSuchGuest, NotConfined, ResourceConflict, SvirtError, UnsafePath
+from .errors import (
+    InvalidArgument,
+    NoSuchGuest,
+    NotConfined,
+    RelabelFailed,
+    ResourceConflict,
+    SvirtError,
+    UnsafePath,
+)
 from .identity import chain_filter_xml, chained_filters, rewrite_definition, strip_identity
 from .isolation import Object, Proof, Subject, prove_isolation
 from .level_book import LevelBook
@@ -240,11 +248,12 @@ class Manager:
         return count
 
     async def recover(self) -> None:
-        """Finish releases a crash interrupted (their originals are in the store)."""
+        """Finish releases a crash interrupted, or that could not restore everything (their originals
+        are in the store); one that still cannot keeps its pair and says why (see _finish_release)."""
         for uuid in self.store.releasing():
             a = self.store.get(uuid)
             if a is not None:
-                log.warning("finishing the release of %s interrupted by a restart", a.name,
+                log.warning("finishing the release of %s interrupted by a restart or still incomplete", a.name,
                             extra=guest_fields(a.uuid, a.name))
                 await self._finish_release(a, optout=False)
 
@@ -488,7 +497,7 @@ class Manager:
         if a is None or not self.hv.connected:
             return
         fresh = self.store.get(a.uuid)  # the hook may have moved it to the label libvirt started it with
-        if fresh is None:
+        if fresh is None or self.store.is_releasing(a.uuid):
             return
         a = fresh
         xml = info.xmls[0]
@@ -526,17 +535,32 @@ class Manager:
             a = self.store.get(uuid)
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
-            await self._finish_release(a, optout=optout)
+            pending = await self._finish_release(a, optout=optout)
+        if pending:
+            raise RelabelFailed(pending)
         if optout:
             await self._forget_identity(a)
 
-    async def _finish_release(self, a: Assignment, optout: bool) -> None:
-        await self.storage.ensure((c.path for c in self.store.claims_for(a.uuid)), a.name)
+    async def _finish_release(self, a: Assignment, optout: bool) -> str:
+        """Restore the guest's resources and free its pair; '' when done. Else the note saying what could
+        not be restored: the guest stays (phase 'releasing', Query shows the note) with the claims of
+        those resources, and its pair stays reserved, until a later Release or svirtd's start (recover)
+        restores them: a freed pair still on a file would hand it to the pair's next owner."""
+        claims = self.store.claims_for(a.uuid)
+        await self.storage.ensure((c.path for c in claims), a.name)
         self.store.begin_release(a.uuid, optout)
         outcomes = await self.converger.restore_all(a)
         for out in outcomes:
             level = logging.INFO if out.restored or out.intended else logging.WARNING
             log.log(level, "%s: %s", out.path, out.message, extra=guest_fields(a.uuid, a.name))
+        pending = [out for out in outcomes if out.retry]
+        if pending:
+            retried = {out.path for out in pending}
+            self.store.delete_claims(a.uuid, [c.path for c in claims if c.path not in retried])
+            note = relabel.release_pending_note(a.name, pending)
+            self.store.update_assignment(a.uuid, note=note)
+            log.error("%s: %s", a.name, note, extra=guest_fields(a.uuid, a.name))
+            return note
         self.store.delete_assignment(a.uuid)
         if optout:
             # Still defined: its definition (static seclabel, metadata) and maybe its running qemu carry
@@ -549,6 +573,7 @@ class Manager:
         log.info("released %s (%s%s)", a.name, a.level, " kept reserved while its definition or qemu carries it"
                  if optout else " freed", extra=guest_fields(a.uuid, a.name))
         self.listener.released(a.uuid, a.name)
+        return ""
 
     async def _forget_identity(self, a: Assignment) -> None:
         """After a Release: svirtd's label and binding out of the definition; the pair is free once
@@ -721,6 +746,8 @@ class Manager:
     async def _auto_isolate(self, info: DomainInfoLike) -> Assignment | None:
         """Converge an isolated guest (its definition may have changed), or isolate one that automatic
         confinement covers. None when the guest stays unconfined."""
+        if self.store.is_releasing(info.uuid):  # waits for files it could not restore: never relabeled meanwhile
+            return self.store.get(info.uuid)
         if self.store.get(info.uuid) is not None or (self._wants_auto(info.name)
                                                       and not self.store.is_opted_out(info.uuid)):
             return await self._isolate_locked(info, "", Origin.AUTO)

@@ -30,6 +30,7 @@ from .path_locks import inode_key, path_key
 from .path_policy import Nesting, check_resource_path, nesting
 from .policy import LabelSpec
 from .store import Claim
+from .treewalk import journal_run_glob, next_run
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +267,26 @@ def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int
 
 
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
-                 inode: tuple[int, int] | None = None) -> dict[str, int | str | float]:
-    """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job."""
+                 inode: tuple[int, int] | None = None, *, root_fd: int | None = None, run: int | None = None,
+                 sweep: bool = False) -> dict[str, int | str | float]:
+    """Run `python -m svirtd.treewalk` and return its summary; RelabelFailed when it cannot do its job.
+
+    root_fd: the descriptor svirtd checked the root through, handed to the helper, which then works on
+    that very directory (root only names it). run: the journal run a label writes, or the only one a
+    restore reads. sweep: restore of a private tree (treewalk.restore_tree)."""
     cmd = [sys.executable, "-m", "svirtd.treewalk", action, "--root", root, "--target", target]
+    if root_fd is not None:
+        cmd += ["--root-fd", str(root_fd)]
+    if run is not None:
+        cmd += ["--run", str(run)]
     if journal is not None:
         cmd += ["--journal", str(journal)]
     if inode is not None:
         cmd += ["--inode", f"{inode[0]}:{inode[1]}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/")
+    if sweep:
+        cmd.append("--sweep")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
+                          pass_fds=() if root_fd is None else (root_fd,))
     try:
         result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -283,16 +296,18 @@ def run_treewalk(action: str, root: str, target: str, journal: Path | None = Non
     return result
 
 
-def label_tree(item: Probed, journal: Path) -> dict[str, int | str | float]:
+def label_tree(item: Probed, journal: Path, run: int | None = None) -> dict[str, int | str | float]:
     assert item.opened is not None
     st = item.opened.st
-    result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino))
+    result = run_treewalk("label", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino),
+                          root_fd=item.opened.fd, run=run)
     if int(result["errors"]):
         raise RelabelFailed(f"tree {item.path}: {result['errors']} entries could not be labeled "
                             f"(first: {result['first_error']})")
     log.info("tree %s: %s entries, %s relabeled in %ss (left alone: %s symlinks, %s mount points, "
-             "%s hard-linked files)", item.path, result["entries"], result["changed"], result["seconds"],
-             result["symlinks"], result["mounts"], result["hardlinks"])
+             "%s hard-linked files, %s device nodes, FIFOs or sockets, %s changed during the walk)", item.path,
+             result["entries"], result["changed"], result["seconds"], result["symlinks"], result["mounts"],
+             result["hardlinks"], result["specials"], result["raced"])
     return result
 
 
@@ -311,7 +326,7 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
     Returns the files whose storage refused a label (read-only, no xattr support): nothing changed on
     them, they are reported as unlabelable, and the guest's other resources keep their labels.
     """
-    done: list[Probed] = []
+    done: list[tuple[Probed, int]] = []  # with the journal run of a tree (0 for a single file)
     refused: list[Probed] = []
     for item in items:
         assert item.opened is not None
@@ -320,12 +335,14 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
         if item.is_tree:
             if done_already(item):
                 continue
+            journal = journal_for(item)
+            run = next_run(journal)
             try:
-                label_tree(item, journal_for(item))
+                label_tree(item, journal, run)
             except RelabelFailed:
-                _rollback([*done, item], journal_for)
+                _rollback([*done, (item, run)], journal_for)
                 raise
-            done.append(item)
+            done.append((item, run))
             continue
         if item.current == item.planned.target:
             continue
@@ -338,22 +355,39 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
         except OSError as exc:
             _rollback(done, journal_for)
             raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
-        done.append(item)
+        done.append((item, 0))
     return refused
 
 
-def _rollback(done: list[Probed], journal_for: JournalFor) -> None:
-    for item in reversed(done):
+def _rollback(done: list[tuple[Probed, int]], journal_for: JournalFor) -> None:
+    for item, run in reversed(done):
         assert item.opened is not None
         try:
             if item.is_tree:
-                run_treewalk("restore", item.opened.path, item.planned.target, journal_for(item))
+                _rollback_tree(item, journal_for(item), run)
             elif item.current is None:
                 labels.remove_label(item.opened)
             else:
                 labels.set_label(item.opened, item.current)
         except (OSError, labels.LabelUnsupported, RelabelFailed) as exc:  # keep going: restore what we can
             log.error("rollback of %s failed: %s", item.path, exc)
+
+
+def _rollback_tree(item: Probed, journal: Path, run: int) -> None:
+    """Undo a tree relabel, then forget the journals it replayed: kept, an original they remember would
+    outvote a label an admin sets later (first record per path wins). A private tree's journals are all
+    this guest's, replayed whole (and swept); a shared or read-only tree's journal holds the runs of
+    every guest that labeled it, so only this run is undone: the others still use the tree."""
+    assert item.opened is not None
+    private = item.planned.resource.rclass is ResourceClass.PRIVATE
+    only = None if private else run
+    st = item.opened.st
+    result = run_treewalk("restore", item.opened.path, item.planned.target, journal, (st.st_dev, st.st_ino),
+                          root_fd=item.opened.fd, run=only, sweep=private)
+    if int(result["errors"]):
+        raise RelabelFailed(f"{result['errors']} entries not restored (first: {result['first_error']}); "
+                            f"journal kept at {journal}")
+    discard_journal(journal, only)
 
 
 # -- restoring ------------------------------------------------------------------------------------
@@ -365,15 +399,26 @@ class RestoreOutcome:
     restored: bool
     message: str
     intended: bool = False  # not restored on purpose (still in use, shared): no warning
+    # Not restored, and svirtd's labels may still be on it: the release must not free the pair yet.
+    # (Gone, replaced or relabeled by somebody since: nothing of svirtd's left to restore there.)
+    retry: bool = False
+
+
+def release_pending_note(name: str, pending: Sequence[RestoreOutcome]) -> str:
+    """What Query and the failed Release say when a release could not restore everything."""
+    what = "; ".join(f"{o.path}: {o.message}" for o in pending)
+    return (f"release incomplete: {len(pending)} resource(s) could not be restored ({what}). Its pair stays "
+            f"reserved until they are: fix that, then `svirtctl release {name}` again (svirtd also retries "
+            "when it starts)")
 
 
 def claim_journal(claim: Claim, journal_dir: Path) -> Path:
     return journal_prefix(journal_dir, claim.uuid, claim.rclass, claim.dev, claim.ino)
 
 
-def discard_journal(journal: Path) -> None:
-    """Forget a tree's originals (the tree stays as it is)."""
-    for part in journal.parent.glob(f"{journal.name}.*"):
+def discard_journal(journal: Path, run: int | None = None) -> None:
+    """Forget a tree's originals, or those of one run (the tree stays as it is)."""
+    for part in journal.parent.glob(f"{journal.name}.*" if run is None else journal_run_glob(journal, run)):
         part.unlink(missing_ok=True)
 
 
@@ -405,14 +450,16 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
         with labels.open_resource(claim.path, claim.kind) as opened:
             if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
                 return RestoreOutcome(claim.path, False, "left alone: the directory was replaced since")
-            result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino))
+            result = run_treewalk("restore", opened.path, claim.expected, journal, (claim.dev, claim.ino),
+                                  root_fd=opened.fd, sweep=claim.rclass is ResourceClass.PRIVATE)
     except FileNotFoundError:
         result = {"entries": 0, "changed": 0, "errors": 0}
     except (UnsafePath, RelabelFailed) as exc:
-        return RestoreOutcome(claim.path, False, f"left alone: {exc}")
+        return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     if int(result["errors"]):
         return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
-                                                 f"(first: {result.get('first_error')}); journal kept at {journal}")
+                                                 f"(first: {result.get('first_error')}); journal kept at {journal}",
+                              retry=True)
     discard_journal(journal)
     return RestoreOutcome(claim.path, True, f"tree restored: {result['changed']} of {result['entries']} entries")
 
@@ -423,7 +470,7 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
     except FileNotFoundError:
         return RestoreOutcome(claim.path, False, "gone: nothing to restore")
     except UnsafePath as exc:
-        return RestoreOutcome(claim.path, False, f"left alone: {exc}")
+        return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     with opened:
         if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
             return RestoreOutcome(claim.path, False, "left alone: the file was replaced since it was labeled")
@@ -437,11 +484,12 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
             if original is None and defaults is not None:
                 original = defaults.lookup(opened.path, opened.st.st_mode)
             if original is None:
-                return RestoreOutcome(claim.path, False, "left labeled: original and policy default unknown")
+                return RestoreOutcome(claim.path, False, "left labeled: original and policy default unknown",
+                                      retry=True)
             if original == "":
                 labels.remove_label(opened)
             else:
                 labels.set_label(opened, original)
         except (OSError, labels.LabelUnsupported) as exc:
-            return RestoreOutcome(claim.path, False, f"restore failed: {exc}")
+            return RestoreOutcome(claim.path, False, f"restore failed: {exc}", retry=True)
     return RestoreOutcome(claim.path, True, f"restored to {original or '(no label)'}")

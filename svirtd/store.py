@@ -97,17 +97,28 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
-        if version == 1:  # a claims table without `real`: '' until the next relabel records it
-            self._db.execute("ALTER TABLE claims ADD COLUMN real TEXT NOT NULL DEFAULT ''")
-        if 1 <= version <= 2:  # every claim so far was labeled by svirtd itself
-            self._db.execute("ALTER TABLE claims ADD COLUMN applier TEXT NOT NULL DEFAULT 'svirtd' "
-                             "CHECK (applier IN ('svirtd', 'libvirt'))")
-        self._db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own transaction
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._upgrade(path)
         path.chmod(0o600)
+
+    def _upgrade(self, path: Path) -> None:
+        """Bring the schema to SCHEMA_VERSION in ONE transaction (ALTER, DDL and user_version): a crash
+        half-way leaves the old schema, and the next start simply upgrades again."""
+        with self._tx():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
+            # Schema 1: a claims table without `real` ('' until the next relabel records it). Asked of the
+            # table, not of user_version: an older svirtd killed mid-upgrade left the column and version 1.
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
+            if columns and "real" not in columns:
+                self._db.execute("ALTER TABLE claims ADD COLUMN real TEXT NOT NULL DEFAULT ''")
+            if columns and "applier" not in columns:  # schema 3: every older claim was labeled by svirtd itself
+                self._db.execute("ALTER TABLE claims ADD COLUMN applier TEXT NOT NULL DEFAULT 'svirtd' "
+                                 "CHECK (applier IN ('svirtd', 'libvirt'))")
+            for statement in _SCHEMA.split(";"):  # not executescript(): it would COMMIT first
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._db.close()
@@ -191,6 +202,11 @@ class Store:
 
     def releasing(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT uuid FROM assignments WHERE phase = 'releasing'")]
+
+    def is_releasing(self, uuid: str) -> bool:
+        """A release is under way, or waits for files it could not restore yet."""
+        return self._db.execute("SELECT 1 FROM assignments WHERE uuid = ? AND phase = 'releasing'",
+                                (uuid,)).fetchone() is not None
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM assignments").fetchone()[0])
