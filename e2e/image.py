@@ -138,9 +138,11 @@ def configure(root: Path) -> None:
     shutil.copy(REPO / "e2e/guest/scenario.sh", root / "usr/local/sbin/svirtd-e2e-scenario")
     (root / "usr/local/sbin/svirtd-e2e-scenario").chmod(0o755)
     shutil.copy(REPO / "e2e/guest/e2e-test.service", units / "svirtd-e2e.service")
-    # refpolicy 2.20221101 gap, not svirtd's: libvirtd (virtd_t) runs libvirt_iohelper (lib_t) for
-    # `virsh save`/`restore` and is denied "cannot execute binary ... Permission denied".
-    (root / "usr/src/e2e-env.cil").write_text("(allow virtd_t lib_t (file (execute_no_trans)))\n")
+    # refpolicy 2.20221101 gaps, not svirtd's: for `virsh save`/`restore` libvirtd (virtd_t) runs
+    # libvirt_iohelper (lib_t: "cannot execute binary ... Permission denied") and labels the pipe between
+    # it and qemu with the guest's image label ("unable to set security context ... on fd").
+    (root / "usr/src/e2e-env.cil").write_text("(allow virtd_t lib_t (file (execute_no_trans)))\n"
+                                              "(allow virtd_t svirt_image_t (fifo_file (relabelto)))\n")
 
 
 def build_image(base: Path, out: Path, key: str) -> None:

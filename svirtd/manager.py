@@ -307,7 +307,7 @@ class Manager:
                 self.levels.give_back(level)
                 raise
         else:
-            assignment = existing
+            assignment = self._follow_running_label(domain, existing)
         try:
             await self.converger.converge(domain, assignment, self._libvirt_relabels(domain))
         except Exception:
@@ -406,8 +406,27 @@ class Manager:
                                       "its definition")
                 log.error("%s", msg, extra=guest_fields(a.uuid, a.name))
                 return a
-            self._refuse_shared_level(domain, running)
-            return await self._adopt_level(domain, a, running)
+            return await self._adopt_level(domain, a)
+
+    def _follow_running_label(self, domain: DomainSpec, a: Assignment) -> Assignment:
+        """A running guest whose qemu runs with another pair than the table's (it started while svirtd
+        was away, before its definition carried svirtd's label): the table follows the label that runs,
+        so that svirtd never relabels files away from under its qemu. ResourceConflict when another
+        guest holds that pair: svirtd then labels nothing of it."""
+        running = pair_of(domain.running_label) if domain.running_label else None
+        if running is None or running == a.level:
+            return a
+        self._refuse_shared_level(domain, running)
+        self.levels.take(running, a.uuid)
+        self.store.update_assignment(a.uuid, level=str(running), note=f"adopted {running}, the label it runs with "
+                                     f"(svirtd had given it {a.level})")
+        self.levels.give_back(a.level)
+        log.warning("%s runs with %s, not %s: svirtd follows the label that runs", a.name, running, a.level,
+                    extra=guest_fields(a.uuid, a.name))
+        moved = self.store.get(a.uuid)
+        assert moved is not None
+        self.listener.isolated(moved)
+        return moved
 
     def _refuse_shared_level(self, domain: DomainSpec, level: Level) -> None:
         holder = self.levels.holder_of(level, domain.uuid)
@@ -417,19 +436,11 @@ class Manager:
                 "share a pair. Start it again (libvirt draws a new dynamic label), or let svirtd write the guest's "
                 "own label into its definition first (`svirtctl isolate`)")
 
-    async def _adopt_level(self, domain: DomainSpec, a: Assignment, level: Level) -> Assignment:
-        """The guest runs with `level`, not the pair svirtd gave it: take that one, free the old one and
-        move what svirtd labeled over to it."""
-        self.levels.take(level, a.uuid)
-        self.store.update_assignment(a.uuid, level=str(level), note=f"adopted {level}, the label libvirt started "
-                                     f"it with (svirtd had given it {a.level})")
-        self.levels.give_back(a.level)
-        moved = self.store.get(a.uuid)
-        assert moved is not None
+    async def _adopt_level(self, domain: DomainSpec, a: Assignment) -> Assignment:
+        """The guest is about to run with another pair than svirtd gave it: take that one, free the old
+        one and move what svirtd labeled over to it."""
+        moved = self._follow_running_label(domain, a)
         await self.converger.converge(domain, moved, self._libvirt_relabels(domain))
-        log.warning("%s started with %s before its definition carried svirtd's label: adopted it (was %s)",
-                    a.name, level, a.level, extra=guest_fields(a.uuid, a.name))
-        self.listener.isolated(moved)
         return moved
 
     async def rewrite_incoming(self, xml: str) -> str | None:

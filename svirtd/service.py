@@ -199,7 +199,7 @@ class Daemon:
                 await self._rescans
         await self.watcher.stop()
         await self.manager.drain()
-        await self.manager.storage.close()
+        self.manager.storage.close()
         if self.translations is not None:
             await self.translations.flush()
         if self.bus is not None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import StorageNotResponding
 from .mount_table import TABLE, MountTable
@@ -45,11 +47,11 @@ PROBER = (
 @dataclass
 class _Mount:
     point: str
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    proc: asyncio.subprocess.Process | None = None
+    proc: subprocess.Popen[bytes] | None = None
     hung_since: float = 0.0  # wall clock, for messages
     retry_at: float = 0.0  # monotonic
     backoff: float = RETRY_SECONDS
+    lock: asyncio.Lock | None = None  # created on the loop that uses it
 
 
 class StorageGate:
@@ -57,6 +59,8 @@ class StorageGate:
         self.timeout = timeout
         self._table = table
         self._mounts: dict[str, _Mount] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._killed: list[subprocess.Popen[bytes]] = []  # reaped once they are gone
 
     async def unresponsive(self, paths: Iterable[str]) -> dict[str, str]:
         """path -> why, for the paths whose storage does not answer (never raises)."""
@@ -84,12 +88,20 @@ class StorageGate:
             more = f" (and {len(hung) - 1} more of its files)" if len(hung) > 1 else ""
             raise StorageNotResponding(f"{what}: {path}{more}: {why}; nothing was changed")
 
-    async def close(self) -> None:
+    def close(self) -> None:
         for m in self._mounts.values():
-            await _kill(m)
+            self._kill(m)
+        self._reap()
 
     async def _answers(self, point: str, paths: list[str]) -> bool:
         m = self._mounts.setdefault(point, _Mount(point))
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # locks belong to one event loop (svirtd has one; tests several)
+            for other in self._mounts.values():
+                other.lock = None
+            self._loop = loop
+        if m.lock is None:
+            m.lock = asyncio.Lock()
         if m.hung_since and time.monotonic() < m.retry_at:
             return False
         async with m.lock:  # one question at a time per mount; later askers see its verdict
@@ -110,22 +122,53 @@ class StorageGate:
         return answered
 
     async def _ask(self, m: _Mount, paths: list[str]) -> bool:
+        self._reap()
         try:
-            if m.proc is None or m.proc.returncode is not None:
-                m.proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-I", "-S", "-c", PROBER, stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd="/")
+            if m.proc is None or m.proc.poll() is not None:
+                m.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", PROBER], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
+                assert m.proc.stdout is not None
+                os.set_blocking(m.proc.stdout.fileno(), False)
             assert m.proc.stdin is not None and m.proc.stdout is not None
+            # A line of paths fits the pipe (64 KiB): the write does not wait for the helper.
             m.proc.stdin.write("\0".join(paths).encode() + b"\n")
-            await asyncio.wait_for(m.proc.stdin.drain(), self.timeout)
-            return await asyncio.wait_for(m.proc.stdout.readline(), self.timeout) == b"ok\n"
+            m.proc.stdin.flush()
+            return await asyncio.wait_for(_read_line(m.proc.stdout.fileno()), self.timeout) == b"ok\n"
         except (TimeoutError, OSError):
-            await _kill(m)  # it waits in the kernel for the storage: SIGKILL ends that wait
+            self._kill(m)  # it waits in the kernel for the storage: SIGKILL ends that wait
             return False
 
+    def _kill(self, m: _Mount) -> None:
+        proc, m.proc = m.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            self._killed.append(proc)
 
-async def _kill(m: _Mount) -> None:
-    proc, m.proc = m.proc, None
-    if proc is not None and proc.returncode is None:
-        proc.kill()
-        await proc.wait()
+    def _reap(self) -> None:
+        self._killed = [p for p in self._killed if p.poll() is None]
+
+
+async def _read_line(fd: int) -> bytes:
+    """One line from a non-blocking pipe, waiting on the event loop (no thread)."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while not data.endswith(b"\n"):
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            ready: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _set_once, ready)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+            continue
+        if not chunk:
+            raise OSError("the storage helper exited")
+        data += chunk
+    return data
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -221,6 +221,10 @@ echo "--- AVC denials of svirtd_t (type class { perms } comm), deduplicated, for
 grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirtd_t" |
     sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \3 \4 { \1} comm=\2/' |
     sort | uniq -c | sort -rn
+echo "--- AVC denials of libvirtd (virtd_t), deduplicated:"
+grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:virtd_t" |
+    sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \3 \4 { \1} comm=\2/' |
+    sort | uniq -c | sort -rn
 echo "--- other AVC denials (first 30):"
 grep "avc:  denied" $AUDIT | grep -v "scontext=system_u:system_r:svirtd_t" | head -30
 echo "--- svirtd journal:"

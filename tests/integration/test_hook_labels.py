@@ -18,8 +18,8 @@ from svirtd import selinux_host
 from svirtd.allocator import CategorySpace, PairAllocator
 from svirtd.config import Config
 from svirtd.errors import ResourceConflict
-from svirtd.manager import Manager
-from svirtd.models import Level
+from svirtd.manager import Manager, XmlDomain
+from svirtd.models import GuestState, Level
 from svirtd.resources import parse_domain
 from svirtd.store import Store
 from testbed.guests import Disk, domain_xml, make_disk
@@ -122,5 +122,42 @@ def test_without_the_driver_nothing_is_rewritten(as_root: None, tmp_path: Path) 
         xml, _, _ = guest_xml(tmp_path, "svt-plain")
         assert asyncio.run(m.rewrite_incoming(xml)) is None
         assert asyncio.run(m.start_check(xml)) is None  # no SELinux label to run in here
+    finally:
+        store.close()
+
+
+class OneRunningGuest:
+    """A hypervisor knowing one running guest: its persistent and live definitions."""
+
+    connected = False  # no definition rewrite: not what this test is about
+    selinux_driver = True
+
+    def __init__(self, info: XmlDomain) -> None:
+        self.info = info
+
+    async def lookup(self, guest: str) -> XmlDomain:
+        return self.info
+
+
+def test_a_running_guest_found_with_another_pair_is_followed_not_relabeled_away(as_root: None,
+                                                                               tmp_path: Path) -> None:
+    """svirtd was away when the guest started (or libvirt drew its label): the event that follows finds
+    qemu running with Q while the table says P. svirtd must never relabel files away from under the
+    running qemu: the table follows Q, and so do the files svirtd labels."""
+    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
+    store = Store(config.database_path)
+    try:
+        xml, _disk, tree = guest_xml(tmp_path, "svt-follow")
+        spec = parse_domain(xml)
+        running = Level(low=3, high=333)
+        info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING,
+                         xmls=(xml, with_label(xml, running)))
+        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
+                    selinux_host.load_label_spec(), OneRunningGuest(info))  # type: ignore[arg-type]
+        first = asyncio.run(m.prepare_start(xml))  # isolated at some P before it ran
+        assert first is not None and first.level != running
+        followed = asyncio.run(m.isolate(spec.uuid))
+        assert followed.level == running and m.allocator.is_free(first.level)
+        assert xattr(tree / "sub" / "f") == IMAGE + str(running)
     finally:
         store.close()
