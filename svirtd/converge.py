@@ -62,15 +62,18 @@ class Converger:
         for res, why in plan.refused:
             log.warning("%s: %s (%s) is not labeled: %s", domain.name, res.path, res.device, why,
                         extra=guest_fields(a.uuid, a.name))
-        await self.storage.ensure((p.resource.path for p in plan.items), domain.name)
+        paths = [p.resource.path for p in plan.items]
+        await self.storage.ensure(paths, domain.name)
         if any(p.labels and p.resource.probe_format == "qcow2" for p in plan.items):
-            plan = await asyncio.to_thread(relabel.with_backing_chains, plan, self.spec, self.denied)
-            await self.storage.ensure((p.resource.path for p in plan.items), domain.name)
+            plan = await self.storage.read(paths, domain.name, relabel.with_backing_chains, plan, self.spec,
+                                           self.denied)
+            paths = [p.resource.path for p in plan.items]
+            await self.storage.ensure(paths, domain.name)
         held = self.store.claims_for(a.uuid)  # stable: only this guest's transactions (guest lock held) change them
         for _attempt in range(LOCK_ATTEMPTS):
-            keys = await asyncio.to_thread(relabel.lock_keys, plan, held)
+            keys = await self.storage.read(paths, domain.name, relabel.lock_keys, plan, held)
             async with self.locks.hold(keys):
-                probed = await asyncio.to_thread(relabel.probe, plan, self.denied)
+                probed = await self.storage.read(paths, domain.name, relabel.probe, plan, self.denied)
                 try:
                     if not relabel.probed_keys(probed) <= keys:
                         continue  # a file was replaced between the guess and the probe: lock what is there now

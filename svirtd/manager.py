@@ -629,7 +629,8 @@ class Manager:
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
-        states = await asyncio.to_thread(observe, decisions, claims, running, self.denied, note, hung)
+        states = await self.storage.read([*(d.path for d in decisions), *(c.path for c in claims)], a.name, observe,
+                                         decisions, claims, running, self.denied, note, hung)
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
@@ -844,7 +845,7 @@ class Manager:
         """The first level the guest already claims that nobody else holds, else a fresh pair."""
         private = [r for r in domain.resources
                    if r.rclass is ResourceClass.PRIVATE and r.kind in (ResourceKind.FILE, ResourceKind.BLOCK)]
-        on_disk = await asyncio.to_thread(relabel.current_labels, private)
+        on_disk = await self.storage.read((r.path for r in private), domain.name, relabel.current_labels, private)
         running = (*info.running_labels, *([domain.running_label] if domain.running_label else []))
         return self.levels.choose(domain.uuid, level_claims(domain, self.spec, running, on_disk))
 

@@ -20,14 +20,18 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from .errors import StorageNotResponding
 from .mount_table import TABLE, MountTable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
+# Read-only work in threads after the mount answered gets this many io_timeouts (several lookups).
+READ_DEADLINE_FACTOR = 3
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
 MAX_RETRY_SECONDS = 60.0
 # The helper: stdlib only, no site packages (starts in ~15 ms); paths NUL-separated, one request a line.
@@ -68,8 +72,7 @@ class StorageGate:
         for path in paths:
             if not path.startswith("/") or "\n" in path or "\0" in path:
                 continue  # not a file (a network disk, a hostdev address...), or refused by the path policy
-            mount = self._table.mount_of(path)
-            groups.setdefault(mount.point if mount is not None else "/", []).append(path)
+            groups.setdefault(self._point(path), []).append(path)
         verdicts = await asyncio.gather(*(self._answers(point, members) for point, members in groups.items()))
         out: dict[str, str] = {}
         for (point, members), answered in zip(groups.items(), verdicts, strict=True):
@@ -87,6 +90,26 @@ class StorageGate:
             path, why = next(iter(hung.items()))
             more = f" (and {len(hung) - 1} more of its files)" if len(hung) > 1 else ""
             raise StorageNotResponding(f"{what}: {path}{more}: {why}; nothing was changed")
+
+    async def read(self, paths: Iterable[str], what: str, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) in a worker thread, for read-only work on files (lookups, labels, headers), with a
+        deadline: storage that dies between the question above and this work (a request in flight when
+        the NFS server goes) costs that one thread, and the caller is answered StorageNotResponding at
+        the deadline, its locks released, the mount marked hung for everyone after it."""
+        paths = list(paths)
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.timeout * READ_DEADLINE_FACTOR)
+        except TimeoutError:
+            points = {self._point(p) for p in paths if p.startswith("/")}
+            for point in points:
+                self._mark_hung(self._mounts.setdefault(point, _Mount(point)))
+            where = ", ".join(sorted(points)) or "?"
+            raise StorageNotResponding(f"{what}: its files on {where} did not answer within "
+                                       f"{self.timeout * READ_DEADLINE_FACTOR:g} s; nothing was changed") from None
+
+    def _point(self, path: str) -> str:
+        mount = self._table.mount_of(path)
+        return mount.point if mount is not None else "/"
 
     def close(self) -> None:
         for m in self._mounts.values():
@@ -112,14 +135,17 @@ class StorageGate:
             log.warning("the storage mounted on %s answers again", point)
             m.hung_since, m.backoff = 0.0, RETRY_SECONDS
         elif not answered:
-            if not m.hung_since:
-                m.hung_since = time.time()
-                log.error("the storage mounted on %s did not answer within %g s: guests with files there are "
-                          "refused until it does", point, self.timeout)
-            else:
-                m.backoff = min(m.backoff * 2, MAX_RETRY_SECONDS)
-            m.retry_at = time.monotonic() + m.backoff
+            self._mark_hung(m)
         return answered
+
+    def _mark_hung(self, m: _Mount) -> None:
+        if not m.hung_since:
+            m.hung_since = time.time()
+            log.error("the storage mounted on %s did not answer within %g s: guests with files there are refused "
+                      "until it does", m.point, self.timeout)
+        else:
+            m.backoff = min(m.backoff * 2, MAX_RETRY_SECONDS)
+        m.retry_at = time.monotonic() + m.backoff
 
     async def _ask(self, m: _Mount, paths: list[str]) -> bool:
         self._reap()

@@ -50,8 +50,8 @@ call() {
 }
 
 # Every program run here adds to every guest start: shell built-ins where they do the job.
-runtime="${HOOK_ENV%/*}"
-markers="$runtime/unconfined"
+markers="${HOOK_ENV%/*}/unconfined"
+spool="${HOOK_ENV%/*}/hook"
 
 if [ "$2" = release ]; then
     cat >/dev/null
@@ -61,10 +61,10 @@ if [ "$2" = release ]; then
 fi
 
 # libvirt writes the whole XML to our stdin: always read it, even when it cannot be spooled.
-spooled="$runtime/hook/$$.xml"
+spooled="$spool/$$.xml"
 if ! (umask 077 && cat > "$spooled") 2>/dev/null; then
     cat >/dev/null
-    spooled="$runtime/hook/unreachable.xml"  # svirtd never ran here (no spool directory): it will refuse
+    spooled="$spool/unreachable.xml"  # svirtd never ran here (no spool directory): it will refuse
 fi
 if [ "$2" = start ] && ! grep -q "model='selinux'" "$spooled" 2>/dev/null; then
     rm -f "$spooled"  # no SELinux label to run in (no SELinux driver here): nothing to check

@@ -270,7 +270,7 @@ def test_hostile_definitions_are_refused_and_nothing_changes(bus: PrivateBus, gu
         assert exc.value.name == f"org.svirt.Manager1.Error.{error}", (what, exc.value)
         assert len(exc.value.text) > 30, what
         if what.startswith("a block device the host has mounted"):
-            assert "the host has it mounted" in exc.value.text, exc.value.text
+            assert "the host uses it" in exc.value.text, exc.value.text
         if error == "ResourceConflict":
             assert victim.name in exc.value.text
     after = snapshot(*watched)
