@@ -139,10 +139,12 @@ def configure(root: Path) -> None:
     (root / "usr/local/sbin/svirtd-e2e-scenario").chmod(0o755)
     shutil.copy(REPO / "e2e/guest/e2e-test.service", units / "svirtd-e2e.service")
     # refpolicy 2.20221101 gaps, not svirtd's: for `virsh save`/`restore` libvirtd (virtd_t) runs
-    # libvirt_iohelper (lib_t: "cannot execute binary ... Permission denied") and labels the pipe between
-    # it and qemu with the guest's image label ("unable to set security context ... on fd").
-    (root / "usr/src/e2e-env.cil").write_text("(allow virtd_t lib_t (file (execute_no_trans)))\n"
-                                              "(allow virtd_t svirt_image_t (fifo_file (relabelto)))\n")
+    # libvirt_iohelper (lib_t: "cannot execute binary ... Permission denied"), labels the pipe between
+    # it and qemu with the guest's image label ("unable to set security context ... on fd"), and the
+    # iohelper (still virtd_t) then reads and writes that pipe ("Unable to read stdio").
+    (root / "usr/src/e2e-env.cil").write_text(
+        "(allow virtd_t lib_t (file (execute_no_trans)))\n"
+        "(allow virtd_t svirt_image_t (fifo_file (relabelto getattr open read write append ioctl)))\n")
 
 
 def build_image(base: Path, out: Path, key: str) -> None:

@@ -109,3 +109,12 @@ def chain_filter_xml(name: str) -> str:
     base, _, existing = name.partition("-and-")
     return (f"<filter name='{name}' chain='root'><filterref filter='{base}'/><filterref filter='{existing}'/>"
             "</filter>")
+
+
+def without_selinux_labels(xml: str) -> str:
+    """The definition without any domain-level <seclabel model='selinux'> (static or dynamic)."""
+    root = ET.fromstring(xml)  # noqa: S314 - a definition libvirt handed the hook
+    for el in root.findall("seclabel"):
+        if el.get("model", "selinux") == "selinux":
+            root.remove(el)
+    return ET.tostring(root, encoding="unicode")

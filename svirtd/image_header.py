@@ -26,6 +26,11 @@ class HeaderError(ValueError):
     """The header is not a qcow2 header svirtd can read."""
 
 
+class UnsafeBacking(HeaderError):
+    """The header names its backing file with '..': resolved lexically it may not be the file qemu opens
+    through a symlinked directory, so svirtd refuses to guess."""
+
+
 @dataclass(frozen=True)
 class Backing:
     path: str  # absolute: a relative name is taken relative to the image's directory, as qemu does
@@ -53,6 +58,9 @@ def qcow2_backing(header: bytes, image_path: str) -> Backing | None:
     if ":" in name.split("/", 1)[0] and not name.startswith("/"):
         # json:{...}, nbd:..., https://...: network or protocol backings have no file on this host.
         raise HeaderError(f"backing {name!r} is not a local file")
+    if ".." in name.split("/"):
+        raise UnsafeBacking(f"the backing file name {name!r} climbs with '..': name it without")
+    # Relative to the image's directory as the definition names it, which is what qemu opens.
     path = name if name.startswith("/") else posixpath.join(posixpath.dirname(image_path), name)
     return Backing(path=posixpath.normpath(path), format=_backing_format(header, version))
 

@@ -21,6 +21,7 @@ import selinux
 
 from .errors import UnsafePath
 from .models import ResourceKind
+from .mount_table import TABLE
 from .path_policy import check_path_text
 
 XATTR = "security.selinux"
@@ -392,14 +393,10 @@ def check_labelable(opened: Opened) -> None:
 
 
 def fstype_of(st: os.stat_result) -> str:
-    """Filesystem type of the mount holding st (from /proc/self/mountinfo), or 'unknown'."""
-    want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    """Filesystem type of the mount holding st, or 'unknown' (the mount table, read again only when
+    it changes: no read of /proc/self/mountinfo per resource)."""
     try:
-        text = Path("/proc/self/mountinfo").read_text()
+        mount = TABLE.by_device(f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
     except OSError:
         return "unknown"
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) > 2 and fields[2] == want and " - " in line:
-            return line.split(" - ", 1)[1].split()[0]
-    return "unknown"
+    return mount.fstype if mount is not None else "unknown"

@@ -33,8 +33,10 @@ class LevelBook:
         the newcomer gets a new pair and the note says which guest held the old one."""
         conflicts: list[str] = []
         for claim in claims:
-            if claim.source is not LevelSource.STATIC and not self.allocator.in_space(claim.level):
-                # Only an admin's explicit static label may use reserved categories or leave the range.
+            if claim.source not in (LevelSource.STATIC, LevelSource.RUNNING) \
+                    and not self.allocator.in_space(claim.level):
+                # Only an admin's explicit static label, or the label a qemu already runs with, may use
+                # reserved categories or lie outside the range.
                 conflicts.append(f"{claim.source.value} {claim.level} lies outside the categories svirtd may hand "
                                  "out (categories / reserved_categories)")
                 continue

@@ -51,15 +51,16 @@ def level_claims(domain: DomainSpec, spec: LabelSpec, running_labels: Iterable[s
         if level is not None and all(c.level != level for c in claims):
             claims.append(LevelClaim(level, source))
 
+    # What runs comes first: svirtd never takes a guest's files away from under its qemu.
+    process_types = {spec.process.type} | ({spec.process_tcg.type} if spec.process_tcg else set())
+    for label in running_labels:
+        if _type_of(label) in process_types:
+            add(pair_of(label), LevelSource.RUNNING)
     for sec in domain.seclabels:
         if sec.type == "static" and sec.label:
             add(pair_of(sec.label), LevelSource.STATIC)
     # A hand-edited, unparsable metadata level is ignored: the guest then gets a fresh pair.
     add(_level(domain.svirt_metadata.get("level", "")), LevelSource.METADATA)
-    process_types = {spec.process.type} | ({spec.process_tcg.type} if spec.process_tcg else set())
-    for label in running_labels:
-        if _type_of(label) in process_types:
-            add(pair_of(label), LevelSource.RUNNING)
     for label in resource_labels:
         if _type_of(label) == spec.image.type:
             add(pair_of(label), LevelSource.RESOURCE)

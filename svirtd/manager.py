@@ -38,7 +38,7 @@ from .errors import (
     SvirtError,
     UnsafePath,
 )
-from .identity import chain_filter_xml, chained_filters, rewrite_definition, strip_identity
+from .identity import chain_filter_xml, chained_filters, rewrite_definition, strip_identity, without_selinux_labels
 from .isolation import Object, Proof, Subject, prove_isolation
 from .level_book import LevelBook
 from .level_claims import LevelSource, level_claims, pair_of
@@ -252,10 +252,14 @@ class Manager:
         are in the store); one that still cannot keeps its pair and says why (see _finish_release)."""
         for uuid in self.store.releasing():
             a = self.store.get(uuid)
-            if a is not None:
-                log.warning("finishing the release of %s interrupted by a restart or still incomplete", a.name,
-                            extra=guest_fields(a.uuid, a.name))
-                await self._finish_release(a, optout=False)
+            if a is None:
+                continue
+            log.warning("finishing the release of %s interrupted by a restart or still incomplete", a.name,
+                        extra=guest_fields(a.uuid, a.name))
+            try:  # one release that cannot finish (hung storage, EIO) must not keep svirtd from starting
+                await self._finish_release(a, optout=self.store.is_opted_out(uuid))
+            except SvirtError as exc:
+                log.error("the release of %s is still pending: %s", a.name, exc, extra=guest_fields(a.uuid, a.name))
 
     # -- use-cases ------------------------------------------------------------------------------
 
@@ -306,14 +310,15 @@ class Manager:
             except Exception:
                 self.levels.give_back(level)
                 raise
-        else:
+        elif info.state is GuestState.RUNNING:
             assignment = self._follow_running_label(domain, existing)
+        else:
+            assignment = existing
         try:
             await self.converger.converge(domain, assignment, self._libvirt_relabels(domain))
         except Exception:
             if existing is None:  # a refused first isolation leaves no trace
-                self.store.delete_assignment(domain.uuid)
-                self.levels.give_back(assignment.level)
+                await self._undo_first_isolation(info, assignment)
             raise
         changes: dict[str, str] = {}
         if assignment.name != domain.name:
@@ -332,6 +337,20 @@ class Manager:
                      final.origin.value, extra=guest_fields(final.uuid, final.name))
             self.listener.isolated(final)
         return final
+
+    async def _undo_first_isolation(self, info: DomainInfoLike, a: Assignment) -> None:
+        """A first isolation failed part-way: put back whatever it labeled already (its claims hold the
+        originals), forget it, free its pair -- unless the guest's qemu or definition carries that pair
+        (it was the guest's foreign reservation): then it stays reserved as before."""
+        try:
+            await self.converger.restore_all(a)
+        except Exception:  # its claims stay with the assignment below for the next start's recover()
+            log.exception("could not undo the failed isolation of %s", a.name, extra=guest_fields(a.uuid, a.name))
+            self.store.begin_release(a.uuid, optout=False)
+            return
+        self.store.delete_assignment(a.uuid)
+        self.levels.give_back(a.level)
+        self._reserve_foreign(info)
 
     async def identify(self, guest: str) -> dict[str, str]:
         """Authorization details for a guest reference, from svirtd's own table only (never libvirt: a
@@ -360,6 +379,14 @@ class Manager:
         self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks[domain.uuid]:
+            if self.store.is_releasing(domain.uuid):
+                why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
+                       f"{domain.name}` retries)")
+                if self.config.require_confined:
+                    raise NotConfined(f"{domain.name} is not started: {why}")
+                log.warning("guest %s starts UNCONFINED: %s", domain.name, why,
+                            extra=guest_fields(domain.uuid, domain.name))
+                return None
             if self.store.get(domain.uuid) is None and not self._confines(domain):
                 return None
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
@@ -387,9 +414,9 @@ class Manager:
         must never share a pair."""
         domain = parse_domain(xml, self.config.swtpm_dir)
         label = domain.running_label
-        if label is None:
+        if label is None and not any(s.type == "none" for s in domain.seclabels):
             return None  # no SELinux label: nothing runs confined by libvirt's driver here
-        running = pair_of(label)
+        running = pair_of(label) if label is not None else None
         async with self._guest_locks[domain.uuid]:
             a = self.store.get(domain.uuid)
             if a is None:
@@ -400,7 +427,8 @@ class Manager:
             if running == a.level:
                 return a
             if running is None:
-                msg = f"{domain.name} would run with {label}, not its own pair {a.level}: it would not be isolated"
+                what = label or "no SELinux label (<seclabel type='none'>)"
+                msg = f"{domain.name} would run with {what}, not its own pair {a.level}: it would not be isolated"
                 if self.config.require_confined:
                     raise NotConfined(f"{msg}; require_confined = true refuses that. Remove the seclabel from "
                                       "its definition")
@@ -451,6 +479,9 @@ class Manager:
         domain = parse_domain(xml, self.config.swtpm_dir)
         if not self.libvirt_driver:
             return None  # no SELinux label can run here: nothing to rewrite
+        if self.store.get(domain.uuid) is not None:
+            # Known here: its pair here wins over the label it arrives with (which is rewritten below).
+            xml = without_selinux_labels(xml)
         a = await self.prepare_start(xml)
         if a is None:
             return None
@@ -602,6 +633,22 @@ class Manager:
             if self.store.get(a.uuid) is None:
                 self._reserve_foreign(info)
 
+    async def _strip_released(self, info: DomainInfoLike) -> None:
+        """A released guest whose definition still carries svirtd's binding (the strip after its Release
+        was interrupted): take it out now, so that its pair can be freed."""
+        level_text = self._parse(info).svirt_metadata.get("level", "")
+        try:
+            level = Level.parse(level_text)
+        except ValueError:
+            return
+        try:
+            if await self.hv.rewrite_definition(info.uuid, lambda xml: strip_identity(xml, level)):
+                log.info("took svirtd's label out of released %s's definition", info.name,
+                         extra=guest_fields(info.uuid, info.name))
+        except SvirtError as exc:
+            log.warning("could not take svirtd's label out of %s's definition: %s", info.name, exc,
+                        extra=guest_fields(info.uuid, info.name))
+
     def list_summary(self) -> list[tuple[str, str, str, str, str]]:
         """(uuid, name, level, profile, state) of every isolated guest."""
         return self.store.summary_rows()
@@ -663,7 +710,8 @@ class Manager:
             owned = [(a, self.store.claims_for(a.uuid)) for a in self.store.assignments()]
             hung = await self.storage.unresponsive(c.path for _a, claims in owned for c in claims)
             owned = [(a, [c for c in claims if c.path not in hung]) for a, claims in owned]
-            objects = await asyncio.to_thread(self._proof_objects, owned)
+            objects = await self.storage.read((c.path for _a, claims in owned for c in claims), "Verify",
+                                              self._proof_objects, owned)
             proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
         for v in proof.violations:
@@ -787,13 +835,18 @@ class Manager:
         for info in domains:
             if self.store.get(info.uuid) is None:
                 self._reserve_foreign(info)
+                if self.store.is_opted_out(info.uuid):
+                    await self._strip_released(info)
         for a in self.store.assignments():
             if a.uuid not in present:
-                async with self._guest_locks[a.uuid]:
-                    if self.store.get(a.uuid) is not None:
-                        log.info("%s was undefined while svirtd was not watching", a.name,
-                                 extra=guest_fields(a.uuid, a.name))
-                        await self._finish_release(a, optout=False)
+                try:
+                    async with self._guest_locks[a.uuid]:
+                        if self.store.get(a.uuid) is not None:
+                            log.info("%s was undefined while svirtd was not watching", a.name,
+                                     extra=guest_fields(a.uuid, a.name))
+                            await self._finish_release(a, optout=False)
+                except SvirtError as exc:
+                    log.error("the release of %s is still pending: %s", a.name, exc, extra=guest_fields(a.uuid, a.name))
         # Guests svirtd already isolates first (they hold their pairs), then newcomers.
         ordered = sorted(domains, key=lambda d: (self.store.get(d.uuid) is None, d.name))
         for info in ordered:
@@ -853,7 +906,8 @@ class Manager:
         """Reserve the level a guest svirtd does not isolate runs with or carries as a static label;
         drop the reservation once it carries none (a released guest whose label is gone)."""
         domain = self._parse(info)
-        for claim in level_claims(domain, self.spec, info.running_labels):
+        running = (*info.running_labels, *([domain.running_label] if domain.running_label else []))
+        for claim in level_claims(domain, self.spec, running):
             if claim.source in (LevelSource.STATIC, LevelSource.RUNNING):
                 self.levels.hold_foreign(info.uuid, info.name, claim.level)
                 return

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from . import labels
 from .errors import RelabelFailed, ResourceConflict, UnsafePath
-from .image_header import HEADER_BYTES, Backing, HeaderError, qcow2_backing
+from .image_header import HEADER_BYTES, Backing, HeaderError, UnsafeBacking, qcow2_backing
 from .label_plan import LabelDecision
 from .models import Applier, Level, Resource, ResourceClass, ResourceKind
 from .path_locks import inode_key, path_key
@@ -122,14 +122,16 @@ MAX_CHAIN = 16  # layers followed below a top image (qemu's own limit is far dee
 
 def _read_backing(res: Resource) -> Backing | None:
     """The backing file a qcow2 image names; None when it names none or cannot be read (the probe of
-    the image itself then reports what is wrong with it)."""
+    the image itself then reports what is wrong with it). UnsafePath for a name svirtd will not guess."""
     try:
         with labels.open_resource(res.path, res.kind) as opened:
             header = labels.read_head(opened, HEADER_BYTES)
     except (OSError, UnsafePath):
         return None
     try:
-        return qcow2_backing(header, opened.path)
+        return qcow2_backing(header, res.path)
+    except UnsafeBacking as exc:
+        raise UnsafePath(f"{res.path} ({res.device}): {exc}") from None
     except HeaderError as exc:
         log.warning("%s (%s): cannot follow its backing chain: %s", res.path, res.device, exc)
         return None
@@ -454,7 +456,7 @@ def _restore_tree(claim: Claim, journal_dir: Path) -> RestoreOutcome:
                                   root_fd=opened.fd, sweep=claim.rclass is ResourceClass.PRIVATE)
     except FileNotFoundError:
         result = {"entries": 0, "changed": 0, "errors": 0}
-    except (UnsafePath, RelabelFailed) as exc:
+    except (UnsafePath, RelabelFailed, OSError) as exc:  # EIO, EACCES...: it may still carry the pair
         return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     if int(result["errors"]):
         return RestoreOutcome(claim.path, False, f"tree partly restored: {result['errors']} errors "
@@ -469,7 +471,7 @@ def _restore_one(claim: Claim, defaults: DefaultLabelLookup | None) -> RestoreOu
         opened = labels.open_resource(claim.path, claim.kind)
     except FileNotFoundError:
         return RestoreOutcome(claim.path, False, "gone: nothing to restore")
-    except UnsafePath as exc:
+    except (UnsafePath, OSError) as exc:  # EIO, EACCES...: it may still carry the pair
         return RestoreOutcome(claim.path, False, f"not restored: {exc}", retry=True)
     with opened:
         if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):

@@ -156,13 +156,20 @@ class StorageGate:
                 assert m.proc.stdout is not None
                 os.set_blocking(m.proc.stdout.fileno(), False)
             assert m.proc.stdin is not None and m.proc.stdout is not None
-            # A line of paths fits the pipe (64 KiB): the write does not wait for the helper.
-            m.proc.stdin.write("\0".join(paths).encode() + b"\n")
-            m.proc.stdin.flush()
-            return await asyncio.wait_for(_read_line(m.proc.stdout.fileno()), self.timeout) == b"ok\n"
+            for chunk in _chunks(paths):
+                # The helper has read every earlier request (it answered them): a chunk this size fits
+                # the empty pipe, so the write never waits for the helper on the event loop.
+                m.proc.stdin.write(chunk)
+                m.proc.stdin.flush()
+                if await asyncio.wait_for(_read_line(m.proc.stdout.fileno()), self.timeout) != b"ok\n":
+                    raise OSError("the storage helper answered something else")
+            return True
         except (TimeoutError, OSError):
             self._kill(m)  # it waits in the kernel for the storage: SIGKILL ends that wait
             return False
+        except asyncio.CancelledError:
+            self._kill(m)  # its answer would be read by the next question as its own
+            raise
 
     def _kill(self, m: _Mount) -> None:
         proc, m.proc = m.proc, None
@@ -172,6 +179,26 @@ class StorageGate:
 
     def _reap(self) -> None:
         self._killed = [p for p in self._killed if p.poll() is None]
+
+
+CHUNK_BYTES = 32 * 1024  # half a pipe
+
+
+def _chunks(paths: list[str]) -> list[bytes]:
+    """Requests of at most CHUNK_BYTES each (a path longer than that is refused by the path policy)."""
+    out: list[bytes] = []
+    current: list[bytes] = []
+    size = 0
+    for path in paths:
+        encoded = path.encode()[:CHUNK_BYTES - 2]
+        if current and size + len(encoded) + 1 > CHUNK_BYTES - 1:
+            out.append(b"\0".join(current) + b"\n")
+            current, size = [], 0
+        current.append(encoded)
+        size += len(encoded) + 1
+    if current:
+        out.append(b"\0".join(current) + b"\n")
+    return out
 
 
 async def _read_line(fd: int) -> bytes:

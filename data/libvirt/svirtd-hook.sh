@@ -62,16 +62,18 @@ fi
 
 # libvirt writes the whole XML to our stdin: always read it, even when it cannot be spooled.
 spooled="$spool/$$.xml"
-if ! (umask 077 && cat > "$spooled") 2>/dev/null; then
+if (umask 077 && cat > "$spooled") 2>/dev/null; then
+    if [ "$2" = start ] && ! grep -q "model='selinux'" "$spooled" 2>/dev/null; then
+        rm -f "$spooled"  # no SELinux label to run in (no SELinux driver here): nothing to check
+        exit 0
+    fi
+    out=$(call HookEvent ss "$2" "$spooled" 2>&1)
+    rc=$?
+else
     cat >/dev/null
-    spooled="$spool/unreachable.xml"  # svirtd never ran here (no spool directory): it will refuse
+    out="cannot hand the definition to svirtd: $spool is missing or full (svirtd never ran, or /run is full)"
+    rc=1
 fi
-if [ "$2" = start ] && ! grep -q "model='selinux'" "$spooled" 2>/dev/null; then
-    rm -f "$spooled"  # no SELinux label to run in (no SELinux driver here): nothing to check
-    exit 0
-fi
-out=$(call HookEvent ss "$2" "$spooled" 2>&1)
-rc=$?
 rm -f "$spooled"
 if [ "$rc" = 0 ]; then
     case "$out" in

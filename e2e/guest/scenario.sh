@@ -184,6 +184,9 @@ restore=$(virsh restore $IMAGES/a.save 2>&1); restore_rc=$?
 after_restore=$(qemu_label e2e-a)
 result save_restore "$([ $save_rc = 0 ] && [ $restore_rc = 0 ] && [ "$after_restore" = "$label_a" ] && virsh domstate e2e-a | grep -q running; echo $?)" \
     "save rc=$save_rc restore rc=$restore_rc before $before_save after $after_restore $save $restore"
+if [ $save_rc != 0 ]; then
+    echo "--- qemu log of e2e-a (save failed):"; tail -5 /var/log/libvirt/qemu/e2e-a.log
+fi
 
 # A directory tree shared with a guest (9p): libvirt does not label trees, svirtd does, with the pair.
 mkdir -p $IMAGES/share-f/sub; echo data > $IMAGES/share-f/sub/file; make_disk $IMAGES/e2e-f.img; restorecon -R $IMAGES
@@ -225,6 +228,10 @@ echo "--- AVC denials of libvirtd (virtd_t), deduplicated:"
 grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:virtd_t" |
     sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \3 \4 { \1} comm=\2/' |
     sort | uniq -c | sort -rn
+echo "--- AVC denials of guests (svirt_t), deduplicated:"
+grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirt_t" |
+    sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):([^ ]*) tclass=([^ ]*).*/DENIAL \3:\4 \5 { \1} comm=\2/' |
+    sort | uniq -c | sort -rn | head -20
 echo "--- other AVC denials (first 30):"
 grep "avc:  denied" $AUDIT | grep -v "scontext=system_u:system_r:svirtd_t" | head -30
 echo "--- svirtd journal:"

@@ -17,7 +17,7 @@ import pytest
 from svirtd import selinux_host
 from svirtd.allocator import CategorySpace, PairAllocator
 from svirtd.config import Config
-from svirtd.errors import ResourceConflict
+from svirtd.errors import NotConfined, ResourceConflict, UnsafePath
 from svirtd.manager import Manager, XmlDomain
 from svirtd.models import GuestState, Level
 from svirtd.resources import parse_domain
@@ -159,5 +159,65 @@ def test_a_running_guest_found_with_another_pair_is_followed_not_relabeled_away(
         followed = asyncio.run(m.isolate(spec.uuid))
         assert followed.level == running and m.allocator.is_free(first.level)
         assert xattr(tree / "sub" / "f") == IMAGE + str(running)
+    finally:
+        store.close()
+
+
+def test_a_known_guest_arriving_with_another_label_gets_its_own_pair_written(manager: Manager,
+                                                                             tmp_path: Path) -> None:
+    """restore begin / migrate begin of a guest svirtd knows: the pair in svirtd's table wins over the
+    label the save image or the source host carries; the definition libvirt uses says so."""
+    xml, _, _ = guest_xml(tmp_path, "svt-known")
+    a = asyncio.run(manager.prepare_start(xml))
+    assert a is not None
+    other = Level(low=(a.level.low + 7) % 1000, high=1002)
+    out = asyncio.run(manager.rewrite_incoming(with_label(xml, other, "dynamic")))
+    assert out is not None
+    assert parse_domain(out).seclabels[0].label == f"system_u:system_r:svirt_t:{a.level}"
+    assert manager.store.get(a.uuid) == a  # not adopted
+
+
+def test_an_isolated_guest_about_to_run_without_a_label_is_refused_under_require_confined(as_root: None,
+                                                                                          tmp_path: Path) -> None:
+    """<seclabel type='none'> on a guest svirtd isolates (a transient create, an edit before the rewrite):
+    qemu would run unconfined while Query says isolated."""
+    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none",
+                    require_confined=True)
+    store = Store(config.database_path)
+    try:
+        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
+                    selinux_host.load_label_spec(), DriverOnly())  # type: ignore[arg-type]
+        xml, _, _ = guest_xml(tmp_path, "svt-none")
+        assert asyncio.run(m.prepare_start(xml)) is not None
+        unconfined = xml.replace("</domain>", "<seclabel type='none' model='selinux'/></domain>")
+        with pytest.raises(NotConfined, match="no SELinux label"):
+            asyncio.run(m.start_check(unconfined))
+    finally:
+        store.close()
+
+
+def test_a_failed_isolation_of_a_running_guest_keeps_its_pair_reserved(as_root: None, tmp_path: Path) -> None:
+    """A guest runs unconfined with a pair libvirt drew (svirtd reserves it as foreign); an Isolate of
+    it that fails must not free that pair while its qemu still uses it."""
+    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none",
+                    default_confined=False)
+    store = Store(config.database_path)
+    try:
+        disk = make_disk(tmp_path / "ok.img")
+        spec_xml = domain_xml("svt-failing", str(uuidlib.uuid4()),
+                              [Disk(disk, "vda"), Disk(Path("/etc/shadow"), "vdb")])  # refused: UnsafePath
+        spec = parse_domain(spec_xml)
+        running = Level(low=11, high=12)
+        info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING,
+                         xmls=(spec_xml, with_label(spec_xml, running)))
+        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
+                    selinux_host.load_label_spec(), OneRunningGuest(info))  # type: ignore[arg-type]
+        m._reserve_foreign(info)  # as the event of its start did
+        assert not m.allocator.is_free(running)
+        with pytest.raises(UnsafePath):
+            asyncio.run(m.isolate(spec.uuid))
+        assert not m.allocator.is_free(running), "the pair its qemu runs with was freed"
+        assert m.guest_at(running) is not None and store.get(spec.uuid) is None
+        assert xattr(disk) is None
     finally:
         store.close()

@@ -16,15 +16,17 @@ def domain(extra: str = "") -> str:
     return f"<domain type='qemu'><name>g</name><uuid>{UUID}</uuid>{extra}<devices/></domain>"
 
 
-def test_priority_static_metadata_running_resource() -> None:
+def test_priority_running_static_metadata_resource() -> None:
+    """What runs comes first (svirtd never relabels files away from under a running qemu), then what
+    the definition says, then what its files carry."""
     xml = domain(f"""<metadata><s:isolation xmlns:s='{SVIRT_XMLNS}' level='s0:c3,c4'/></metadata>
       <seclabel type='static' model='selinux' relabel='no'>
         <label>system_u:system_r:svirt_t:s0:c1,c2</label></seclabel>""")
     claims = level_claims(parse_domain(xml), SPEC, running_labels=["system_u:system_r:svirt_t:s0:c5,c6"],
                           resource_labels=["system_u:object_r:svirt_image_t:s0:c7,c8"])
     assert [(str(c.level), c.source) for c in claims] == [
-        ("s0:c1,c2", LevelSource.STATIC), ("s0:c3,c4", LevelSource.METADATA),
-        ("s0:c5,c6", LevelSource.RUNNING), ("s0:c7,c8", LevelSource.RESOURCE)]
+        ("s0:c5,c6", LevelSource.RUNNING), ("s0:c1,c2", LevelSource.STATIC),
+        ("s0:c3,c4", LevelSource.METADATA), ("s0:c7,c8", LevelSource.RESOURCE)]
 
 
 def test_foreign_types_ranges_and_duplicates_do_not_count() -> None:
