@@ -177,16 +177,24 @@ wait_for 20 released
 result transient_guest "$([ $tcreate_rc = 0 ] && [ -n "$ps_t" ] && [ "$ps_t" = "$(field "$qt" '["label"]')" ] && [ "$in_table" -gt 0 ] && released; echo $?)" \
     "create rc=$tcreate_rc ps -Z $ps_t query $(field "$qt" '["label"]' 2>/dev/null) in table: $in_table; released after destroy: $(released && echo yes || echo no) $tcreate"
 
-# Save and restore a: same label, the guest runs again.
-before_save=$(qemu_label e2e-a)
-save=$(virsh save e2e-a $IMAGES/a.save 2>&1); save_rc=$?
-restore=$(virsh restore $IMAGES/a.save 2>&1); restore_rc=$?
-after_restore=$(qemu_label e2e-a)
-result save_restore "$([ $save_rc = 0 ] && [ $restore_rc = 0 ] && [ "$after_restore" = "$label_a" ] && virsh domstate e2e-a | grep -q running; echo $?)" \
-    "save rc=$save_rc restore rc=$restore_rc before $before_save after $after_restore $save $restore"
+# Save and restore a fresh guest (a went through QMP opens and block jobs behind libvirt's back):
+# the same label, and the guest runs again.
+make_disk $IMAGES/e2e-s.img; restorecon $IMAGES/e2e-s.img
+domain e2e-s "$(raw_disk $IMAGES/e2e-s.img vda)" > /tmp/e2e-s.xml
+virsh define /tmp/e2e-s.xml >/dev/null
+wait_for 30 isolated e2e-s
+label_s=$(field "$(query e2e-s)" '["label"]')
+virsh start e2e-s >/dev/null 2>&1
+before_save=$(qemu_label e2e-s)
+save=$(virsh save e2e-s $IMAGES/s.save 2>&1); save_rc=$?
+restore=$(virsh restore $IMAGES/s.save 2>&1); restore_rc=$?
+after_restore=$(qemu_label e2e-s)
+result save_restore "$([ $save_rc = 0 ] && [ $restore_rc = 0 ] && [ -n "$label_s" ] && [ "$before_save" = "$label_s" ] && [ "$after_restore" = "$label_s" ] && virsh domstate e2e-s | grep -q running; echo $?)" \
+    "save rc=$save_rc restore rc=$restore_rc query $label_s before $before_save after $after_restore $save $restore"
 if [ $save_rc != 0 ]; then
-    echo "--- qemu log of e2e-a (save failed):"; tail -5 /var/log/libvirt/qemu/e2e-a.log
+    echo "--- qemu log of e2e-s (save failed):"; tail -8 /var/log/libvirt/qemu/e2e-s.log
 fi
+virsh destroy e2e-s >/dev/null 2>&1
 
 # A directory tree shared with a guest (9p): libvirt does not label trees, svirtd does, with the pair.
 mkdir -p $IMAGES/share-f/sub; echo data > $IMAGES/share-f/sub/file; make_disk $IMAGES/e2e-f.img; restorecon -R $IMAGES
@@ -213,7 +221,7 @@ result per_disk_norelabel "$([ $nstart_rc = 0 ] && [ "$(label_of $IMAGES/keep.im
 virsh destroy e2e-n >/dev/null 2>&1
 
 virsh destroy e2e-a; virsh destroy e2e-b
-for g in e2e-a e2e-b e2e-c e2e-d e2e-f e2e-n; do virsh undefine $g >/dev/null 2>&1; done
+for g in e2e-a e2e-b e2e-c e2e-d e2e-f e2e-n e2e-s; do virsh undefine $g >/dev/null 2>&1; done
 restored() { [ "$(label_of $IMAGES/e2e-b.img)" = "$original" ]; }
 wait_for 10 restored
 result labels_restored "$([ "$disk_b" = "$image_b" ] && [ -n "$image_b" ] && restored; echo $?)" "$(label_of $IMAGES/e2e-b.img) (original $original)"
