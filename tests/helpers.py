@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,12 @@ from typing import Any
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from svirtd import selinux_host
+from svirtd.allocator import CategorySpace, PairAllocator
+from svirtd.config import Config
 from svirtd.ctl import unwrap as plain
+from svirtd.manager import Manager
+from svirtd.store import Store
 from testbed.bus import PrivateBus
 from testbed.client import SvirtClient
 
@@ -114,3 +120,16 @@ class SignalRecorder:
             signal = Signal(msg.interface or "", msg.member or "", msg.path or "", plain(msg.body), time.monotonic())
             with self._lock:
                 self._signals.append(signal)
+
+
+@contextlib.contextmanager
+def in_process_manager(tmp_path: Path, hypervisor: object, **config: Any) -> Iterator[Manager]:
+    """A Manager on a real store and real files in tmp_path, talking to the given stand-in hypervisor
+    (the hook path must not call libvirt at all: its stand-ins fail the test on any call)."""
+    cfg = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none", **config)
+    store = Store(cfg.database_path)
+    try:
+        yield Manager(cfg, store, PairAllocator(CategorySpace(cfg.category_set, cfg.reserved_set)),
+                      selinux_host.load_label_spec(), hypervisor)  # type: ignore[arg-type]
+    finally:
+        store.close()

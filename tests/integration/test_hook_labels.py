@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from svirtd import selinux_host
-from svirtd.allocator import CategorySpace, PairAllocator
-from svirtd.config import Config
 from svirtd.errors import NotConfined, ResourceConflict, UnsafePath
 from svirtd.manager import Manager, XmlDomain
 from svirtd.models import GuestState, Level
 from svirtd.resources import parse_domain
-from svirtd.store import Store
 from testbed.guests import Disk, domain_xml, make_disk
-from tests.helpers import xattr
+from tests.helpers import in_process_manager, xattr
 
 pytestmark = pytest.mark.integration
 IMAGE = "system_u:object_r:svirt_image_t:"
@@ -41,11 +37,8 @@ class DriverOnly:
 
 @pytest.fixture
 def manager(as_root: None, tmp_path: Path) -> Iterator[Manager]:
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
-    store = Store(config.database_path)
-    yield Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                  selinux_host.load_label_spec(), DriverOnly())  # type: ignore[arg-type]
-    store.close()
+    with in_process_manager(tmp_path, DriverOnly()) as m:
+        yield m
 
 
 def guest_xml(tmp_path: Path, name: str, seclabel: str = "") -> tuple[str, Path, Path]:
@@ -112,18 +105,12 @@ def test_an_incoming_guest_keeps_its_pair_when_free_and_gets_svirtds_label(manag
 
 
 def test_without_the_driver_nothing_is_rewritten(as_root: None, tmp_path: Path) -> None:
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
-    store = Store(config.database_path)
-    try:
-        hv = DriverOnly()
-        hv.selinux_driver = False
-        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                    selinux_host.load_label_spec(), hv)  # type: ignore[arg-type]
+    hv = DriverOnly()
+    hv.selinux_driver = False
+    with in_process_manager(tmp_path, hv) as m:
         xml, _, _ = guest_xml(tmp_path, "svt-plain")
         assert asyncio.run(m.rewrite_incoming(xml)) is None
         assert asyncio.run(m.start_check(xml)) is None  # no SELinux label to run in here
-    finally:
-        store.close()
 
 
 class OneRunningGuest:
@@ -144,23 +131,16 @@ def test_a_running_guest_found_with_another_pair_is_followed_not_relabeled_away(
     """svirtd was away when the guest started (or libvirt drew its label): the event that follows finds
     qemu running with Q while the table says P. svirtd must never relabel files away from under the
     running qemu: the table follows Q, and so do the files svirtd labels."""
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
-    store = Store(config.database_path)
-    try:
-        xml, _disk, tree = guest_xml(tmp_path, "svt-follow")
-        spec = parse_domain(xml)
-        running = Level(low=3, high=333)
-        info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING,
-                         xmls=(xml, with_label(xml, running)))
-        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                    selinux_host.load_label_spec(), OneRunningGuest(info))  # type: ignore[arg-type]
+    xml, _disk, tree = guest_xml(tmp_path, "svt-follow")
+    spec = parse_domain(xml)
+    running = Level(low=3, high=333)
+    info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING, xmls=(xml, with_label(xml, running)))
+    with in_process_manager(tmp_path, OneRunningGuest(info)) as m:
         first = asyncio.run(m.prepare_start(xml))  # isolated at some P before it ran
         assert first is not None and first.level != running
         followed = asyncio.run(m.isolate(spec.uuid))
         assert followed.level == running and m.allocator.is_free(first.level)
         assert xattr(tree / "sub" / "f") == IMAGE + str(running)
-    finally:
-        store.close()
 
 
 def test_a_known_guest_arriving_with_another_label_gets_its_own_pair_written(manager: Manager,
@@ -181,43 +161,29 @@ def test_an_isolated_guest_about_to_run_without_a_label_is_refused_under_require
                                                                                           tmp_path: Path) -> None:
     """<seclabel type='none'> on a guest svirtd isolates (a transient create, an edit before the rewrite):
     qemu would run unconfined while Query says isolated."""
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none",
-                    require_confined=True)
-    store = Store(config.database_path)
-    try:
-        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                    selinux_host.load_label_spec(), DriverOnly())  # type: ignore[arg-type]
+    with in_process_manager(tmp_path, DriverOnly(), require_confined=True) as m:
         xml, _, _ = guest_xml(tmp_path, "svt-none")
         assert asyncio.run(m.prepare_start(xml)) is not None
         unconfined = xml.replace("</domain>", "<seclabel type='none' model='selinux'/></domain>")
         with pytest.raises(NotConfined, match="no SELinux label"):
             asyncio.run(m.start_check(unconfined))
-    finally:
-        store.close()
 
 
 def test_a_failed_isolation_of_a_running_guest_keeps_its_pair_reserved(as_root: None, tmp_path: Path) -> None:
     """A guest runs unconfined with a pair libvirt drew (svirtd reserves it as foreign); an Isolate of
     it that fails must not free that pair while its qemu still uses it."""
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none",
-                    default_confined=False)
-    store = Store(config.database_path)
-    try:
-        disk = make_disk(tmp_path / "ok.img")
-        spec_xml = domain_xml("svt-failing", str(uuidlib.uuid4()),
-                              [Disk(disk, "vda"), Disk(Path("/etc/shadow"), "vdb")])  # refused: UnsafePath
-        spec = parse_domain(spec_xml)
-        running = Level(low=11, high=12)
-        info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING,
-                         xmls=(spec_xml, with_label(spec_xml, running)))
-        m = Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                    selinux_host.load_label_spec(), OneRunningGuest(info))  # type: ignore[arg-type]
+    disk = make_disk(tmp_path / "ok.img")
+    spec_xml = domain_xml("svt-failing", str(uuidlib.uuid4()),
+                          [Disk(disk, "vda"), Disk(Path("/etc/shadow"), "vdb")])  # refused: UnsafePath
+    spec = parse_domain(spec_xml)
+    running = Level(low=11, high=12)
+    info = XmlDomain(uuid=spec.uuid, name=spec.name, state=GuestState.RUNNING,
+                     xmls=(spec_xml, with_label(spec_xml, running)))
+    with in_process_manager(tmp_path, OneRunningGuest(info), default_confined=False) as m:
         m._reserve_foreign(info)  # as the event of its start did
         assert not m.allocator.is_free(running)
         with pytest.raises(UnsafePath):
             asyncio.run(m.isolate(spec.uuid))
         assert not m.allocator.is_free(running), "the pair its qemu runs with was freed"
-        assert m.guest_at(running) is not None and store.get(spec.uuid) is None
+        assert m.guest_at(running) is not None and m.store.get(spec.uuid) is None
         assert xattr(disk) is None
-    finally:
-        store.close()

@@ -15,15 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from svirtd import relabel, selinux_host
-from svirtd.allocator import CategorySpace, PairAllocator
-from svirtd.config import Config
+from svirtd import relabel
 from svirtd.converge import LOCK_ATTEMPTS
 from svirtd.errors import RelabelFailed
 from svirtd.manager import Manager
-from svirtd.store import Claim, Store
+from svirtd.store import Claim
 from testbed.guests import Disk, domain_xml, make_disk
-from tests.helpers import xattr
+from tests.helpers import in_process_manager, xattr
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +38,8 @@ class NoLibvirt:
 
 @pytest.fixture
 def manager(as_root: None, tmp_path: Path) -> Iterator[Manager]:
-    config = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none")
-    store = Store(config.database_path)
-    yield Manager(config, store, PairAllocator(CategorySpace(config.category_set, config.reserved_set)),
-                  selinux_host.load_label_spec(), NoLibvirt())  # type: ignore[arg-type]
-    store.close()
+    with in_process_manager(tmp_path, NoLibvirt()) as m:
+        yield m
 
 
 def swap_after_guess(disk: Path, times: int) -> tuple[Callable[..., set[str]], list[int]]:
