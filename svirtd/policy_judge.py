@@ -94,6 +94,8 @@ class PolicyJudge:
     def __init__(self, policy_file: Path | None) -> None:
         self.policy_file = policy_file
         self._setools: Any = None
+        self._setools_lock = threading.Lock()
+        self._setools_failed = False
 
     def _ensure_loaded(self) -> None:
         if self.policy_file is None:
@@ -140,15 +142,17 @@ class PolicyJudge:
         return None
 
     def _policy(self) -> Any:
-        if self._setools is None and self.policy_file is not None:
-            try:
-                import setools  # noqa: PLC0415 - 0.2 s to load: only when a question needs it
+        # Asked from several worker threads at once (a burst of guests on unlabelable storage): read once.
+        with self._setools_lock:
+            if self._setools is None and self.policy_file is not None and not self._setools_failed:
+                try:
+                    import setools  # noqa: PLC0415 - 0.2 s to load: only when a question needs it
 
-                self._setools = setools.SELinuxPolicy(str(self.policy_file))
-            except Exception as exc:
-                log.warning("cannot read %s with setools: %s", self.policy_file, exc)
-                return None
-        return self._setools
+                    self._setools = setools.SELinuxPolicy(str(self.policy_file))
+                except Exception as exc:
+                    self._setools_failed = True
+                    log.warning("cannot read %s with setools: %s", self.policy_file, exc)
+            return self._setools
 
     def valid_context(self, context: str) -> bool:
         """libsepol's sepol_check_context: user, role, type, level and their combination all valid in
