@@ -35,14 +35,21 @@ READ_DEADLINE_FACTOR = 3
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
 MAX_RETRY_SECONDS = 60.0
 # The helper: stdlib only, no site packages (starts in ~15 ms); paths NUL-separated, one request a line.
+# statx(AT_STATX_FORCE_SYNC) asks the server itself: a plain stat() is answered from the kernel's
+# attribute cache (FUSE attr_timeout, NFS actimeo) for a while after the server stopped, so a gate that
+# stat()ed would let through work whose next open() or uncached lookup then waits on the dead server.
 PROBER = (
-    "import os, sys\n"
+    "import ctypes, os, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "buf = ctypes.create_string_buffer(256)\n"
     "for line in sys.stdin:\n"
     "    for p in line.rstrip('\\n').split('\\0'):\n"
-    "        try:\n"
-    "            os.stat(p)\n"
-    "        except OSError:\n"
-    "            pass\n"
+    "        # AT_FDCWD, AT_SYMLINK_NOFOLLOW | AT_STATX_FORCE_SYNC, STATX_BASIC_STATS\n"
+    "        if libc.statx(-100, os.fsencode(p), 0x100 | 0x2000, 0x7ff, buf) and ctypes.get_errno() == 38:\n"
+    "            try:\n"
+    "                os.stat(p)  # ENOSYS, no statx (an old kernel): the best there is\n"
+    "            except OSError:\n"
+    "                pass\n"
     "    sys.stdout.write('ok\\n')\n"
     "    sys.stdout.flush()\n"
 )
