@@ -157,14 +157,16 @@ class Converger:
             await self.restore(a.uuid, handed_over)
             for c in handed_over:
                 existing.pop(c.path)
+            given_back = {c.path for c in handed_over}
             for item in probed.present:
-                if any(c.path == item.path for c in handed_over) and item.opened is not None:
+                if item.path in given_back and item.opened is not None:
                     item.current = labels.get_label(item.opened)
         claims: list[Claim] = []
         for item in probed.present:
             assert item.opened is not None
             st = item.opened.st
-            self._check_conflicts(a, item, st.st_dev, st.st_ino)
+            sharers = self.store.claims_on_inode(st.st_dev, st.st_ino)
+            self._check_conflicts(a, item, sharers)
             mine = existing.get(item.path)
             if not item.planned.labels:
                 original = None  # libvirt remembers it (trusted.libvirt.security.*)
@@ -172,7 +174,7 @@ class Converger:
                     and mine.applier is Applier.SVIRTD:
                 original = mine.original
             else:
-                original = self._original_of(st.st_dev, st.st_ino, item.current)
+                original = _original_of(sharers, item.current)
             claims.append(Claim(uuid=a.uuid, path=item.path, device=item.planned.resource.device,
                                 kind=item.planned.resource.kind, rclass=item.planned.resource.rclass,
                                 dev=st.st_dev, ino=st.st_ino, expected=item.planned.target,
@@ -213,8 +215,9 @@ class Converger:
             await self.restore(a.uuid, gone)
             self.store.delete_claims(a.uuid, [c.path for c in gone])
 
-    def _check_conflicts(self, a: Assignment, item: relabel.Probed, dev: int, ino: int) -> None:
-        for other in self.store.claims_on_inode(dev, ino):
+    def _check_conflicts(self, a: Assignment, item: relabel.Probed, sharers: Sequence[Claim]) -> None:
+        """sharers: every claim on the item's inode (this guest's included)."""
+        for other in sharers:
             if other.uuid == a.uuid:
                 continue
             # Private is never shared; shared and read-only want different labels on the same file.
@@ -227,13 +230,6 @@ class Converger:
                     f"({other.uuid}) as {other.path} [{other.rclass.value}]; mark it <shareable/> or "
                     "<readonly/> in both guests, or give this guest its own copy"
                 )
-
-    def _original_of(self, dev: int, ino: int, current: str | None) -> str | None:
-        """What the file carried before svirtd: another guest's record of it if it is shared."""
-        for other in self.store.claims_on_inode(dev, ino):
-            if other.applier is Applier.SVIRTD and other.original is not None:
-                return other.original
-        return current if current is not None else ""
 
     async def restore(self, uuid: str, claims: Iterable[Claim]) -> list[relabel.RestoreOutcome]:
         """Restore the claims no other guest still holds. Shared and read-only ones stay as long as anyone
@@ -264,3 +260,11 @@ class Converger:
         outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.config.journal_dir,
                                            self.defaults)
         return kept + outcomes
+
+
+def _original_of(sharers: Sequence[Claim], current: str | None) -> str | None:
+    """What the file carried before svirtd: another guest's record of it if it is shared."""
+    for other in sharers:
+        if other.applier is Applier.SVIRTD and other.original is not None:
+            return other.original
+    return current if current is not None else ""

@@ -166,6 +166,11 @@ class RescanEvent:
     kind: str = "changed"
 
 
+def _running_labels(info: DomainInfoLike, domain: DomainSpec) -> tuple[str, ...]:
+    """The labels the guest's qemu runs with: libvirt's answer, and the live definition's."""
+    return (*info.running_labels, *([domain.running_label] if domain.running_label else []))
+
+
 def check_guest_ref(guest: str) -> str:
     """Validate a guest reference (UUID or libvirt name); canonical UUID form when it is one."""
     if not guest:
@@ -295,10 +300,11 @@ class Manager:
         domain = domain or self._parse(info)
         existing = self.store.get(domain.uuid)
         self._check_profile(domain, resolve_profile(profile or (existing.profile if existing else "")))
-        # Before any thread touches its files: storage that hangs refuses the guest, at once.
-        await self.storage.ensure((r.path for r in domain.labeled()), domain.name)
         now = time.time()
         if existing is None:
+            # Before a thread reads its labels: storage that hangs refuses the guest at once, and nothing
+            # is recorded (converge asks again, for every guest, before it touches a file).
+            await self.storage.ensure((r.path for r in domain.labeled()), domain.name)
             level, note = await self._choose_level(domain, info)  # LabelSpaceExhausted
             assignment = Assignment(uuid=domain.uuid, name=domain.name, level=level,
                                     profile=profile or "default", origin=origin, state=info.state,
@@ -671,12 +677,13 @@ class Manager:
         claims = self.store.claims_for(a.uuid)
         decisions = self.converger.decisions(domain, a, self._libvirt_relabels(domain)) if domain is not None else ()
         running = a.state is GuestState.RUNNING
-        hung = await self.storage.unresponsive([*(d.path for d in decisions), *(c.path for c in claims)])
+        paths = [*(d.path for d in decisions), *(c.path for c in claims)]
+        hung = await self.storage.unresponsive(paths)
 
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
-        states = await self.storage.read([*(d.path for d in decisions), *(c.path for c in claims)], a.name, observe,
+        states = await self.storage.read(paths, a.name, observe,
                                          decisions, claims, running, self.denied, note, hung)
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
@@ -899,15 +906,13 @@ class Manager:
         private = [r for r in domain.resources
                    if r.rclass is ResourceClass.PRIVATE and r.kind in (ResourceKind.FILE, ResourceKind.BLOCK)]
         on_disk = await self.storage.read((r.path for r in private), domain.name, relabel.current_labels, private)
-        running = (*info.running_labels, *([domain.running_label] if domain.running_label else []))
-        return self.levels.choose(domain.uuid, level_claims(domain, self.spec, running, on_disk))
+        return self.levels.choose(domain.uuid, level_claims(domain, self.spec, _running_labels(info, domain), on_disk))
 
     def _reserve_foreign(self, info: DomainInfoLike) -> None:
         """Reserve the level a guest svirtd does not isolate runs with or carries as a static label;
         drop the reservation once it carries none (a released guest whose label is gone)."""
         domain = self._parse(info)
-        running = (*info.running_labels, *([domain.running_label] if domain.running_label else []))
-        for claim in level_claims(domain, self.spec, running):
+        for claim in level_claims(domain, self.spec, _running_labels(info, domain)):
             if claim.source in (LevelSource.STATIC, LevelSource.RUNNING):
                 self.levels.hold_foreign(info.uuid, info.name, claim.level)
                 return
