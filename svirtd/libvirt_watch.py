@@ -85,7 +85,7 @@ class LibvirtWatcher:
         self.uri = uri
         self._on_event = on_event
         self._on_connected = on_connected
-        self._reconnect_max = reconnect_max
+        self.reconnect_max = reconnect_max  # seconds; a reload may change it
         self._conn: Any = None
         self._callback_ids: list[int] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="libvirt")
@@ -142,7 +142,7 @@ class LibvirtWatcher:
                 log.warning("libvirt %s unreachable (%s); retrying in %.1fs", self.uri, _msg(exc), delay)
                 self._first_attempt.set()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._reconnect_max)
+                delay = min(delay * 2, self.reconnect_max)
                 continue
             delay = 0.25
             self._conn = conn

@@ -217,6 +217,7 @@ class Manager:
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
+        self._unconfined: dict[str, str] = {}  # uuid -> name: libvirt's guests svirtd does not isolate
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_verify: VerifyResult | None = None
         self._verify_lock = asyncio.Lock()
@@ -336,6 +337,7 @@ class Manager:
         if changes:
             self.store.update_assignment(domain.uuid, **changes)
         self.store.remove_optout(domain.uuid)
+        self._unconfined.pop(domain.uuid, None)
         final = self.store.get(domain.uuid)
         assert final is not None
         if existing is None or changes.keys() & {"name", "profile"}:
@@ -584,6 +586,8 @@ class Manager:
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
             pending = await self._finish_release(a, optout=optout)
+            if optout:
+                self._unconfined[a.uuid] = a.name  # still defined (an undefine event drops it)
         if pending:
             raise RelabelFailed(pending)
         if optout:
@@ -803,8 +807,11 @@ class Manager:
                 if assignment is None:
                     self._reserve_foreign(info)
                 self._note_unconfined_starts(info)
+                self._count_unconfined(info)
             await self._write_identity(assignment, info)
         except SvirtError as exc:
+            if event.kind != "undefined" and self.store.get(uuid) is None:
+                self._unconfined[uuid] = event.name
             log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
                       extra=guest_fields(uuid, event.name))
         except Exception:
@@ -825,8 +832,20 @@ class Manager:
             fnmatch.fnmatchcase(name, pattern) for pattern in self.config.auto_confine_names
         )
 
+    def _count_unconfined(self, info: DomainInfoLike) -> None:
+        if self.store.get(info.uuid) is None:
+            self._unconfined[info.uuid] = info.name
+        else:
+            self._unconfined.pop(info.uuid, None)
+
+    @property
+    def unconfined_count(self) -> int:
+        """libvirt's guests svirtd does not isolate (released, not covered, or refused), as last seen."""
+        return len(self._unconfined)
+
     async def _forget(self, uuid: str) -> None:
         """The guest no longer exists in libvirt: release it, and drop any opt-out."""
+        self._unconfined.pop(uuid, None)
         self.store.remove_optout(uuid)
         self.levels.release_foreign(uuid)
         a = self.store.get(uuid)
@@ -837,6 +856,7 @@ class Manager:
         """Converge with libvirt after every (re)connect: changes made meanwhile sent no event."""
         domains = await self.hv.list_domains()
         present = {d.uuid for d in domains}
+        self._unconfined = {uuid: name for uuid, name in self._unconfined.items() if uuid in present}
         # Every level in use is reserved before any new pair is drawn.
         self.levels.release_all_foreign()
         for info in domains:
@@ -864,6 +884,7 @@ class Manager:
                 await self._write_identity(assignment, info)
             except SvirtError as exc:
                 log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
+            self._count_unconfined(info)
         log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())
 
     async def rescan_running(self) -> int:

@@ -1,9 +1,10 @@
 """svirtd's composition root and lifecycle: config -> store -> core -> edges; sd_notify; signals.
 
 The only module that knows every other one. Start order: state database and allocation table
-(recover anything a crash interrupted) -> D-Bus name (the API answers even while libvirtd is away) ->
-libvirt watcher (reconciles on every connect) -> READY=1. SIGTERM: STOPPING=1, stop taking events,
-let in-flight work finish, close.
+(recover anything a crash interrupted) -> D-Bus name (the API and the libvirt hook answer even while
+libvirtd is away) -> libvirt watcher (reconciles on every connect) -> READY=1 once libvirt's guests are
+reconciled (at once when no libvirt daemon runs yet: see libvirt_presence). SIGHUP: reload what can
+change without a restart. SIGTERM: STOPPING=1, stop taking events, let in-flight work finish, close.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import signal
 import sys
 from pathlib import Path
 
-import systemd.daemon as sd_daemon
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
@@ -27,27 +27,27 @@ from . import __version__, hook_spool, labels, selinux_host
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
-from .config import Config, load_config
+from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .dbus_iface import BUS_NAME, ManagerInterface, export
 from .denial_tracker import DenialTracker
 from .errors import ConfigError
+from .libvirt_presence import daemon_running
 from .libvirt_watch import DomainEvent, LibvirtWatcher
 from .logsetup import setup_logging
 from .manager import Listener, Listeners, Manager
 from .policy_judge import PolicyJudge, host_policy_file
+from .reload import ReloadPlan, plan_reload
+from .sd_notify import Notifier, notify
 from .setrans import TranslationFile, write_atomically
 from .store import Store
 
 log = logging.getLogger("svirtd")
 
-def notify(state: str) -> None:
-    """sd_notify when started by systemd (Type=notify/dbus); a no-op otherwise."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return
-    try:
-        sd_daemon.notify(state)
-    except OSError as exc:  # the manager went away: nothing to tell, nothing to fix
-        log.debug("sd_notify(%s) failed: %s", state, exc)
+# sysexits.h EX_CONFIG: a configuration error. The unit's RestartPreventExitStatus= names it, so a bad
+# config is not restarted in a loop: it waits for the admin (svirtd --check-config says what is wrong).
+EX_CONFIG = 78
+# How long `systemctl start svirtd` may wait for the first reconcile with a running libvirt.
+READY_WAIT_SECONDS = 60.0
 
 
 async def connect_bus(config: Config) -> MessageBus:
@@ -78,6 +78,11 @@ class Daemon:
         self.audit_source = self._audit_source(config.audit_source)
         self.bus: MessageBus | None = None
         self._rescans: asyncio.Task[None] | None = None
+        self._verify: asyncio.Task[None] | None = None
+        self.notifier = Notifier(self.status)
+        self._reload_note = ""  # a failed reload, shown in STATUS= until the next one succeeds
+        self.config_path: Path | None = None  # what a reload reads again
+        self.overrides: dict[str, object] = {}
 
     def _audit_source(self, source: str) -> NetlinkAuditSource | FileAuditSource | None:
         if source == "netlink":
@@ -95,18 +100,28 @@ class Daemon:
 
     async def _on_connected(self) -> None:
         await self.manager.reconcile()
+        self.notifier.status_now()
         guests = self.store.count()
         if guests > self.config.auto_verify_max_guests:
             # The proof is O(guests^2) policy decisions (1,000 guests: ~4M, ~50 s of CPU): not on
             # every reconnect. Query says "not verified yet"; `svirtctl verify` runs it on demand.
             log.info("%d guests (auto_verify_max_guests = %d): isolation is verified on demand "
                      "(svirtctl verify), not after each reconnect", guests, self.config.auto_verify_max_guests)
-        elif self.judge.policy_file is not None:
-            try:
-                await self.manager.verify()
-            except Exception as exc:  # a proof that cannot run must not stop confinement
-                log.warning("isolation could not be verified: %s", exc)
-        notify(f"STATUS=Confining {self.store.count()} guests; libvirt connected")
+        elif self.judge.policy_file is not None and (self._verify is None or self._verify.done()):
+            # After, not inside, the reconcile: readiness waits for guests to be confined, not proven.
+            self._verify = asyncio.create_task(self._verify_now(), name="verify-after-connect")
+
+    async def _verify_now(self) -> None:
+        try:
+            await self.manager.verify()
+        except Exception as exc:  # a proof that cannot run must not stop confinement
+            log.warning("isolation could not be verified: %s", exc)
+
+    def status(self) -> str:
+        """The STATUS= line `systemctl status svirtd` shows."""
+        libvirt = "libvirt connected" if self.watcher.connected else "libvirt not connected (retrying)"
+        text = f"{self.store.count()} guests isolated, {self.manager.unconfined_count} unconfined, {libvirt}"
+        return f"{text}; {self._reload_note}" if self._reload_note else text
 
     async def start(self) -> None:
         await self.manager.recover()
@@ -149,13 +164,51 @@ class Daemon:
             except OSError as exc:  # denials go unexplained, confinement goes on
                 log.error("cannot watch audit records (%s); set audit_source in svirtd.conf", exc)
         await self.watcher.start()
+        self._start_rescans()
+        if daemon_running(self.config.libvirt_uri):
+            # Ready means: the guests libvirt has are confined (or the first attempt to reach it failed).
+            await self.watcher.wait_first_attempt(timeout=READY_WAIT_SECONDS)
+        self.notifier.ready()
+        self.notifier.start()
+
+    def _start_rescans(self) -> None:
+        if self._rescans is not None:
+            self._rescans.cancel()
+            self._rescans = None
         if self.config.rescan_seconds > 0:
             self._rescans = asyncio.create_task(self.manager.run_rescans(self.config.rescan_seconds),
                                                 name="rescan-running-guests")
-        # Ready means: guests libvirt already has are confined (or libvirtd is down and we keep trying).
-        await self.watcher.wait_first_attempt(timeout=10.0)
+
+    async def reload(self) -> ReloadPlan | None:
+        """SIGHUP: read the config file again and apply what can change without a restart (see
+        reload.py). A file that does not validate changes nothing: svirtd goes on as it was."""
+        notify("RELOADING=1")
+        try:
+            wanted = load_config(self.config_path, self.overrides)
+        except ConfigError as exc:
+            log.error("reload refused, svirtd goes on with its running configuration: %s", exc)
+            self._reload_note = f"last reload failed: {exc}"
+            notify("READY=1")
+            self.notifier.status_now()
+            return None
+        plan = plan_reload(self.config, wanted)
+        old, self.config = self.config, plan.config
+        self.manager.config = self.manager.converger.config = plan.config
+        self.manager.storage.timeout = plan.config.io_timeout_seconds
+        self.watcher.reconnect_max = plan.config.reconnect_max_seconds
+        if plan.config.log_level != old.log_level:
+            logging.getLogger().setLevel(plan.config.log_level.upper())
+        if plan.config.require_confined != old.require_confined:
+            self._write_hook_env()
+        if plan.config.rescan_seconds != old.rescan_seconds:
+            self._start_rescans()
+        self._reload_note = ""
+        log.info("configuration reloaded from %s: %s", self.config_path or DEFAULT_CONFIG_PATH, plan.describe())
+        if plan.reconfine and self.watcher.connected:
+            await self.manager.reconcile()  # guests automatic confinement now covers, or no longer does
         notify("READY=1")
-        notify(f"STATUS=Confining {self.store.count()} guests")
+        self.notifier.status_now()
+        return plan
 
     def _write_hook_env(self) -> None:
         """Tell the libvirt hook how to reach us (its environment is sanitized by libvirtd). Kept after
@@ -172,16 +225,37 @@ class Daemon:
             log.warning("cannot write %s for the libvirt hook: %s", self.config.hook_env_file, exc)
 
     async def run_until_stopped(self) -> int:
-        """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us)."""
+        """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us).
+        SIGHUP reloads the configuration (one reload at a time; a second SIGHUP meanwhile runs after it)."""
         assert self.bus is not None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reloads = asyncio.Lock()
+
+        async def reload_once() -> None:
+            async with reloads:
+                try:
+                    await self.reload()
+                except Exception:
+                    log.exception("reload failed")
+
+        pending: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(reload_once(), name="reload")
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         bus_gone = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({bus_gone, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        loop.remove_signal_handler(signal.SIGHUP)
+        for task in list(pending):
+            task.cancel()
         if bus_gone.done():
             log.error("lost the D-Bus connection; exiting so systemd restarts svirtd")
             return 1
@@ -191,6 +265,11 @@ class Daemon:
     async def stop(self) -> None:
         notify("STOPPING=1")
         log.info("stopping")
+        await self.notifier.stop()
+        if self._verify is not None:
+            self._verify.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._verify
         if self.audit_source is not None:
             self.audit_source.stop()
         if self._rescans is not None:
@@ -213,10 +292,11 @@ class Daemon:
 IO_THREADS = 64
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> int:
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="svirtd-io"))
     daemon = Daemon(config)
+    daemon.config_path, daemon.overrides = config_path, dict(overrides or {})
     await daemon.start()
     try:
         return await daemon.run_until_stopped()
@@ -227,6 +307,8 @@ async def run(config: Config) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="svirtd", description="sVirt daemon: per-guest SELinux MCS isolation")
     p.add_argument("--config", type=Path, default=None, help="TOML config (default /etc/svirt/svirtd.conf)")
+    p.add_argument("--check-config", action="store_true",
+                   help=f"validate the config and exit: 0 if svirtd can run with it, {EX_CONFIG} if not")
     p.add_argument("--bus-address", default=None,
                    help="D-Bus address to serve on instead of the system bus (tests, private buses)")
     p.add_argument("--state-dir", type=Path, default=None, help="override state_dir from the config")
@@ -238,19 +320,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    overrides: dict[str, object] = {
+        "bus_address": args.bus_address,
+        "state_dir": args.state_dir,
+        "libvirt_uri": args.libvirt_uri,
+        "log_level": args.log_level,
+    }
+    where = args.config or DEFAULT_CONFIG_PATH
     try:
-        config = load_config(args.config, {
-            "bus_address": args.bus_address,
-            "state_dir": args.state_dir,
-            "libvirt_uri": args.libvirt_uri,
-            "log_level": args.log_level,
-        })
+        config = load_config(args.config, overrides)
     except ConfigError as exc:
         print(f"svirtd: {exc}", file=sys.stderr)
-        return 2
+        if not args.check_config:
+            print(f"svirtd: not starting: mend {where} (svirtd --check-config checks it again)", file=sys.stderr)
+            notify(f"STATUS=Configuration error: {exc}")
+        return EX_CONFIG
+    if args.check_config:
+        source = where if where.exists() else f"defaults ({where} does not exist)"
+        print(f"svirtd: configuration OK: {source}")
+        return 0
     setup_logging(config.log_level)
     try:
-        return asyncio.run(run(config))
+        return asyncio.run(run(config, args.config, overrides))
     except Exception as exc:
         log.critical("svirtd cannot run: %s", exc, exc_info=config.log_level == "debug")
         notify(f"STATUS=Failed: {exc}")

@@ -64,9 +64,37 @@ def test_ordered_before_either_libvirt_and_pulls_in_neither() -> None:
 
 def test_unit_verifies_with_systemd_analyze(tmp_path: Path) -> None:
     svirtd = Path(sys.executable).parent / "svirtd"
-    text = UNIT.read_text().replace("ExecStart=/usr/local/sbin/svirtd", f"ExecStart={svirtd}")
+    text = UNIT.read_text().replace("ExecStart=/usr/sbin/svirtd", f"ExecStart={svirtd}")
     (tmp_path / "svirtd.service").write_text(text)
     (tmp_path / "svirtd-audit.socket").write_text((REPO / "systemd" / "svirtd-audit.socket").read_text())
     out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "svirtd.service"),
                           str(tmp_path / "svirtd-audit.socket")], capture_output=True, text=True)
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
+
+
+SOCKET = REPO / "systemd" / "svirtd-audit.socket"
+
+
+def test_notify_unit_with_watchdog_reload_and_no_restart_loop_on_config_errors() -> None:
+    """What systemd does with these settings is exercised under real systemd in the e2e run
+    (RESULT systemd_ready_after_reconcile, systemctl_reload, watchdog, status_line); here: that the
+    unit asks for it, and that it names the exit status svirtd really uses for a config error."""
+    from svirtd.service import EX_CONFIG
+
+    unit = settings(UNIT)
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
+    assert unit["BusName"] == ["org.svirt.Manager"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["RestartPreventExitStatus"] == [str(EX_CONFIG)]
+    assert unit["Restart"] == ["on-failure"]
+    assert int(unit["WatchdogSec"][0].removesuffix("s")) > 0
+
+
+def test_the_audit_socket_lives_and_dies_with_svirtd() -> None:
+    """A stopped svirtd stays stopped under audit traffic: the socket is stopped with it (PartOf=) and
+    not started on its own ([Install] would put it in sockets.target); only where audit exists."""
+    sock = settings(SOCKET)
+    assert sock["PartOf"] == ["svirtd.service"]
+    assert not any(line.strip() == "[Install]" for line in SOCKET.read_text().splitlines())
+    assert sock["ConditionSecurity"] == ["audit"] and sock["ConditionCapability"] == ["CAP_AUDIT_READ"]
+    assert "svirtd-audit.socket" in words(settings(UNIT), "Wants")
