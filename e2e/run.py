@@ -47,6 +47,13 @@ EXPECTED = (
     "save_restore",              # virsh save + restore: same label, running again
     "per_disk_norelabel",        # <seclabel relabel='no'> on a disk: its label unchanged
     "tree_labeled",              # a 9p share: svirtd labels the whole tree with the guest's pair, it starts
+    # issue 14: svirtd as systemd runs it, installed from the .deb
+    "systemd_ready_after_reconcile",  # `systemctl start` returns with guests defined meanwhile isolated
+    "status_line",               # `systemctl status` shows svirtd's STATUS= text
+    "systemctl_reload",          # a config change applied by `systemctl reload`, same PID
+    "sighup_survives",           # kill -HUP reloads, svirtd stays
+    "stop_sticks",               # stopped stays stopped under audit traffic
+    "watchdog",                  # a SIGSTOPped svirtd is restarted by systemd
 )
 BOOT_TIMEOUT = 15 * 60
 

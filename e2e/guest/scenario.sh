@@ -220,6 +220,69 @@ result per_disk_norelabel "$([ $nstart_rc = 0 ] && [ "$(label_of $IMAGES/keep.im
     "start rc=$nstart_rc keep.img $(label_of $IMAGES/keep.img) (before $keep_before) $nstart"
 virsh destroy e2e-n >/dev/null 2>&1
 
+# --- svirtd under systemd (issue 14) ---------------------------------------------------------------
+CONF=/etc/svirt/svirtd.conf
+main_pid() { systemctl show -p MainPID --value svirtd.service; }
+set_option() {  # set_option KEY VALUE: in svirtd.conf, replacing an earlier setting of KEY
+    sed -i "/^$1 *=/d" $CONF; echo "$1 = $2" >> $CONF
+}
+cp $CONF /tmp/svirtd.conf.orig
+
+# Stopped, a guest is defined; `systemctl start` returns only once svirtd has isolated it (READY=1
+# after the first reconcile), so the very next query finds its pair.
+systemctl stop svirtd.service
+make_disk $IMAGES/e2e-r.img; restorecon $IMAGES/e2e-r.img
+domain e2e-r "$(raw_disk $IMAGES/e2e-r.img vda)" > /tmp/e2e-r.xml
+virsh define /tmp/e2e-r.xml >/dev/null
+t0=$(date +%s%N); systemctl start svirtd.service; start_rc=$?; t1=$(date +%s%N)
+level_r=$(field "$(query e2e-r 2>/dev/null)" '["level"]' 2>/dev/null)
+result systemd_ready_after_reconcile "$([ $start_rc = 0 ] && [ -n "$level_r" ]; echo $?)" \
+    "systemctl start rc=$start_rc in $(( (t1 - t0) / 1000000 )) ms; e2e-r level right after: '${level_r}'"
+
+status_text=$(systemctl show -p StatusText --value svirtd.service)
+result status_line "$([[ $status_text =~ ^[0-9]+\ guests\ isolated,\ [0-9]+\ unconfined,\ libvirt\ connected ]] && systemctl status svirtd.service --no-pager | grep -qF "Status: \"$status_text"; echo $?)" \
+    "$status_text"
+
+# systemctl reload: require_confined reaches the hook's environment; the same process goes on.
+pid_before=$(main_pid)
+set_option require_confined true
+reload_out=$(systemctl reload svirtd.service 2>&1); reload_rc=$?
+reloaded() { grep -q '^SVIRTD_REQUIRE_CONFINED=1' /run/svirtd/hook.env; }
+wait_for 15 reloaded
+result systemctl_reload "$([ $reload_rc = 0 ] && reloaded && [ "$(main_pid)" = "$pid_before" ] && systemctl is-active --quiet svirtd.service; echo $?)" \
+    "rc=$reload_rc pid $pid_before -> $(main_pid); $(grep REQUIRE /run/svirtd/hook.env) $reload_out"
+cp /tmp/svirtd.conf.orig $CONF
+
+# SIGHUP straight from kill (log rotation, an admin): a reload, not the end of svirtd.
+kill -HUP "$pid_before"
+unreloaded() { grep -q '^SVIRTD_REQUIRE_CONFINED=0' /run/svirtd/hook.env; }
+wait_for 15 unreloaded
+sleep 1
+result sighup_survives "$(unreloaded && [ "$(main_pid)" = "$pid_before" ] && systemctl is-active --quiet svirtd.service; echo $?)" \
+    "pid $pid_before -> $(main_pid), $(systemctl is-active svirtd.service); $(grep REQUIRE /run/svirtd/hook.env)"
+
+# Stopped stays stopped: audit traffic (a cross-guest AVC and a user audit message) activates nothing.
+systemctl stop svirtd.service
+qmp_open e2e-a $IMAGES/e2e-b.img evil2 >/dev/null
+auditctl -m "svirtd e2e: audit traffic while svirtd is stopped" 2>/dev/null
+sleep 4
+stop_state=$(systemctl is-active svirtd.service); sock_state=$(systemctl is-active svirtd-audit.socket)
+result stop_sticks "$([ "$stop_state" = inactive ] && [ "$sock_state" = inactive ]; echo $?)" \
+    "svirtd.service $stop_state, svirtd-audit.socket $sock_state after audit traffic"
+systemctl start svirtd.service
+
+# Watchdog: a SIGSTOPped svirtd sends no keep-alives; systemd aborts, kills and restarts it.
+mkdir -p /run/systemd/system/svirtd.service.d
+printf '[Service]\nWatchdogSec=3s\nTimeoutAbortSec=3s\n' > /run/systemd/system/svirtd.service.d/e2e-watchdog.conf
+systemctl daemon-reload; systemctl restart svirtd.service
+stopped_pid=$(main_pid); kill -STOP "$stopped_pid"
+replaced() { local p; p=$(main_pid); [ -n "$p" ] && [ "$p" != 0 ] && [ "$p" != "$stopped_pid" ] && systemctl is-active --quiet svirtd.service; }
+wait_for 60 replaced
+result watchdog "$(replaced; echo $?)" \
+    "pid $stopped_pid stopped -> $(main_pid) $(systemctl is-active svirtd.service); $(journalctl -u svirtd.service --no-pager | grep -m1 -i watchdog)"
+rm -f /run/systemd/system/svirtd.service.d/e2e-watchdog.conf; systemctl daemon-reload; systemctl restart svirtd.service
+virsh undefine e2e-r >/dev/null 2>&1
+
 virsh destroy e2e-a; virsh destroy e2e-b
 for g in e2e-a e2e-b e2e-c e2e-d e2e-f e2e-n e2e-s; do virsh undefine $g >/dev/null 2>&1; done
 restored() { [ "$(label_of $IMAGES/e2e-b.img)" = "$original" ]; }

@@ -19,7 +19,9 @@ EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started
             "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "journal_fields",
             "verify_ok", "labels_restored", "no_svirtd_denials",
             "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
-            "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled")
+            "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled",
+            "systemd_ready_after_reconcile", "status_line", "systemctl_reload", "sighup_survives", "stop_sticks",
+            "watchdog")
 
 pytestmark = pytest.mark.e2e
 
