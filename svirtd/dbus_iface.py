@@ -22,6 +22,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
+from .dbus_guests import EMITS, GuestObjects
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment, looks_like_uuid
@@ -87,6 +88,8 @@ DOCS: dict[str, str] = {
     "CategoriesFree": "How many more guests can be isolated: free category pairs in the configured range.",
     "CategoriesTotal": "Category pairs in the configured range (minus reserved categories).",
     "LibvirtConnected": "Whether svirtd is connected to libvirtd right now.",
+    "GetGuest": "The object path of an isolated guest (UUID or libvirt name): /org/svirt/Manager/guest/<escaped "
+                "uuid>, with org.svirt.Guest1. GetManagedObjects on /org/svirt/Manager lists them all.",
 }
 
 # The message being handled, for methods that must know who is calling (dbus-fast does not pass it).
@@ -148,6 +151,8 @@ class ManagerInterface(ServiceInterface):
         self._enforcing = enforcing
         self._connected = connected
         self._verify = VerifyGate(manager.verify, lambda: manager.last_verify)
+        self.guests: GuestObjects | None = None  # the per-guest objects, once exported
+        self._published: dict[str, Any] = {}  # last values of properties that change by themselves
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -166,9 +171,23 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Release(self, guest: DBusStr) -> None:
+        await self.release_guest(guest)
+
+    async def release_guest(self, guest: str) -> None:
+        """Release, authorized for the caller of the message being handled (Manager1 or Guest1)."""
         details = await self._manager.identify(guest)
         await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
         await self._manager.release(guest)
+
+    @method()
+    @dbus_errors
+    async def GetGuest(self, guest: DBusStr) -> Annotated[str, DBusSignature("o")]:
+        uuid = (await self._manager.identify(guest)).get("guest_uuid")
+        path = self.guests.path_of(uuid) if uuid is not None and self.guests is not None else None
+        if path is None:
+            raise errors.NoSuchGuest(f"guest {guest!r} is not isolated by svirtd "
+                                     "(`svirtctl list` shows those that are)")
+        return path
 
     @method()
     @dbus_errors
@@ -233,11 +252,21 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def Verify(self) -> AssignmentDict:
+        return verify_to_dbus(await self._verified())
+
+    async def _verified(self) -> VerifyResult:
         sender = _sender()
         await self._authz.check(sender, Action.VERIFY, {}, _interactive())
         # Root (who may just have fixed a label) gets a new proof, or the one running; others may get
         # one up to a few seconds old: a loop of calls costs at most one proof every few seconds.
-        return verify_to_dbus(await self._verify.result(new=await self._authz.is_root(sender)))
+        return await self._verify.result(new=await self._authz.is_root(sender))
+
+    async def verify_guest(self, uuid: str) -> dict[str, Variant]:
+        """Guest1.Verify: the proof, this guest's part of it."""
+        whole = verify_to_dbus(await self._verified())
+        mine = [v for v in whole["violations"].value
+                if uuid in (v["subject_uuid"].value, v["owner_uuid"].value)]
+        return {"ok": Variant("b", not mine), "policy": whole["policy"], "violations": Variant("aa{sv}", mine)}
 
     @method()
     @dbus_errors
@@ -284,6 +313,16 @@ class ManagerInterface(ServiceInterface):
     def AuditStats(self) -> Annotated[dict[str, int], DBusSignature("a{st}")]:
         return self._audit_stats() if self._audit_stats is not None else {}
 
+    def publish_changes(self) -> None:
+        """PropertiesChanged for the properties that change without a call (libvirt connection, the
+        host's enforcing mode, audit counters): svirtd looks every second (sd_notify's loop)."""
+        now = {"LibvirtConnected": self._connected(), "Enforcing": self._enforcing(),
+               "AuditStats": self._audit_stats() if self._audit_stats is not None else {}}
+        changed = {k: v for k, v in now.items() if self._published.get(k) != v}
+        if changed and self._published:
+            self.emit_properties_changed(changed)
+        self._published = now
+
     def denied(self, event: DenialEvent) -> None:
         self.Denied(denial_to_dbus(event, raw=False))  # a signal reaches every listener on the bus
 
@@ -307,6 +346,8 @@ class ManagerInterface(ServiceInterface):
             doc = DOCS.get(member.name)
             if doc:
                 member.annotations[DESCRIPTION] = doc
+        for prop in iface.properties:  # all others are sent by publish_changes() or the listener below
+            prop.annotations[EMITS] = "const" if prop.name in ("Version", "CategoriesTotal") else "true"
         return iface
 
 

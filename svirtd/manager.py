@@ -220,6 +220,7 @@ class Manager:
         self._unconfined: dict[str, str] = {}  # uuid -> name: libvirt's guests svirtd does not isolate
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_verify: VerifyResult | None = None
+        self.on_verified: Callable[[], None] | None = None  # each guest's isolation verdict may have changed
         self._verify_lock = asyncio.Lock()
 
     @property
@@ -692,9 +693,14 @@ class Manager:
         tcg = domain.is_tcg if domain is not None else False
         return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
-                           isolation=self._isolation_status(a.uuid))
+                           isolation=self.isolation_status(a.uuid))
 
-    def _isolation_status(self, uuid: str) -> str:
+    def is_tcg(self, uuid: str) -> bool:
+        """Does the guest run under TCG (its qemu then gets the TCG process type), as last seen?"""
+        domain = self._domains.get(uuid)
+        return domain.is_tcg if domain is not None else False
+
+    def isolation_status(self, uuid: str) -> str:
         last = self.last_verify
         if last is None:
             return "not verified yet (run `svirtctl verify`)"
@@ -725,6 +731,8 @@ class Manager:
                                               self._proof_objects, owned)
             proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
+        if self.on_verified is not None:
+            self.on_verified()
         for v in proof.violations:
             log.error("isolation violated: %s", v.message, extra=guest_fields(v.subject_uuid, v.subject_name))
         log.info("verified isolation of %d guests: %d checks, %d violations", proof.subjects, proof.checks,

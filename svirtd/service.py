@@ -28,6 +28,7 @@ from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
+from .dbus_guests import GuestObjects, ObjectManagerBus
 from .dbus_iface import BUS_NAME, ManagerInterface, export
 from .denial_tracker import DenialTracker
 from .errors import ConfigError
@@ -48,12 +49,14 @@ log = logging.getLogger("svirtd")
 EX_CONFIG = 78
 # How long `systemctl start svirtd` may wait for the first reconcile with a running libvirt.
 READY_WAIT_SECONDS = 60.0
+# How often properties that change by themselves (LibvirtConnected, Enforcing, AuditStats) are looked at.
+PUBLISH_SECONDS = 1.0
 
 
 async def connect_bus(config: Config) -> MessageBus:
     if config.bus_address:
-        return await MessageBus(bus_address=config.bus_address).connect()
-    return await MessageBus(bus_type=BusType.SYSTEM).connect()
+        return await ObjectManagerBus(bus_address=config.bus_address).connect()
+    return await ObjectManagerBus(bus_type=BusType.SYSTEM).connect()
 
 
 class Daemon:
@@ -79,6 +82,8 @@ class Daemon:
         self.bus: MessageBus | None = None
         self._rescans: asyncio.Task[None] | None = None
         self._verify: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self.iface: ManagerInterface | None = None
         self.notifier = Notifier(self.status)
         self._reload_note = ""  # a failed reload, shown in STATUS= until the next one succeeds
         self.config_path: Path | None = None  # what a reload reads again
@@ -101,6 +106,8 @@ class Daemon:
     async def _on_connected(self) -> None:
         await self.manager.reconcile()
         self.notifier.status_now()
+        if self.iface is not None:
+            self.iface.publish_changes()  # LibvirtConnected at once, not at the next look
         guests = self.store.count()
         if guests > self.config.auto_verify_max_guests:
             # The proof is O(guests^2) policy decisions (1,000 guests: ~4M, ~50 s of CPU): not on
@@ -110,6 +117,12 @@ class Daemon:
         elif self.judge.policy_file is not None and (self._verify is None or self._verify.done()):
             # After, not inside, the reconcile: readiness waits for guests to be confined, not proven.
             self._verify = asyncio.create_task(self._verify_now(), name="verify-after-connect")
+
+    @staticmethod
+    async def _publish_changes(iface: ManagerInterface) -> None:
+        while True:
+            iface.publish_changes()
+            await asyncio.sleep(PUBLISH_SECONDS)
 
     async def _verify_now(self) -> None:
         try:
@@ -142,6 +155,10 @@ class Daemon:
             listeners.append(self.translations)
         self.manager.listener = Listeners(*listeners)
         await export(self.bus, iface)
+        iface.guests = GuestObjects(self.bus, self.manager, iface)
+        iface.guests.start()
+        self.iface = iface
+        self._publisher = asyncio.create_task(self._publish_changes(iface), name="publish-properties")
         self._write_hook_env()
         log.info("svirtd %s serving %s; %d guests in the table, %d of %d category pairs free (%s)", __version__,
                  BUS_NAME, self.count, self.allocator.free, self.allocator.total, self.space.describe())
@@ -266,6 +283,11 @@ class Daemon:
         notify("STOPPING=1")
         log.info("stopping")
         await self.notifier.stop()
+        for task in (self._publisher,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._verify is not None:
             self._verify.cancel()
             with contextlib.suppress(asyncio.CancelledError):

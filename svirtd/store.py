@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -99,6 +99,8 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._upgrade(path)
         path.chmod(0o600)
+        # Called with a guest's UUID after each committed change to its row or claims (any thread).
+        self.observer: Callable[[str], None] | None = None
 
     def _upgrade(self, path: Path) -> None:
         """Bring the schema to SCHEMA_VERSION in ONE transaction (ALTER, DDL and user_version): a crash
@@ -123,6 +125,10 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def _changed(self, uuid: str) -> None:
+        if self.observer is not None:
+            self.observer(uuid)
+
     def _tx(self) -> _Transaction:
         # isolation_level=None + explicit BEGIN IMMEDIATE: one writer, committed on exit.
         return _Transaction(self._db)
@@ -138,6 +144,7 @@ class Store:
                  a.created, a.updated),
             )
             self._db.execute("DELETE FROM optouts WHERE uuid = ?", (a.uuid,))
+        self._changed(a.uuid)
 
     def update_assignment(self, uuid: str, **fields: str) -> None:
         allowed = {"name", "level", "profile", "state", "phase", "note"}
@@ -147,6 +154,7 @@ class Store:
         with self._tx():
             self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
                              (*fields.values(), time.time(), uuid))
+        self._changed(uuid)
 
     def begin_release(self, uuid: str, optout: bool) -> None:
         """Mark a release under way; the opt-out is recorded in the same transaction, so a crash
@@ -157,11 +165,13 @@ class Store:
             if optout:
                 self._db.execute("INSERT OR REPLACE INTO optouts (uuid, name, at)"
                                  " SELECT uuid, name, ? FROM assignments WHERE uuid = ?", (time.time(), uuid))
+        self._changed(uuid)
 
     def delete_assignment(self, uuid: str) -> None:
         with self._tx():
             self._db.execute("DELETE FROM claims WHERE uuid = ?", (uuid,))
             self._db.execute("DELETE FROM assignments WHERE uuid = ?", (uuid,))
+        self._changed(uuid)
 
     def get(self, uuid: str) -> Assignment | None:
         row = self._db.execute(f"SELECT {_A_COLS} FROM assignments WHERE uuid = ?", (uuid,)).fetchone()  # noqa: S608
@@ -228,6 +238,7 @@ class Store:
         return [_claim(r) for r in rows]
 
     def put_claims(self, claims: Iterable[Claim]) -> None:
+        claims = list(claims)
         with self._tx():
             # Upsert on the primary key only: any other uniqueness violation (a private inode
             # claimed by a second guest) must fail, never silently replace the first claim.
@@ -240,15 +251,19 @@ class Store:
                 [(c.uuid, c.path, c.device, c.kind.value, c.rclass.value, c.dev, c.ino, c.expected, c.original,
                   c.phase, c.real, c.applier.value) for c in claims],
             )
+        for uuid in {c.uuid for c in claims}:
+            self._changed(uuid)
 
     def set_claims_phase(self, uuid: str, paths: Iterable[str], phase: str) -> None:
         with self._tx():
             self._db.executemany("UPDATE claims SET phase = ? WHERE uuid = ? AND path = ?",
                                  [(phase, uuid, p) for p in paths])
+        self._changed(uuid)
 
     def delete_claims(self, uuid: str, paths: Iterable[str]) -> None:
         with self._tx():
             self._db.executemany("DELETE FROM claims WHERE uuid = ? AND path = ?", [(uuid, p) for p in paths])
+        self._changed(uuid)
 
     # -- opt-outs ------------------------------------------------------------------------------
 

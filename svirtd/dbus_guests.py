@@ -1,0 +1,267 @@
+"""One D-Bus object per isolated guest, as systemd-machined does: /org/svirt/Manager/guest/<escaped uuid>
+with org.svirt.Guest1, under the org.freedesktop.DBus.ObjectManager of /org/svirt/Manager.
+
+A client (virt-manager, cockpit) watches one guest's object instead of polling Query; every property
+emits PropertiesChanged when the table changes (the store tells us, see Store.observer), and guests
+coming and going are InterfacesAdded / InterfacesRemoved on the manager's path. Properties are served
+from a snapshot taken when the guest changed, so GetManagedObjects over 1,000 guests reads no file and
+no table: what a resource carries on disk right now stays Query's (and Verify's) job.
+"""
+
+# No `from __future__ import annotations`: dbus-fast reads the D-Bus signatures from the annotations.
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Annotated, Any
+
+from dbus_fast import Message, Variant
+from dbus_fast import introspection as intr
+from dbus_fast.aio import MessageBus
+from dbus_fast.annotations import DBusSignature, DBusStr
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property, method
+
+from .models import Assignment
+
+if TYPE_CHECKING:
+    from .dbus_iface import ManagerInterface
+    from .manager import Manager
+
+log = logging.getLogger(__name__)
+
+GUEST_INTERFACE = "org.svirt.Guest1"
+MANAGER_PATH = "/org/svirt/Manager"
+GUEST_PREFIX = f"{MANAGER_PATH}/guest/"
+OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
+DESCRIPTION = "org.freedesktop.DBus.Description"
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+ResourceRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
+
+GUEST_DOCS: dict[str, str] = {
+    "Name": "The guest's libvirt name.",
+    "UUID": "The guest's UUID: what its pair is bound to.",
+    "Level": "The guest's MCS level (s0:cA,cB), unique among the guests on this host.",
+    "Label": "The process label its qemu runs with.",
+    "ImageLabel": "The label its private files carry.",
+    "Profile": "The containment profile (default, nosmtp, nonet).",
+    "State": "running, paused or shutoff, as libvirt last said.",
+    "Origin": "How the guest came to be isolated: auto (libvirt event), api (Isolate), hook, adopted.",
+    "Isolation": "The last proof's verdict about this guest (Verify), or why there is none yet.",
+    "Note": "Anything svirtd wants an admin to know about this guest (a remapped pair, a pending release).",
+    "Resources": "What the guest holds: (path, device, class, expected label, applier: svirtd or libvirt). The "
+                 "labels these carry on disk right now: Query.",
+    "Release": "As org.svirt.Manager1.Release for this guest.",
+    "Verify": "Prove isolation (as org.svirt.Manager1.Verify) and return this guest's part: ok and its "
+              "violations.",
+}
+
+
+def escape_label(text: str) -> str:
+    """systemd's bus_label_escape: [A-Za-z0-9] stay (a leading digit does not), the rest is _xx."""
+    if not text:
+        return "_"
+    return "".join(c if c.isascii() and (c.isalpha() or (c.isdigit() and i > 0)) else f"_{ord(c):02x}"
+                   for i, c in enumerate(text))
+
+
+def guest_path(uuid: str) -> str:
+    return GUEST_PREFIX + escape_label(uuid)
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """Every property of a guest's object, as of its last change."""
+
+    Name: str
+    UUID: str
+    Level: str
+    Label: str
+    ImageLabel: str
+    Profile: str
+    State: str
+    Origin: str
+    Isolation: str
+    Note: str
+    Resources: tuple[tuple[str, str, str, str, str], ...]
+
+    def as_dbus(self) -> dict[str, Any]:
+        return {f.name: [list(r) for r in self.Resources] if f.name == "Resources" else getattr(self, f.name)
+                for f in fields(self)}
+
+
+class GuestObject(ServiceInterface):
+    def __init__(self, view: GuestView, manager_iface: "ManagerInterface") -> None:
+        super().__init__(GUEST_INTERFACE)
+        self.view = view
+        self._iface = manager_iface
+
+    @method()
+    async def Release(self) -> None:
+        await self._iface.release_guest(self.view.UUID)
+
+    @method()
+    async def Verify(self) -> Annotated[dict[str, Variant], DBusSignature("a{sv}")]:
+        return await self._iface.verify_guest(self.view.UUID)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> DBusStr:
+        return self.view.Name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UUID(self) -> DBusStr:
+        return self.view.UUID
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Level(self) -> DBusStr:
+        return self.view.Level
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Label(self) -> DBusStr:
+        return self.view.Label
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ImageLabel(self) -> DBusStr:
+        return self.view.ImageLabel
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Profile(self) -> DBusStr:
+        return self.view.Profile
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> DBusStr:
+        return self.view.State
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Origin(self) -> DBusStr:
+        return self.view.Origin
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Isolation(self) -> DBusStr:
+        return self.view.Isolation
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Note(self) -> DBusStr:
+        return self.view.Note
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Resources(self) -> ResourceRows:
+        return [list(r) for r in self.view.Resources]
+
+    def properties(self) -> dict[str, Variant]:
+        """Every property as variants (InterfacesAdded), from the snapshot."""
+        out: dict[str, Variant] = {}
+        for name, value in self.view.as_dbus().items():
+            out[name] = Variant("a(sssss)" if name == "Resources" else "s", value)
+        return out
+
+    def introspect(self) -> intr.Interface:
+        iface = super().introspect()
+        members: list[Any] = [*iface.methods, *iface.properties]
+        for member in members:
+            if member.name in GUEST_DOCS:
+                member.annotations[DESCRIPTION] = GUEST_DOCS[member.name]
+        for prop in iface.properties:
+            prop.annotations[EMITS] = "const" if prop.name == "UUID" else "true"
+        return iface
+
+
+class GuestObjects:
+    """Keeps one GuestObject per isolated guest exported, in step with svirtd's table."""
+
+    def __init__(self, bus: MessageBus, manager: "Manager", manager_iface: "ManagerInterface") -> None:
+        self._bus = bus
+        self._manager = manager
+        self._iface = manager_iface
+        self._objects: dict[str, GuestObject] = {}
+        self._pending: set[str] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.get_ident()
+
+    def start(self) -> None:
+        """Export every guest in the table, then follow the table's changes."""
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
+        for a in self._manager.store.assignments():
+            self._sync(a.uuid, a)
+        self._manager.store.observer = self.changed
+        self._manager.on_verified = self.all_changed
+
+    def path_of(self, uuid: str) -> str | None:
+        return guest_path(uuid) if uuid in self._objects else None
+
+    def changed(self, uuid: str) -> None:
+        """A guest's row or claims changed (from any thread): its object is brought up to date on the
+        loop, once per burst of changes (an isolation writes its row and claims several times)."""
+        if threading.get_ident() != self._thread:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self.changed, uuid)
+            return
+        if not self._pending and self._loop is not None:
+            self._loop.call_soon(self._flush)
+        self._pending.add(uuid)
+
+    def all_changed(self) -> None:
+        for uuid in list(self._objects):
+            self.changed(uuid)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, set()
+        for uuid in pending:
+            try:
+                self._sync(uuid)
+            except Exception:  # one guest's object must not stop the others'
+                log.exception("cannot update the bus object of guest %s", uuid)
+
+    def _sync(self, uuid: str, assignment: Assignment | None = None) -> None:
+        a = assignment or self._manager.store.get(uuid)
+        obj = self._objects.get(uuid)
+        if a is None:
+            if obj is not None:
+                del self._objects[uuid]
+                self._bus.unexport(guest_path(uuid), obj)
+            return
+        view = self._view(a)
+        if obj is None:
+            obj = self._objects[uuid] = GuestObject(view, self._iface)
+            self._bus.export(guest_path(uuid), obj)
+            return
+        old, obj.view = obj.view.as_dbus(), view
+        changes = {k: v for k, v in view.as_dbus().items() if old[k] != v}
+        if changes:
+            obj.emit_properties_changed(changes)
+
+    def _view(self, a: Assignment) -> GuestView:
+        spec = self._manager.spec
+        resources = tuple((c.path, c.device, c.rclass.value, c.expected, c.applier.value)
+                          for c in self._manager.store.claims_for(a.uuid))
+        return GuestView(Name=a.name, UUID=a.uuid, Level=str(a.level),
+                         Label=str(spec.process_label(a.level, self._manager.is_tcg(a.uuid))),
+                         ImageLabel=str(spec.image_label(a.level)), Profile=a.profile, State=a.state.value,
+                         Origin=a.origin.value, Isolation=self._manager.isolation_status(a.uuid), Note=a.note,
+                         Resources=resources)
+
+
+class ObjectManagerBus(MessageBus):
+    """InterfacesAdded / InterfacesRemoved of guest objects are sent from the object manager's path,
+    as the ObjectManager specification says (dbus-fast sends them from the object's own path, where
+    clients of /org/svirt/Manager do not listen)."""
+
+    def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
+        if not (path.startswith(GUEST_PREFIX) and isinstance(interface, GuestObject)):
+            super()._emit_interface_added(path, interface)
+            return
+        if not self.connected:
+            return
+        self.send(Message.new_signal(path=MANAGER_PATH, interface=OBJECT_MANAGER, member="InterfacesAdded",
+                                     signature="oa{sa{sv}}", body=[path, {interface.name: interface.properties()}]))
+
+    def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
+        if not path.startswith(GUEST_PREFIX):
+            super()._emit_interface_removed(path, removed_interfaces)
+            return
+        if not self.connected:
+            return
+        self.send(Message.new_signal(path=MANAGER_PATH, interface=OBJECT_MANAGER, member="InterfacesRemoved",
+                                     signature="oas", body=[path, removed_interfaces]))

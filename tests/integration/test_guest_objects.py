@@ -1,0 +1,116 @@
+"""One object per guest on the bus (issue 15): busctl tree, GetManagedObjects, GetGuest, a client
+watching one guest's State, InterfacesAdded/Removed on the manager's path, and annotations saying
+which properties emit PropertiesChanged. Real svirtd, real private bus loaded with our policy file,
+real libvirtd with real qemu guests."""
+
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+
+import pytest
+
+from svirtd.dbus_guests import escape_label, guest_path
+from testbed.bus import PrivateBus
+from testbed.daemon import SvirtdProcess, busctl, unwrap_busctl
+from testbed.guests import GuestFactory
+from tests.conftest import wait_until
+from tests.helpers import SignalRecorder, call, run
+
+pytestmark = pytest.mark.integration
+NOBODY = 65534
+EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+StartSvirtd = Callable[..., SvirtdProcess]
+
+
+def managed(bus: PrivateBus, user: int | None = None) -> dict[str, dict[str, dict[str, object]]]:
+    out = busctl(bus.address, "--json=short", "call", "org.svirt.Manager", "/org/svirt/Manager",
+                 "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", user=user)
+    data: dict[str, dict[str, dict[str, object]]] = unwrap_busctl(json.loads(out.stdout)["data"][0])
+    return data
+
+
+def test_escaping_is_systemds() -> None:
+    # sd_bus_path_encode("/org/svirt/Manager/guest", uuid): a leading digit and every non-alnum escaped.
+    assert escape_label("0a-b_c") == "_30a_2db_5fc"
+    assert escape_label("") == "_"
+    assert guest_path("abc") == "/org/svirt/Manager/guest/abc"
+
+
+def test_one_object_per_guest_listed_and_kept_in_step(bus: PrivateBus, guests: GuestFactory,
+                                                      svirtd: StartSvirtd) -> None:
+    a, b = guests.new(), guests.new()
+    svirtd()
+    wait_until(lambda: {guest_path(a.uuid), guest_path(b.uuid)} <= set(managed(bus)), what="both guests' objects")
+    tree = busctl(bus.address, "tree", "--list", "org.svirt.Manager").stdout.split()
+    assert guest_path(a.uuid) in tree and guest_path(b.uuid) in tree
+    # Anyone may read them, as Query: an unprivileged caller lists them too.
+    objects = managed(bus, user=NOBODY)
+    props = objects[guest_path(a.uuid)]["org.svirt.Guest1"]
+    report = run(call(bus, "Query", "s", a.uuid))
+    assert props["Name"] == a.name and props["UUID"] == a.uuid
+    assert props["Level"] == report["level"] and props["Label"] == report["label"]
+    assert props["ImageLabel"] == report["image_label"] and props["State"] == "shutoff"
+    held = {r[0]: r for r in props["Resources"]}  # type: ignore[attr-defined]
+    assert held[str(a.disk)][3] == report["image_label"] and held[str(a.disk)][4] == "svirtd"
+    assert run(call(bus, "GetGuest", "s", a.name)) == guest_path(a.uuid)
+    assert run(call(bus, "GetGuest", "s", b.uuid)) == guest_path(b.uuid)
+
+    # A watcher of a's object sees State follow the guest; b's object says nothing meanwhile.
+    with SignalRecorder(bus, f"type='signal',path='{guest_path(a.uuid)}'",
+                        f"type='signal',path='{guest_path(b.uuid)}'") as rec:
+        guests.virsh("start", a.name)
+        wait_until(lambda: any(s.body[1].get("State") == "running" for s in rec.signals("PropertiesChanged")),
+                   what="State running on a's object")
+        guests.virsh("destroy", a.name)
+        wait_until(lambda: any(s.body[1].get("State") == "shutoff" for s in rec.signals("PropertiesChanged")),
+                   what="State shutoff on a's object")
+        assert all(s.path == guest_path(a.uuid) for s in rec.signals("PropertiesChanged"))
+
+    # Guests coming and going: InterfacesAdded / InterfacesRemoved on the manager's path.
+    with SignalRecorder(bus, "type='signal',interface='org.freedesktop.DBus.ObjectManager'") as rec:
+        c = guests.new()
+        wait_until(lambda: rec.signals("InterfacesAdded"), what="InterfacesAdded for a new guest")
+        added = rec.signals("InterfacesAdded")[0]
+        assert added.path == "/org/svirt/Manager" and added.body[0] == guest_path(c.uuid)
+        assert added.body[1]["org.svirt.Guest1"]["Name"] == c.name
+        run(call(bus, "Release", "s", c.uuid))
+        wait_until(lambda: rec.signals("InterfacesRemoved"), what="InterfacesRemoved after Release")
+        removed = rec.signals("InterfacesRemoved")[0]
+        assert removed.path == "/org/svirt/Manager" and removed.body == [guest_path(c.uuid), ["org.svirt.Guest1"]]
+    assert guest_path(c.uuid) not in managed(bus)
+
+
+def test_guest_release_through_its_object_is_authorized_like_the_managers(bus: PrivateBus, guests: GuestFactory,
+                                                                          svirtd: StartSvirtd) -> None:
+    a = guests.new()
+    svirtd()
+    wait_until(lambda: guest_path(a.uuid) in managed(bus), what="a's object")
+    denied = busctl(bus.address, "call", "org.svirt.Manager", guest_path(a.uuid), "org.svirt.Guest1", "Release",
+                    user=NOBODY, check=False)
+    assert denied.returncode != 0 and "ccess" in denied.stderr, denied.stderr  # AccessDenied / access denied
+    busctl(bus.address, "call", "org.svirt.Manager", guest_path(a.uuid), "org.svirt.Guest1", "Release")
+    wait_until(lambda: guest_path(a.uuid) not in managed(bus), what="a's object gone after its Release")
+
+
+def test_every_property_says_whether_it_emits_changes(bus: PrivateBus, guests: GuestFactory,
+                                                      svirtd: StartSvirtd) -> None:
+    a = guests.new()
+    svirtd()
+    wait_until(lambda: guest_path(a.uuid) in managed(bus), what="a's object")
+    for path, interface in (("/org/svirt/Manager", "org.svirt.Manager1"), (guest_path(a.uuid), "org.svirt.Guest1")):
+        xml = busctl(bus.address, "introspect", "--xml-interface", "org.svirt.Manager", path).stdout
+        node = ET.fromstring(xml)
+        iface = node.find(f"interface[@name='{interface}']")
+        assert iface is not None, xml
+        props = iface.findall("property")
+        assert props
+        for prop in props:
+            emits = [a.get("value") for a in prop.findall("annotation") if a.get("name") == EMITS]
+            assert emits and emits[0] in ("true", "const", "invalidates", "false"), (interface, prop.get("name"))
+    manager = busctl(bus.address, "introspect", "--xml-interface", "org.svirt.Manager", "/org/svirt/Manager").stdout
+    assert re.search(r'<method name="GetGuest">', manager)
+    full = busctl(bus.address, "introspect", "--xml-interface", "org.svirt.Manager", "/org/svirt/Manager").stdout
+    assert 'interface name="org.freedesktop.DBus.ObjectManager"' in full, full
