@@ -16,7 +16,7 @@ import pytest
 from svirtd import message_ids
 from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
-from testbed.guests import GuestFactory
+from testbed.guests import Disk, GuestFactory
 from testbed.journald import PrivateJournald
 from testbed.libvirtd import Libvirtd
 from tests.conftest import clear_hook_env, wait_until
@@ -74,6 +74,13 @@ def test_isolation_denial_and_release_land_in_the_journal_with_their_ids(
         assert (denial["SVIRT_SOURCE_GUEST"], denial["SVIRT_TARGET"]) == (a.name, b.name)
         assert (denial["TARGET_GUEST_UUID"], denial["AVC_PERMISSIONS"], denial["AVC_TCLASS"]) == (
             b.uuid, "read write", "file")
+
+        # Defined with a's private disk: the automatic isolation (a libvirt event) is refused, once.
+        taker = guests.new(disk_specs=[Disk(a.disk, "vda")])
+        refused = one(journald, f"MESSAGE_ID={message_ids.ISOLATION_FAILED}", f"GUEST_UUID={taker.uuid}")
+        assert (refused["SVIRT_REASON"], refused["SVIRT_ORIGIN"], refused["PRIORITY"]) == (
+            "ResourceConflict", "auto", "3")
+        assert not [e for e in journald.entries(f"GUEST_UUID={taker.uuid}") if "left unconfined" in e["MESSAGE"]]
 
         run(call(bus, "Release", "s", b.uuid))
         released = one(journald, f"MESSAGE_ID={message_ids.GUEST_RELEASED}", f"GUEST_UUID={b.uuid}")
