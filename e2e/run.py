@@ -54,6 +54,7 @@ EXPECTED = (
     "sighup_survives",           # kill -HUP reloads, svirtd stays
     "stop_sticks",               # stopped stays stopped under audit traffic
     "watchdog",                  # a SIGSTOPped svirtd is restarted by systemd
+    "journal_catalog",           # journalctl -x MESSAGE_ID=<cross-guest denial> shows the catalog text
 )
 BOOT_TIMEOUT = 15 * 60
 

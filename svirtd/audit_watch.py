@@ -1,4 +1,4 @@
-"""The audit edge: AVC records in (kernel netlink multicast, or audit.log), VIRT_MACHINE_ID records out.
+"""The audit edge: AVC records in (kernel netlink multicast, or audit.log), VIRT_* records out.
 
 Live source: the kernel's audit netlink multicast group (AUDIT_NLGRP_READLOG), readable by root with
 CAP_AUDIT_READ and needing no auditd. Under systemd the socket comes from svirtd-audit.socket (it must
@@ -196,8 +196,14 @@ class FileAuditSource:
 
 
 class MachineIdEmitter:
-    """An AUDIT_VIRT_MACHINE_ID record per label binding, like libvirt's, so `ausearch -m VIRT_MACHINE_ID`
-    finds svirtd's bindings (a manager Listener)."""
+    """svirtd's audit trail, in libvirt's record types (src/conf/domain_audit.c), so that
+    `ausearch -m VIRT_MACHINE_ID,VIRT_CONTROL` finds svirtd's work next to libvirt's (a manager
+    Listener and FailureListener):
+    - VIRT_MACHINE_ID per new label binding, as libvirt writes it for the labels it gives;
+    - VIRT_CONTROL op=release when a guest gives its pair up (no VIRT_MACHINE_ID: readers of that
+      type take every record for a binding);
+    - VIRT_CONTROL op=isolate res=failed reason=<error> when an isolation is refused or fails.
+    A record that cannot be sent (no CAP_AUDIT_WRITE, audit not compiled in) costs a debug line."""
 
     def __init__(self, process_label: Callable[[Assignment], str], image_label: Callable[[Assignment], str]) -> None:
         self._process_label = process_label
@@ -205,15 +211,24 @@ class MachineIdEmitter:
         self._fd: int | None = None
 
     def isolated(self, assignment: Assignment) -> None:
+        self._send(audit.AUDIT_VIRT_MACHINE_ID, assignment.uuid, assignment.name,
+                   f"vm-ctx={self._process_label(assignment)} img-ctx={self._image_label(assignment)} model=selinux")
+
+    def released(self, uuid: str, name: str) -> None:
+        self._send(audit.AUDIT_VIRT_CONTROL, uuid, name, "model=selinux", op="release")
+
+    def isolation_failed(self, uuid: str, name: str, reason: str) -> None:
+        self._send(audit.AUDIT_VIRT_CONTROL, uuid, name, "model=selinux", op="isolate", reason=reason, success=False)
+
+    def _send(self, record_type: int, uuid: str, name: str, tail: str, op: str = "", reason: str = "",
+              success: bool = True) -> None:
+        # libvirt's field order: virt, op, reason, vm, uuid; the guest's name is untrusted (encoded).
+        head = " ".join(f for f in ("virt=kvm", op and f"op={op}", reason and f"reason={reason}") if f)
         try:
             if self._fd is None:
                 self._fd = audit.audit_open()
-            vm = audit.audit_encode_nv_string("vm", assignment.name, 0)
-            text = (f"virt=kvm {vm} uuid={assignment.uuid} vm-ctx={self._process_label(assignment)} "
-                    f"img-ctx={self._image_label(assignment)} model=selinux")
-            audit.audit_log_user_message(self._fd, audit.AUDIT_VIRT_MACHINE_ID, text, None, None, None, 1)
+            vm = audit.audit_encode_nv_string("vm", name, 0)
+            audit.audit_log_user_message(self._fd, record_type, f"{head} {vm} uuid={uuid} {tail}",
+                                         None, None, None, int(success))
         except OSError as exc:
-            log.debug("VIRT_MACHINE_ID not sent: %s", exc)
-
-    def released(self, uuid: str, name: str) -> None:
-        pass
+            log.debug("audit record %d not sent: %s", record_type, exc)

@@ -14,7 +14,9 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import message_ids
 from .denials import Attribution, AvcRecord, Explanation, Lookup, attribute, explain
+from .level_claims import pair_of
 from .models import Assignment
 from .policy_judge import PolicyJudge, Verdict
 
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 HISTORY = 50  # denials kept per guest
 LOG_BURST = 10  # journal lines per guest per second before suppressing
+UNATTRIBUTED = ""  # the rate-limit key of denials that name no guest: one budget for all of them
 SIGNAL_BURST = 50  # Denied signals per guest per second: a hammering guest must not flood the system bus
 
 
@@ -79,6 +82,7 @@ class DenialTracker:
         attribution = attribute(record, self._lookup)
         if not attribution.involves_guests:
             self.unattributed += 1
+            self._log_unattributed(record)
             return
         self.attributed += 1
         verdict, booleans = self._verdict(record.scontext, record.tcontext, record.tclass, record.permissions)
@@ -86,7 +90,7 @@ class DenialTracker:
                             explanation=explain(attribution, verdict, booleans))
         for uuid in {g.uuid for g in (attribution.source, attribution.target) if g is not None}:
             self._history[uuid].append(event)
-        self._log(event)
+        self._log(event, verdict)
         guest = attribution.source or attribution.target
         assert guest is not None  # involves_guests
         may, held = self._signal_limit.allow(guest.uuid, event.at)
@@ -106,7 +110,7 @@ class DenialTracker:
         booleans = decision.booleans if decision.verdict is Verdict.BOOLEAN else ()
         return decision.verdict.name, booleans
 
-    def _log(self, event: DenialEvent) -> None:
+    def _log(self, event: DenialEvent, verdict: str) -> None:
         a = event.attribution
         guest = a.source or a.target
         assert guest is not None
@@ -117,12 +121,30 @@ class DenialTracker:
         if not may:
             return
         rec = a.record
+        cross = a.source is not None and a.target is not None and a.source.uuid != a.target.uuid
         log.warning("denied: %s", event.explanation.text, extra={
+            "MESSAGE_ID": message_ids.DENIAL_CROSS_GUEST if cross else message_ids.DENIAL_GUEST,
             "GUEST_UUID": guest.uuid, "GUEST_NAME": guest.name,
             "TARGET_GUEST_UUID": a.target.uuid if a.target else "",
             "TARGET_GUEST_NAME": a.target.name if a.target else "",
-            "AVC_PERMISSIONS": " ".join(rec.permissions), "AVC_TCLASS": rec.tclass, "AVC_PATH": rec.path,
-            "AVC_SCONTEXT": rec.scontext, "AVC_TCONTEXT": rec.tcontext})
+            # For the catalog's text: who was denied, and what (the other guest, or the host object).
+            "SVIRT_SOURCE_GUEST": a.source.name if a.source else rec.scontext,
+            "SVIRT_TARGET": a.target.name if a.target else rec.tcontext,
+            "SVIRT_VERDICT": verdict,
+            **avc_fields(rec)})
+
+    def _log_unattributed(self, record: AvcRecord) -> None:
+        """A denial whose contexts carry category pairs that no guest holds (a guest svirtd does not
+        isolate, a file left with a released guest's pair). Denials without a pair are other
+        programs' business: not logged."""
+        if pair_of(record.scontext) is None and pair_of(record.tcontext) is None:
+            return
+        may, held = self._log_limit.allow(UNATTRIBUTED, time.time())
+        if may:
+            log.warning("denied: %s may not %s %s %s (%s); no guest holds these categories", record.scontext,
+                        " ".join(record.permissions), record.tclass, record.path, record.tcontext,
+                        extra=message_ids.message_fields(message_ids.DENIAL_UNATTRIBUTED, SVIRT_HELD_BACK=str(held),
+                                                         **avc_fields(record)))
 
     # manager.Listener: a released guest's history goes with it.
     def isolated(self, assignment: Assignment) -> None:
@@ -138,3 +160,9 @@ class DenialTracker:
         self._history.pop(uuid, None)
         self._log_limit.forget(uuid)
         self._signal_limit.forget(uuid)
+
+
+def avc_fields(rec: AvcRecord) -> dict[str, str]:
+    """Journal fields of an AVC record."""
+    return {"AVC_PERMISSIONS": " ".join(rec.permissions), "AVC_TCLASS": rec.tclass, "AVC_PATH": rec.path,
+            "AVC_SCONTEXT": rec.scontext, "AVC_TCONTEXT": rec.tcontext}

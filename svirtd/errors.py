@@ -8,6 +8,10 @@ for the admin who will read it in `busctl` or `virsh` output, so it says what to
 class SvirtError(Exception):
     """Base class of every error svirtd reports to a caller."""
 
+    # Set once the error is in the journal and the audit trail (a refused isolation): a caller that
+    # catches it only to log it stays quiet, so that one failure is one message.
+    reported: bool = False
+
 
 class InvalidArgument(SvirtError):
     """A caller passed a value that can never be valid (malformed UUID, unknown profile...)."""

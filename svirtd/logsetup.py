@@ -19,6 +19,8 @@ def setup_logging(level: str) -> None:
         # `journalctl GUEST_UUID=...`. stderr would only duplicate each line.
         handler = JournalHandler(SYSLOG_IDENTIFIER="svirtd")
     else:
+        # MESSAGE_IDs stay out of these lines: they serve journal filters and `journalctl -x`, which
+        # never read stderr, and each line already says in words which event it is.
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("svirtd[%(process)d] %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
@@ -27,6 +29,10 @@ def setup_logging(level: str) -> None:
     logging.getLogger("asyncio").setLevel(logging.INFO)
 
 
-def guest_fields(uuid: str, name: str) -> dict[str, str]:
-    """extra= for log calls about a guest: journal fields GUEST_UUID / GUEST_NAME."""
-    return {"GUEST_UUID": uuid, "GUEST_NAME": name}
+def guest_fields(uuid: str, name: str, message_id: str = "", **fields: str) -> dict[str, str]:
+    """extra= for log calls about a guest: journal fields GUEST_UUID / GUEST_NAME, plus MESSAGE_ID and
+    more fields (SVIRT_LEVEL...) when the call is one of message_ids' events."""
+    out = {"GUEST_UUID": uuid, "GUEST_NAME": name, **fields}
+    if message_id:
+        out["MESSAGE_ID"] = message_id
+    return out

@@ -22,19 +22,21 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from . import labels, relabel
+from . import labels, message_ids, relabel
 from .allocator import PairAllocator
 from .config import Config
 from .converge import Converger
 from .denials import GuestRef
 from .errors import (
     InvalidArgument,
+    LabelSpaceExhausted,
     NoSuchGuest,
     NotConfined,
     RelabelFailed,
     ResourceConflict,
+    StorageNotResponding,
     SvirtError,
     UnsafePath,
 )
@@ -65,6 +67,11 @@ from .store import Claim, Store
 log = logging.getLogger(__name__)
 
 MAX_GUEST_REF = 256
+# Failures that have a journal MESSAGE_ID (and catalog entry) of their own.
+FAILURE_MESSAGE_IDS: dict[type[SvirtError], str] = {
+    LabelSpaceExhausted: message_ids.LABEL_SPACE_EXHAUSTED,
+    StorageNotResponding: message_ids.STORAGE_NOT_RESPONDING,
+}
 
 
 class DomainInfoLike(Protocol):
@@ -107,6 +114,14 @@ class Listener(Protocol):
     def released(self, uuid: str, name: str) -> None: ...
 
 
+@runtime_checkable
+class FailureListener(Protocol):
+    """A listener that also hears of refused or failed isolations (the audit trail). Apart from
+    Listener: the others have nothing to announce for a guest that did not change."""
+
+    def isolation_failed(self, uuid: str, name: str, reason: str) -> None: ...
+
+
 class Listeners:
     """Several listeners as one (D-Bus signals, the MCS translation file...)."""
 
@@ -120,6 +135,11 @@ class Listeners:
     def released(self, uuid: str, name: str) -> None:
         for listener in self._listeners:
             listener.released(uuid, name)
+
+    def isolation_failed(self, uuid: str, name: str, reason: str) -> None:
+        for listener in self._listeners:
+            if isinstance(listener, FailureListener):
+                listener.isolation_failed(uuid, name, reason)
 
 
 class _NoListener:
@@ -298,6 +318,28 @@ class Manager:
 
     async def _isolate_locked(self, info: DomainInfoLike, profile: str, origin: Origin,
                               domain: DomainSpec | None = None) -> Assignment:
+        """_isolate_converge, whose failure is logged and audited here: every way in (Isolate, the hook,
+        libvirt events, reconcile) passes through this one place."""
+        try:
+            return await self._isolate_converge(info, profile, origin, domain)
+        except SvirtError as exc:
+            self._refused(info.uuid, info.name, origin, exc)
+            raise
+
+    def _refused(self, uuid: str, name: str, origin: Origin, exc: SvirtError) -> SvirtError:
+        """Log (MESSAGE_ID) and audit (VIRT_CONTROL op=isolate res=failed) a refused isolation; returns
+        exc, marked reported so that the callers that catch it do not log it again."""
+        reason = type(exc).__name__
+        log.error("could not isolate %s: %s", name, exc, extra=guest_fields(
+            uuid, name, FAILURE_MESSAGE_IDS.get(type(exc), message_ids.ISOLATION_FAILED),
+            SVIRT_REASON=reason, SVIRT_ORIGIN=origin.value))
+        if isinstance(self.listener, FailureListener):
+            self.listener.isolation_failed(uuid, name, reason)
+        exc.reported = True
+        return exc
+
+    async def _isolate_converge(self, info: DomainInfoLike, profile: str, origin: Origin,
+                                domain: DomainSpec | None = None) -> Assignment:
         """Allocate (or keep) the pair and converge the resources. No libvirt calls: see isolate()."""
         domain = domain or self._parse(info)
         existing = self.store.get(domain.uuid)
@@ -343,7 +385,11 @@ class Manager:
         assert final is not None
         if existing is None or changes.keys() & {"name", "profile"}:
             log.info("isolated %s at %s (profile %s, %s)", final.name, final.level, final.profile,
-                     final.origin.value, extra=guest_fields(final.uuid, final.name))
+                     final.origin.value, extra=guest_fields(
+                         final.uuid, final.name, message_ids.GUEST_ISOLATED, SVIRT_LEVEL=str(final.level),
+                         SVIRT_LABEL=str(self.spec.process_label(final.level, domain.is_tcg)),
+                         SVIRT_IMAGE_LABEL=str(self.spec.image_label(final.level)), SVIRT_PROFILE=final.profile,
+                         SVIRT_ORIGIN=final.origin.value))
             self.listener.isolated(final)
         return final
 
@@ -392,9 +438,10 @@ class Manager:
                 why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
                        f"{domain.name}` retries)")
                 if self.config.require_confined:
-                    raise NotConfined(f"{domain.name} is not started: {why}")
-                log.warning("guest %s starts UNCONFINED: %s", domain.name, why,
-                            extra=guest_fields(domain.uuid, domain.name))
+                    raise self._refused(domain.uuid, domain.name, Origin.AUTO,
+                                        NotConfined(f"{domain.name} is not started: {why}"))
+                log.warning("guest %s starts UNCONFINED: %s", domain.name, why, extra=guest_fields(
+                    domain.uuid, domain.name, message_ids.GUEST_UNCONFINED, SVIRT_REASON="release pending"))
                 return None
             if self.store.get(domain.uuid) is None and not self._confines(domain):
                 return None
@@ -409,9 +456,11 @@ class Manager:
         why = ("it was released by an admin" if self.store.is_opted_out(domain.uuid)
                else "automatic confinement does not cover it (default_confined / auto_confine_names)")
         if self.config.require_confined:
-            raise NotConfined(f"{domain.name} is not isolated ({why}) and require_confined = true; "
-                              f"`svirtctl isolate {domain.name}` confines it")
-        log.warning("guest %s starts UNCONFINED: %s", domain.name, why, extra=guest_fields(domain.uuid, domain.name))
+            raise self._refused(domain.uuid, domain.name, Origin.AUTO, NotConfined(
+                f"{domain.name} is not isolated ({why}) and require_confined = true; "
+                f"`svirtctl isolate {domain.name}` confines it"))
+        log.warning("guest %s starts UNCONFINED: %s", domain.name, why,
+                    extra=guest_fields(domain.uuid, domain.name, message_ids.GUEST_UNCONFINED, SVIRT_REASON=why))
         return False
 
     async def start_check(self, xml: str) -> Assignment | None:
@@ -439,9 +488,10 @@ class Manager:
                 what = label or "no SELinux label (<seclabel type='none'>)"
                 msg = f"{domain.name} would run with {what}, not its own pair {a.level}: it would not be isolated"
                 if self.config.require_confined:
-                    raise NotConfined(f"{msg}; require_confined = true refuses that. Remove the seclabel from "
-                                      "its definition")
-                log.error("%s", msg, extra=guest_fields(a.uuid, a.name))
+                    raise self._refused(a.uuid, a.name, Origin.AUTO, NotConfined(
+                        f"{msg}; require_confined = true refuses that. Remove the seclabel from its definition"))
+                log.error("%s", msg, extra=guest_fields(a.uuid, a.name, message_ids.GUEST_UNCONFINED,
+                                                        SVIRT_REASON=f"it would run with {what}"))
                 return a
             return await self._adopt_level(domain, a)
 
@@ -527,7 +577,9 @@ class Manager:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(marker.stat().st_mtime))
         note = (f"running UNCONFINED since {when}: svirtd could not confine it when it started (unreachable, "
                 "or it refused; see the log); restart the guest to confine it")
-        log.error("guest %s is %s", info.name, note, extra=guest_fields(info.uuid, info.name))
+        log.error("guest %s is %s", info.name, note, extra=guest_fields(
+            info.uuid, info.name, message_ids.GUEST_UNCONFINED,
+            SVIRT_REASON="svirtd was unreachable or refused when it started"))
         if self.store.get(info.uuid) is not None:
             self.store.update_assignment(info.uuid, note=note)
 
@@ -623,8 +675,9 @@ class Manager:
         else:
             self.levels.give_back(a.level)
         self._domains.pop(a.uuid, None)
-        log.info("released %s (%s%s)", a.name, a.level, " kept reserved while its definition or qemu carries it"
-                 if optout else " freed", extra=guest_fields(a.uuid, a.name))
+        pair_state = "kept reserved while its definition or qemu carries it" if optout else "freed"
+        log.info("released %s (%s %s)", a.name, a.level, pair_state, extra=guest_fields(
+            a.uuid, a.name, message_ids.GUEST_RELEASED, SVIRT_LEVEL=str(a.level), SVIRT_PAIR_STATE=pair_state))
         self.listener.released(a.uuid, a.name)
         return ""
 
@@ -820,8 +873,9 @@ class Manager:
         except SvirtError as exc:
             if event.kind != "undefined" and self.store.get(uuid) is None:
                 self._unconfined[uuid] = event.name
-            log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
-                      extra=guest_fields(uuid, event.name))
+            if not exc.reported:
+                log.error("guest %s (%s) left unconfined after %s: %s", event.name, uuid, event.kind, exc,
+                          extra=guest_fields(uuid, event.name))
         except Exception:
             log.exception("handling %s of %s failed", event.kind, event.name, extra=guest_fields(uuid, event.name))
 
@@ -891,7 +945,8 @@ class Manager:
                     self._note_unconfined_starts(info)
                 await self._write_identity(assignment, info)
             except SvirtError as exc:
-                log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
+                if not exc.reported:
+                    log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
             self._count_unconfined(info)
         log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
-from . import __version__, hook_spool, labels, selinux_host
+from . import __version__, hook_spool, labels, message_ids, selinux_host
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
@@ -185,6 +185,7 @@ class Daemon:
         if daemon_running(self.config.libvirt_uri):
             # Ready means: the guests libvirt has are confined (or the first attempt to reach it failed).
             await self.watcher.wait_first_attempt(timeout=READY_WAIT_SECONDS)
+        log.info("ready: %s", self.status(), extra=message_ids.message_fields(message_ids.DAEMON_READY))
         self.notifier.ready()
         self.notifier.start()
 
@@ -220,7 +221,8 @@ class Daemon:
         if plan.config.rescan_seconds != old.rescan_seconds:
             self._start_rescans()
         self._reload_note = ""
-        log.info("configuration reloaded from %s: %s", self.config_path or DEFAULT_CONFIG_PATH, plan.describe())
+        log.info("configuration reloaded from %s: %s", self.config_path or DEFAULT_CONFIG_PATH, plan.describe(),
+                 extra=message_ids.message_fields(message_ids.CONFIG_RELOADED))
         if plan.reconfine and self.watcher.connected:
             await self.manager.reconcile()  # guests automatic confinement now covers, or no longer does
         notify("READY=1")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,9 @@ class SvirtdProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in self.config.items()))
 
-    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None) -> SvirtdProcess:
+    def start(self, timeout: float = 20.0, env: dict[str, str] | None = None,
+              wrapper: Sequence[str] = ()) -> SvirtdProcess:
+        """wrapper: a command line svirtd's runs under (it must exec it: the pid stays svirtd's)."""
         self.write_config()
         notify_path = self.workdir / "notify.sock"
         notify_path.unlink(missing_ok=True)
@@ -59,7 +62,7 @@ class SvirtdProcess:
         self._notify = sock
         full_env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
         full_env.update({"NOTIFY_SOCKET": str(notify_path), **(env or {})})
-        self.proc = subprocess.Popen([str(SVIRTD), "--config", str(self.config_path)], env=full_env,
+        self.proc = subprocess.Popen([*wrapper, str(SVIRTD), "--config", str(self.config_path)], env=full_env,
                                      stdout=subprocess.DEVNULL, stderr=self.log_path.open("ab"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -105,6 +105,14 @@ result denial_attributed "$(attributed; echo $?)" "$(svirtctl --json query e2e-a
 journal=$(journalctl -o json --no-pager GUEST_NAME=e2e-a | grep -c '"AVC_TCONTEXT"')
 result journal_fields "$([ "$journal" -gt 0 ]; echo $?)" "$journal journal entries with GUEST_NAME=e2e-a and AVC_* fields"
 
+# journalctl -x explains the cross-guest denial with svirtd's catalog (installed by the .deb).
+DENIAL_ID=2ac25ca5ca0e4907ac2939b4164d901c   # svirtd/message_ids.py DENIAL_CROSS_GUEST
+journalctl --update-catalog
+explained() { journalctl -x --no-pager MESSAGE_ID=$DENIAL_ID GUEST_NAME=e2e-a; }
+catalogued() { [[ $(explained) == *"Subject: Guest e2e-a was denied access to guest e2e-b"* ]] && [[ $(explained) == *"MCS isolation at work"* ]]; }
+wait_for 10 catalogued
+result journal_catalog "$(catalogued; echo $?)" "$(explained | grep -m1 'Subject: ')"
+
 svirtctl verify > /tmp/verify.txt; status=$?
 result verify_ok "$status" "$(tr '\n' ' ' < /tmp/verify.txt)"
 

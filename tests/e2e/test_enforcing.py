@@ -21,7 +21,7 @@ EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started
             "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
             "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled",
             "systemd_ready_after_reconcile", "status_line", "systemctl_reload", "sighup_survives", "stop_sticks",
-            "watchdog")
+            "watchdog", "journal_catalog")
 
 pytestmark = pytest.mark.e2e
 

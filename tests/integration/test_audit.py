@@ -29,11 +29,11 @@ from dbus_fast.aio import MessageBus
 
 from svirtd.ctl import unwrap as plain
 from testbed.bus import PrivateBus
-from testbed.client import SvirtClient
+from testbed.client import CallFailed, SvirtClient
 from testbed.daemon import SvirtdProcess
-from testbed.guests import Guest, GuestFactory
+from testbed.guests import Disk, Guest, GuestFactory
 from tests.conftest import wait_until
-from tests.helpers import SignalRecorder, run
+from tests.helpers import SignalRecorder, call, run
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -278,30 +278,72 @@ def audit_enabled() -> Iterator[None]:
         audit.audit_close(fd)
 
 
-def test_virt_machine_id_record_for_a_new_binding(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
-    svirtd()
+@contextlib.contextmanager
+def audit_records() -> Iterator[Callable[[int, str], str]]:
+    """With audit enabled and the kernel's audit multicast joined: wait_for(record type, text in it)
+    returns the first such record that arrives ("" after 30 s)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)
     sock.bind((0, 1))
     sock.settimeout(0.5)
-    with audit_enabled():
-        g = guests.new()
+
+    def wait_for(record_type: int, needle: str) -> str:
         deadline = time.monotonic() + 30
-        found = ""
-        while time.monotonic() < deadline and not found:
+        while time.monotonic() < deadline:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
                 continue
             length, msg_type = struct.unpack_from("=IH", data)
             text = data[16:length].decode(errors="replace")
-            if msg_type == audit.AUDIT_VIRT_MACHINE_ID and g.uuid in text:
-                found = text
-    sock.close()
+            if msg_type == record_type and needle in text:
+                return text
+        return ""
+
+    try:
+        with audit_enabled():
+            yield wait_for
+    finally:
+        sock.close()
+
+
+def test_virt_machine_id_record_for_a_new_binding(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    svirtd()
+    with audit_records() as wait_for:
+        g = guests.new()
+        found = wait_for(audit.AUDIT_VIRT_MACHINE_ID, g.uuid)
     assert found, "no VIRT_MACHINE_ID record for the new binding"
     level = run(query(bus, g.uuid))["level"]
     assert f"vm-ctx=system_u:system_r:svirt_t:{level}" in found
     assert f"img-ctx=system_u:object_r:svirt_image_t:{level}" in found and "model=selinux" in found
     assert f'vm="{g.name}"' in found
+
+
+def test_virt_control_record_for_a_release(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    svirtd()
+    g = guests.new()
+    levels_of(bus, g)
+    with audit_records() as wait_for:
+        run(call(bus, "Release", "s", g.uuid))
+        found = wait_for(audit.AUDIT_VIRT_CONTROL, g.uuid)
+    assert found, "no VIRT_CONTROL record for the release"
+    assert "virt=kvm op=release" in found and f'vm="{g.name}"' in found and "res=success" in found, found
+    assert not any(r[0] == g.uuid for r in run(call(bus, "List")))
+
+
+def test_virt_control_record_for_a_refused_isolation(bus: PrivateBus, guests: GuestFactory,
+                                                     svirtd: StartSvirtd) -> None:
+    svirtd(default_confined=False)
+    owner = guests.new()
+    run(call(bus, "Isolate", "ss", owner.uuid, ""))
+    taker = guests.new(disk_specs=[Disk(owner.disk, "vda")])  # another guest's private disk
+    with audit_records() as wait_for:
+        with pytest.raises(CallFailed) as exc:
+            run(call(bus, "Isolate", "ss", taker.uuid, ""))
+        found = wait_for(audit.AUDIT_VIRT_CONTROL, taker.uuid)
+    assert exc.value.name == "org.svirt.Manager1.Error.ResourceConflict"
+    assert found, "no VIRT_CONTROL record for the refused isolation"
+    assert "op=isolate reason=ResourceConflict" in found and f'vm="{taker.name}"' in found, found
+    assert "res=failed" in found, found
 
 
 def test_audit_log_file_fallback(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, tmp_path: Path) -> None:
