@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any
 
-from dbus_fast import Message, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr
@@ -94,8 +94,19 @@ class GuestView:
 class GuestObject(ServiceInterface):
     def __init__(self, view: GuestView, manager_iface: "ManagerInterface") -> None:
         super().__init__(GUEST_INTERFACE)
-        self.view = view
         self._iface = manager_iface
+        self.view = view
+
+    @property
+    def view(self) -> GuestView:
+        return self._view
+
+    @view.setter
+    def view(self, view: GuestView) -> None:
+        self._view = view
+        # Built once per change, not per GetManagedObjects: 1,000 guests are served from these.
+        self.variants = {name: Variant("a(sssss)" if name == "Resources" else "s", value)
+                         for name, value in view.as_dbus().items()}
 
     @method()
     async def Release(self) -> None:
@@ -149,13 +160,6 @@ class GuestObject(ServiceInterface):
     def Resources(self) -> ResourceRows:
         return [list(r) for r in self.view.Resources]
 
-    def properties(self) -> dict[str, Variant]:
-        """Every property as variants (InterfacesAdded), from the snapshot."""
-        out: dict[str, Variant] = {}
-        for name, value in self.view.as_dbus().items():
-            out[name] = Variant("a(sssss)" if name == "Resources" else "s", value)
-        return out
-
     def introspect(self) -> intr.Interface:
         iface = super().introspect()
         members: list[Any] = [*iface.methods, *iface.properties]
@@ -183,10 +187,20 @@ class GuestObjects:
         """Export every guest in the table, then follow the table's changes."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
+        self._bus.add_message_handler(self.managed_objects)
         for a in self._manager.store.assignments():
             self._sync(a.uuid, a)
         self._manager.store.observer = self.changed
         self._manager.on_verified = self.all_changed
+
+    def managed_objects(self, msg: Message) -> Message | None:
+        """Bus message handler: GetManagedObjects on the manager's path, answered from the objects'
+        prebuilt variants (dbus-fast's own handler asks every property of every object again)."""
+        if (msg.message_type is not MessageType.METHOD_CALL or msg.member != "GetManagedObjects"
+                or msg.path != MANAGER_PATH or msg.interface not in (OBJECT_MANAGER, None)):
+            return None
+        body = {guest_path(uuid): {GUEST_INTERFACE: obj.variants} for uuid, obj in self._objects.items()}
+        return Message.new_method_return(msg, "a{oa{sa{sv}}}", [body])
 
     def path_of(self, uuid: str) -> str | None:
         return guest_path(uuid) if uuid in self._objects else None
@@ -255,7 +269,7 @@ class ObjectManagerBus(MessageBus):
         if not self.connected:
             return
         self.send(Message.new_signal(path=MANAGER_PATH, interface=OBJECT_MANAGER, member="InterfacesAdded",
-                                     signature="oa{sa{sv}}", body=[path, {interface.name: interface.properties()}]))
+                                     signature="oa{sa{sv}}", body=[path, {interface.name: interface.variants}]))
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
         if not path.startswith(GUEST_PREFIX):
