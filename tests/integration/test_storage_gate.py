@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from svirtd.errors import StorageNotResponding
 from svirtd.mount_table import MountTable
-from svirtd.storage_gate import StorageGate
+from svirtd.storage_gate import INLINE_MAX_PATHS, LOCAL_FSTYPES, StorageGate
 from testbed.mounts import Mounts
 
 
@@ -53,3 +54,29 @@ def test_a_stopped_server_is_noticed_while_the_kernel_still_caches_its_attribute
         os.kill(daemon.pid, signal.SIGCONT)
         gate.close()
     assert took < 5, f"the gate took {took:.1f}s to notice"
+
+
+def test_local_files_need_no_helper_and_no_thread(tmp_path: Path) -> None:
+    """Files on this host's own filesystems (here ext4, or whatever holds the test's tmp dir if it is
+    local) cannot hang: no helper process is asked, and a small read runs on the event loop."""
+    table = MountTable()
+    mount = table.mount_of(str(tmp_path))
+    assert mount is not None
+    if mount.fstype not in LOCAL_FSTYPES:
+        pytest.fail(f"the test's tmp dir lies on {mount.fstype}: run it where tmp is local storage")
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"x")
+    gate = StorageGate(timeout=1.0, table=table)
+    loop_thread = threading.get_ident()
+
+    async def scenario() -> tuple[dict[str, str], int]:
+        hung = await gate.unresponsive([str(disk)])
+        ran_in = await gate.read([str(disk)], "read", threading.get_ident)
+        return hung, ran_in
+
+    hung, ran_in = asyncio.run(scenario())
+    gate.close()
+    assert hung == {} and ran_in == loop_thread
+    assert all(m.proc is None for m in gate._mounts.values())  # no helper was started
+    many = [str(disk)] * (INLINE_MAX_PATHS + 1)  # a big job still goes to a worker thread
+    assert asyncio.run(gate.read(many, "read", threading.get_ident)) != loop_thread
