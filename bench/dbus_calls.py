@@ -3,7 +3,8 @@
 Real dbus-daemon (our policy file), real libvirtd, svirtd as a process, one guest with 4 disks:
 - in-process (one dbus-fast connection, raw messages timed from send to raw reply, nothing unwrapped
   for any of them): Query and PrepareStart (a guest start whose resources are all in place, as the
-  libvirt hook sends it) against GetId; the difference is the daemon's own cost (*_daemon_ms);
+  libvirt hook sends it) against GetId; the difference is the daemon's own cost (*_daemon_ms); and
+  Peer.Ping to svirtd, the floor of any call a Python process answers;
 - over busctl (a new process and connection per call, as the hook and admins do): the same.
 Calls alternate with GetId, medians of ROUNDS; the ratios are the numbers to watch.
 
@@ -47,6 +48,10 @@ async def in_process(address: str, uuid: str, xml: str) -> dict[str, float]:
         messages: dict[str, Callable[[], Message]] = {
             "getid": lambda: Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
                                      interface="org.freedesktop.DBus", member="GetId"),
+            # The floor of any call svirtd answers: Peer.Ping, answered by dbus-fast itself in svirtd's
+            # process (GetId is answered by dbus-daemon in C).
+            "ping": lambda: Message(destination="org.svirt.Manager", path="/org/svirt/Manager",
+                                    interface="org.freedesktop.DBus.Peer", member="Ping"),
             "query": lambda: svirt("Query", "s", uuid),
             "prepare_start": lambda: svirt("PrepareStart", "s", xml),
         }
@@ -99,7 +104,10 @@ def main() -> None:
             "getid_ms": round(inproc["getid"], 3),
             "query_ms": round(inproc["query"], 3),
             "prepare_start_ms": round(inproc["prepare_start"], 3),
+            "ping_ms": round(inproc["ping"], 3),
+            "ping_vs_getid": round(inproc["ping"] / inproc["getid"], 2),
             "query_vs_getid": round(inproc["query"] / inproc["getid"], 2),
+            "query_vs_ping": round(inproc["query"] / inproc["ping"], 2),
             "query_daemon_ms": round(inproc["query"] - inproc["getid"], 3),
             "prepare_start_daemon_ms": round(inproc["prepare_start"] - inproc["getid"], 3),
             "prepare_start_vs_getid": round(inproc["prepare_start"] / inproc["getid"], 2),
