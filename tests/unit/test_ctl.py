@@ -91,4 +91,4 @@ def test_the_man_page_builds() -> None:
         pytest.skip("scdoc is not installed (apt-get install scdoc)")
     out = subprocess.run(["scdoc"], input=MAN.read_bytes(), capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
-    assert b".SH \"EXIT STATUS\"" in out.stdout
+    assert b".SH EXIT STATUS" in out.stdout and b".SH SEE ALSO" in out.stdout
