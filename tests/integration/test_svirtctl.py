@@ -22,6 +22,7 @@ from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
 from testbed.guests import GuestFactory
 from testbed.polkit import Polkitd
+from tests.completion import complete
 from tests.conftest import wait_until
 from tests.helpers import call, run
 
@@ -227,3 +228,17 @@ def test_on_a_terminal_svirtctl_runs_a_polkit_agent(bus: PrivateBus, guests: Gue
 def agents_of(uid: int) -> list[str]:
     out = subprocess.run(["pgrep", "-u", str(uid), "-x", "pkttyagent"], capture_output=True, text=True)
     return out.stdout.split()
+
+
+def test_completion_offers_the_guests_svirtd_isolates(bus: PrivateBus, guests: GuestFactory,
+                                                     svirtd: StartSvirtd) -> None:
+    svirtd(default_confined=False)
+    a, b = guests.new(), guests.new()
+    guests.new()  # defined, not isolated: not offered
+    for g in (a, b):
+        assert svirtctl(bus, "isolate", g.name).returncode == 0
+    offered = complete("svirtctl query ", env={"SVIRT_BUS_ADDRESS": bus.address})
+    assert set(offered) == {a.name, a.uuid, b.name, b.uuid}
+    assert complete(f"svirtctl --bus-address {bus.address} release {a.uuid[:13]}",
+                    env={"SVIRT_BUS_ADDRESS": ""}) == [a.uuid]
+    assert complete(f"svirtctl isolate {a.name} ", env={"SVIRT_BUS_ADDRESS": bus.address}) == []  # one guest

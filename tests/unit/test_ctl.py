@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from svirtd.ctl import parser
 from svirtd.ctl_exit import ERROR_EXIT, ExitCode, exit_code
 from svirtd.ctl_output import list_lines, status_lines, table
 from svirtd.dbus_iface import ERROR_NAMES, INTERNAL_ERROR
+from svirtd.profiles import PROFILES
+from tests.completion import complete
 
 MAN = Path(__file__).resolve().parents[2] / "man" / "svirtctl.1.scd"
 
@@ -92,3 +95,20 @@ def test_the_man_page_builds() -> None:
     out = subprocess.run(["scdoc"], input=MAN.read_bytes(), capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert b".SH EXIT STATUS" in out.stdout and b".SH SEE ALSO" in out.stdout
+
+
+def test_completion_offers_the_commands_options_and_profiles() -> None:
+    commands = set(next(a for a in parser()._actions if a.dest == "command").choices or ())
+    assert set(complete("svirtctl ")) == commands
+    assert set(complete("svirtctl --json --no-legend ")) == commands
+    assert complete("svirtctl is") == ["isolate"]
+    assert set(complete("svirtctl list --no-")) == {"--no-legend", "--no-ask-password"}
+    assert "--profile" in complete("svirtctl isolate web01 --") and "--profile" not in complete("svirtctl list --")
+    assert set(complete("svirtctl isolate web01 --profile ")) == set(PROFILES)
+    assert complete("svirtctl --bus-address unix:path=/run/x st") == ["status"]
+
+
+def test_completion_of_guests_gives_up_quickly_without_svirtd(tmp_path: Path) -> None:
+    started = time.monotonic()
+    assert complete("svirtctl query ", env={"SVIRT_BUS_ADDRESS": f"unix:path={tmp_path}/none"}) == []
+    assert time.monotonic() - started < 5
