@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -172,7 +173,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     address = args.bus_address or os.environ.get("SVIRT_BUS_ADDRESS")
-    return int(asyncio.run(run(args, address)))
+    try:
+        return int(asyncio.run(run(args, address)))
+    except KeyboardInterrupt:  # e.g. at polkit's password prompt; the agent was ended on the way out
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
