@@ -167,8 +167,9 @@ def test_only_a_call_that_allows_it_lets_polkit_interact(bus: PrivateBus, guests
 
 def in_pty(cmd: list[str], env: dict[str, str], answer: Callable[[str], bytes | None],
            timeout: float = 60) -> tuple[int, str]:
-    """Run cmd on a new pseudo-terminal (its stdin, stdout and controlling tty); answer(output so far)
-    may return bytes to type. Returns the exit status and everything the terminal showed."""
+    """Run cmd on a new pseudo-terminal (its stdin, stdout and controlling tty); answer(output so far),
+    asked at least every 0.2 s, may return bytes to type. Returns the exit status and everything the
+    terminal showed."""
     pid, fd = pty.fork()
     if pid == 0:  # child: only exec
         os.execvpe(cmd[0], cmd, env)  # noqa: S606 - a fixed argv, no shell
@@ -185,15 +186,35 @@ def in_pty(cmd: list[str], env: dict[str, str], answer: Callable[[str], bytes | 
                 if not chunk:
                     break
                 seen += chunk
-                typed = answer(seen.decode(errors="replace"))
-                if typed:
-                    os.write(fd, typed)
+            typed = answer(seen.decode(errors="replace"))  # also while nothing new shows: a slow typist
+            if typed:
+                os.write(fd, typed)
         else:
             os.kill(pid, 9)
     finally:
         _, status = os.waitpid(pid, 0)
         os.close(fd)
     return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
+
+
+class EndOfInput:
+    """An answer for in_pty: ^D (no password) `after` seconds at the password prompt, and again every
+    second: the agent discards what was typed before it turned echo off."""
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self.prompted: float | None = None
+        self.sent = 0.0
+
+    def __call__(self, shown: str) -> bytes | None:
+        now = time.monotonic()
+        if "Password:" not in shown:
+            return None
+        self.prompted = self.prompted or now
+        if now - self.prompted < self.after or now - self.sent < 1:
+            return None
+        self.sent = now
+        return b"\x04"
 
 
 def test_on_a_terminal_svirtctl_runs_a_polkit_agent(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
@@ -208,10 +229,7 @@ def test_on_a_terminal_svirtctl_runs_a_polkit_agent(bus: PrivateBus, guests: Gue
         env = {"PATH": os.environ["PATH"], "SVIRT_BUS_ADDRESS": bus.address, "TERM": "dumb", "LC_ALL": "C"}
         base = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", str(SVIRTCTL)]
 
-        def dismiss(shown: str) -> bytes | None:
-            return b"\x04" if "Password:" in shown else None  # ^D: no password
-
-        code, shown = in_pty([*base, "isolate", g.name], env, dismiss)
+        code, shown = in_pty([*base, "isolate", g.name], env, EndOfInput(after=1))
         assert "AUTHENTICATING FOR org.svirt.manager1.isolate" in shown, shown
         assert code == ExitCode.ACCESS_DENIED, shown
         assert "run svirtctl from a terminal" not in shown  # it did ask
@@ -242,3 +260,21 @@ def test_completion_offers_the_guests_svirtd_isolates(bus: PrivateBus, guests: G
     assert complete(f"svirtctl --bus-address {bus.address} release {a.uuid[:13]}",
                     env={"SVIRT_BUS_ADDRESS": ""}) == [a.uuid]
     assert complete(f"svirtctl isolate {a.name} ", env={"SVIRT_BUS_ADDRESS": bus.address}) == []  # one guest
+
+
+def test_polkit_waits_for_a_slow_typist(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                        tmp_path: Path) -> None:
+    """An interactive check outlives svirtd's 30 s bound on non-interactive ones: the answer after
+    40 s at the password prompt is polkit's (not authorized), not "the authorization check failed"."""
+    polkitd = Polkitd(tmp_path / "polkit", bus.address, AUTH_ADMIN_RULES).start()
+    try:
+        svirtd(default_confined=False)
+        g = guests.new()
+        env = {"PATH": os.environ["PATH"], "SVIRT_BUS_ADDRESS": bus.address, "TERM": "dumb", "LC_ALL": "C"}
+        no_password = EndOfInput(after=40)
+        code, shown = in_pty(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                              str(SVIRTCTL), "isolate", g.name], env, no_password, timeout=120)
+        assert no_password.sent and code == 5, shown
+        assert f"not authorized to isolate {g.name}" in shown and "authorization check failed" not in shown, shown
+    finally:
+        polkitd.stop()
