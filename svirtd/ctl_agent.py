@@ -30,7 +30,8 @@ def may_ask_password(no_ask_password: bool) -> bool:
 
 
 class PolkitAgent:
-    """`with PolkitAgent(bus_address):` runs pkttyagent while the block runs; a no-op when it cannot."""
+    """`with PolkitAgent(address, enabled):` runs pkttyagent while the block runs; a no-op when disabled,
+    as root, or without pkttyagent."""
 
     def __init__(self, bus_address: str | None, enabled: bool) -> None:
         self.bus_address = bus_address

@@ -3,11 +3,11 @@
 
 _svirtctl_guests()
 {
-    # svirtd answers List from memory; a bus that does not answer costs at most a second, and no
+    # svirtd answers List from memory; a bus that does not answer costs at most 2 s, and no
     # password is ever asked for while completing.
     local -a bus=()
     [[ -n $1 ]] && bus=(--bus-address "$1")
-    timeout 1 svirtctl "${bus[@]}" --no-ask-password list --no-legend 2>/dev/null | while IFS=$' \t' read -r uuid name _; do
+    timeout 2 svirtctl "${bus[@]}" --no-ask-password list --no-legend 2>/dev/null | while IFS=$' \t' read -r uuid name _; do
         printf '%s\n%s\n' "$name" "$uuid"
     done
 }
