@@ -25,6 +25,9 @@ POLKIT_IFACE = "org.freedesktop.PolicyKit1.Authority"
 _ALLOW_USER_INTERACTION = 1
 _UNAVAILABLE = ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner")
 _KNOWN_CALLERS = 1024  # uids remembered per unique bus name
+# A check polkit may answer by asking a person for a password lasts as long as they type (the bus
+# itself never times a reply out); sudo gives a password prompt 5 minutes too.
+_INTERACTIVE_TIMEOUT = 300.0
 
 
 class Action(enum.StrEnum):
@@ -64,10 +67,12 @@ async def require_root(bus: MessageBus, sender: str | None, what: str) -> None:
 
 
 class Authorizer:
-    def __init__(self, bus: MessageBus, timeout: float = 30.0) -> None:
+    def __init__(self, bus: MessageBus, timeout: float = 30.0,
+                 interactive_timeout: float = _INTERACTIVE_TIMEOUT) -> None:
         self.bus = bus
         self._bus = bus
         self._timeout = timeout
+        self._interactive_timeout = interactive_timeout
         self._uids: dict[str, int] = {}
 
     async def _uid(self, sender: str) -> int:
@@ -121,7 +126,7 @@ class Authorizer:
         reply = await _call(self._bus, Message(
             destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE, member="CheckAuthorization",
             signature="(sa{sv})sa{ss}us", body=[subject, action.value, details, flags, ""],
-        ), self._timeout)
+        ), self._interactive_timeout if interactive else self._timeout)
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in _UNAVAILABLE:
                 raise PolkitUnavailable()

@@ -1,120 +1,96 @@
-"""svirtctl: the admin's command line for svirtd (a plain D-Bus client of org.svirt.Manager1)."""
+"""svirtctl: the admin's command line for svirtd (a plain D-Bus client of org.svirt.Manager1).
+
+Output is in svirtd/ctl_output.py, exit codes in svirtd/ctl_exit.py, the polkit agent in
+svirtd/ctl_agent.py; the manual is man/svirtctl.1.scd.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dbus_fast import BusType, DBusError, Message, MessageType, Variant
+from dbus_fast import BusType, DBusError, Message, MessageFlag, MessageType
 from dbus_fast.aio import MessageBus
+
+from . import __version__
+from .ctl_agent import PolkitAgent, may_ask_password
+from .ctl_exit import ExitCode, exit_code
+from .ctl_output import dumps, list_json, list_lines, report_lines, status_lines, unwrap, verify_lines
+
+__all__ = ["main", "unwrap"]
 
 BUS_NAME = "org.svirt.Manager"
 OBJECT_PATH = "/org/svirt/Manager"
 INTERFACE = "org.svirt.Manager1"
+# Calls polkit may be asked about (for callers other than root); only these get the agent.
+AUTHORIZED = frozenset({"isolate", "release", "verify"})
 
 
-def unwrap(value: Any) -> Any:
-    """Variants -> plain Python values, recursively (for printing and --json)."""
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
+class Client:
+    def __init__(self, bus: MessageBus, interactive: bool) -> None:
+        self.bus = bus
+        self.flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
+
+    async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
+                   interface: str = INTERFACE) -> list[Any]:
+        reply = await self.bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
+                                            member=member, signature=signature, body=body or [],
+                                            flags=self.flags))
+        assert reply is not None
+        if reply.message_type is MessageType.ERROR:
+            raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed",
+                            reply.body[0] if reply.body else "")
+        return list(reply.body)
 
 
-async def call(bus: MessageBus, member: str, signature: str = "", body: list[Any] | None = None,
-               interface: str = INTERFACE) -> list[Any]:
-    reply = await bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface, member=member,
-                                   signature=signature, body=body or []))
-    assert reply is not None
-    if reply.message_type is MessageType.ERROR:
-        raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed",
-                        reply.body[0] if reply.body else "")
-    return list(reply.body)
+def out(lines: list[str]) -> None:
+    if lines:
+        print("\n".join(lines))
 
 
-def print_report(report: dict[str, Any]) -> None:
-    print(f"guest      {report['name']} ({report['uuid']})")
-    print(f"level      {report['level']}  (categories {', '.join(f'c{c}' for c in report['categories'])})")
-    print(f"label      {report['label']}")
-    print(f"image      {report['image_label']}")
-    print(f"profile    {report['profile']}   state {report['state']}   origin {report['origin']}")
-    if report.get("note"):
-        print(f"note       {report['note']}")
-    print(f"isolation  {report.get('isolation', '')}")
-    print("resources")
-    for r in report["resources"]:
-        print(f"  {r['status']:<14} {r['class']:<9} {r['device']:<22} {r['path']}")
-        if r["expected"]:
-            print(f"  {'':<14} expected {r['expected']}")
-            print(f"  {'':<14} actual   {r['actual'] or '(none)'}")
-        if r["note"]:
-            print(f"  {'':<14} {r['note']}")
+async def cmd_list(client: Client, args: argparse.Namespace) -> ExitCode:
+    (rows,) = await client.call("List")
+    out([dumps(list_json(rows))] if args.json else list_lines(rows, legend=not args.no_legend))
+    return ExitCode.OK
 
 
-async def cmd_list(bus: MessageBus, args: argparse.Namespace) -> None:
-    (rows,) = await call(bus, "List")
-    if args.json:
-        fields = ("uuid", "name", "level", "profile", "state")
-        print(json.dumps([dict(zip(fields, r, strict=True)) for r in rows], indent=2))
-        return
-    print(f"{'UUID':<36}  {'NAME':<20} {'LEVEL':<14} {'PROFILE':<9} STATE")
-    for uuid, name, level, profile, state in rows:
-        print(f"{uuid:<36}  {name:<20} {level:<14} {profile:<9} {state}")
-
-
-async def cmd_query(bus: MessageBus, args: argparse.Namespace) -> None:
+async def cmd_query(client: Client, args: argparse.Namespace) -> ExitCode:
     if args.command == "query":
-        (report,) = await call(bus, "Query", "s", [args.guest])
+        (report,) = await client.call("Query", "s", [args.guest])
     else:
-        (report,) = await call(bus, "Isolate", "ss", [args.guest, args.profile])
+        (report,) = await client.call("Isolate", "ss", [args.guest, args.profile])
     plain = unwrap(report)
-    if args.json:
-        print(json.dumps(plain, indent=2))
-    else:
-        print_report(plain)
+    out([dumps(plain)] if args.json else report_lines(plain))
+    return ExitCode.OK
 
 
-async def cmd_release(bus: MessageBus, args: argparse.Namespace) -> None:
-    await call(bus, "Release", "s", [args.guest])
-    print(f"released {args.guest}")
+async def cmd_release(client: Client, args: argparse.Namespace) -> ExitCode:
+    await client.call("Release", "s", [args.guest])
+    # Release returns nothing: the guest is named as the caller named it (a UUID or a name).
+    out([dumps({"released": args.guest})] if args.json else [f"released {args.guest}"])
+    return ExitCode.OK
 
 
-async def cmd_status(bus: MessageBus, args: argparse.Namespace) -> None:
-    (props,) = await call(bus, "GetAll", "s", [INTERFACE], interface="org.freedesktop.DBus.Properties")
+async def cmd_status(client: Client, args: argparse.Namespace) -> ExitCode:
+    (props,) = await client.call("GetAll", "s", [INTERFACE], interface="org.freedesktop.DBus.Properties")
     plain = unwrap(props)
-    if args.json:
-        print(json.dumps(plain, indent=2))
-        return
-    for key in sorted(plain):
-        print(f"{key:<18} {plain[key]}")
+    out([dumps(plain)] if args.json else status_lines(plain))
+    return ExitCode.OK
 
 
-async def cmd_verify(bus: MessageBus, args: argparse.Namespace) -> None:
-    (result,) = await call(bus, "Verify")
+async def cmd_verify(client: Client, args: argparse.Namespace) -> ExitCode:
+    (result,) = await client.call("Verify")
     plain = unwrap(result)
-    if args.json:
-        print(json.dumps(plain, indent=2))
-    else:
-        print(f"policy        {plain['policy']}")
-        print(f"guests        {plain['guests']}   resources {plain['resources']}   "
-              f"ordered pairs {plain['ordered_pairs']}   checks {plain['checks']}")
-        print("isolation     " + ("OK: every guest is isolated from every other" if plain["ok"] else
-                                  f"VIOLATED ({len(plain['violations'])} findings)"))
-        for v in plain["violations"]:
-            print(f"  {v['kind']:<18} {v['message']}")
-    if not plain["ok"]:
-        raise SystemExit(3)
+    out([dumps(plain)] if args.json else verify_lines(plain))
+    return ExitCode.OK if plain["ok"] else ExitCode.VIOLATED
 
 
-COMMANDS: dict[str, Callable[[MessageBus, argparse.Namespace], Awaitable[None]]] = {
+COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[ExitCode]]] = {
     "list": cmd_list,
     "query": cmd_query,
     "isolate": cmd_query,
@@ -124,41 +100,83 @@ COMMANDS: dict[str, Callable[[MessageBus, argparse.Namespace], Awaitable[None]]]
 }
 
 
-async def run(args: argparse.Namespace) -> int:
-    address = args.bus_address or os.environ.get("SVIRT_BUS_ADDRESS")
-    bus = await (MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)).connect()
+def explain(exc: DBusError, code: ExitCode, interactive: bool) -> str:
+    """The error line, plus what to do when the fix is on the caller's side."""
+    short = exc.type.rsplit(".", 1)[-1]
+    text = f"svirtctl: {short}: {exc.text}"
+    if code is ExitCode.ACCESS_DENIED and not interactive and os.geteuid() != 0:
+        text += ("\nsvirtctl: polkit could not ask for a password: run svirtctl from a terminal without "
+                 "--no-ask-password to authenticate, or as root")
+    elif code is ExitCode.NOT_RUNNING:
+        text += "\nsvirtctl: is svirtd running? (systemctl status svirtd)"
+    return text
+
+
+async def run(args: argparse.Namespace, address: str | None) -> ExitCode:
     try:
-        await COMMANDS[args.command](bus, args)
-        return 0
+        bus = await (MessageBus(bus_address=address) if address else MessageBus(bus_type=BusType.SYSTEM)).connect()
+    except (OSError, ConnectionError, DBusError) as exc:
+        print(f"svirtctl: cannot reach the bus {address or '(system bus)'}: {exc}", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    interactive = may_ask_password(args.no_ask_password)
+    try:
+        with PolkitAgent(address, enabled=interactive and args.command in AUTHORIZED):
+            return await COMMANDS[args.command](Client(bus, interactive), args)
     except DBusError as exc:
-        short = exc.type.rsplit(".", 1)[-1]
-        print(f"svirtctl: {short}: {exc.text}", file=sys.stderr)
-        return 1
+        code = exit_code(exc.type)
+        print(explain(exc, code, interactive), file=sys.stderr)
+        return code
     finally:
         bus.disconnect()
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="svirtctl", description="Manage per-guest SELinux isolation (svirtd)")
-    p.add_argument("--bus-address", help="D-Bus address of the bus svirtd serves on (default: system bus)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="every isolated guest")
-    sub.add_parser("status", help="svirtd's properties (version, enforcing, free pairs...)")
-    sub.add_parser("verify", help="prove isolation against the compiled policy (exit 3 on a violation)")
-    q = sub.add_parser("query", help="one guest's labels and resources")
-    q.add_argument("guest", help="UUID or libvirt name")
-    i = sub.add_parser("isolate", help="isolate a guest (root)")
+def add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """Options accepted before and after the command. A subcommand's copy has no defaults, so it
+    leaves alone what was given before the command."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--bus-address", metavar="ADDRESS", default=default(None),
+                   help="D-Bus address of the bus svirtd serves on (default: $SVIRT_BUS_ADDRESS, else the system bus)")
+    p.add_argument("--json", action="store_true", default=default(False), help="machine-readable output (JSON)")
+    p.add_argument("--no-legend", action="store_true", default=default(False),
+                   help="list: no column headers and no footer")
+    p.add_argument("--no-ask-password", action="store_true", default=default(False),
+                   help="never let polkit ask for a password (fail with exit 5 instead)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="svirtctl", description="Manage per-guest SELinux isolation (svirtd)",
+                                epilog="See svirtctl(1) for output columns and exit codes.")
+    p.add_argument("--version", action="version", version=f"svirtctl {__version__}")
+    add_common(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=summary, description=summary)
+        add_common(c, defaults=False)
+        return c
+
+    command("list", "every isolated guest")
+    command("status", "svirtd's properties (version, enforcing, free pairs...)")
+    command("verify", "prove isolation against the compiled policy (exit 3 on a violation)")
+    command("query", "one guest's labels and resources").add_argument("guest", help="UUID or libvirt name")
+    i = command("isolate", "isolate a guest")
     i.add_argument("guest", help="UUID or libvirt name")
     i.add_argument("--profile", default="", help="containment profile (default: default)")
-    r = sub.add_parser("release", help="remove a guest's isolation and restore its files (root)")
-    r.add_argument("guest", help="UUID or libvirt name")
-    args = p.parse_args(argv)
+    command("release", "remove a guest's isolation and restore its files").add_argument(
+        "guest", help="UUID or libvirt name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    address = args.bus_address or os.environ.get("SVIRT_BUS_ADDRESS")
     try:
-        return asyncio.run(run(args))
-    except (OSError, ConnectionError) as exc:
-        print(f"svirtctl: cannot reach the bus ({exc}); is dbus running?", file=sys.stderr)
-        return 1
+        return int(asyncio.run(run(args, address)))
+    except KeyboardInterrupt:  # e.g. at polkit's password prompt; the agent was ended on the way out
+        return 128 + signal.SIGINT
 
 
 if __name__ == "__main__":
