@@ -30,15 +30,6 @@ from .mount_table import TABLE, MountTable
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Filesystems on this host's own block devices or memory: no server that can go away, so neither a
-# helper's question nor a thread hop is needed before a lookup there. Anything else (NFS, CIFS, FUSE,
-# Ceph, GlusterFS, 9p, cluster filesystems...) is asked first.
-LOCAL_FSTYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs", "zfs",
-                           "tmpfs", "ramfs", "devtmpfs", "vfat", "msdos", "exfat", "iso9660", "squashfs", "overlay",
-                           "erofs", "hugetlbfs"})
-# A read-only job on local files this small runs on the event loop (a few getxattr/fstat calls cost
-# less than handing them to a thread and back); bigger ones still go to a worker thread.
-INLINE_MAX_PATHS = 32
 # Read-only work in threads after the mount answered gets this many io_timeouts (several lookups).
 READ_DEADLINE_FACTOR = 3
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
@@ -88,9 +79,7 @@ class StorageGate:
         for path in paths:
             if not path.startswith("/") or "\n" in path or "\0" in path:
                 continue  # not a file (a network disk, a hostdev address...), or refused by the path policy
-            point, local = self._where(path)
-            if not local:
-                groups.setdefault(point, []).append(path)
+            groups.setdefault(self._point(path), []).append(path)
         verdicts = await asyncio.gather(*(self._answers(point, members) for point, members in groups.items()))
         out: dict[str, str] = {}
         for (point, members), answered in zip(groups.items(), verdicts, strict=True):
@@ -115,8 +104,6 @@ class StorageGate:
         the NFS server goes) costs that one thread, and the caller is answered StorageNotResponding at
         the deadline, its locks released, the mount marked hung for everyone after it."""
         paths = list(paths)
-        if len(paths) <= INLINE_MAX_PATHS and all(self._where(p)[1] for p in paths if p.startswith("/")):
-            return fn(*args)
         try:
             return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.timeout * READ_DEADLINE_FACTOR)
         except TimeoutError:
@@ -128,14 +115,8 @@ class StorageGate:
                                        f"{self.timeout * READ_DEADLINE_FACTOR:g} s; nothing was changed") from None
 
     def _point(self, path: str) -> str:
-        return self._where(path)[0]
-
-    def _where(self, path: str) -> tuple[str, bool]:
-        """The mount point a path lies on, and whether its filesystem is local (cannot hang)."""
         mount = self._table.mount_of(path)
-        if mount is None:
-            return "/", False
-        return mount.point, mount.fstype in LOCAL_FSTYPES
+        return mount.point if mount is not None else "/"
 
     def close(self) -> None:
         for m in self._mounts.values():

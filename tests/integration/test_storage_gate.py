@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from svirtd.errors import StorageNotResponding
 from svirtd.mount_table import MountTable
-from svirtd.storage_gate import INLINE_MAX_PATHS, LOCAL_FSTYPES, StorageGate
+from svirtd.storage_gate import StorageGate
 from testbed.mounts import Mounts
 
 
@@ -56,27 +55,47 @@ def test_a_stopped_server_is_noticed_while_the_kernel_still_caches_its_attribute
     assert took < 5, f"the gate took {took:.1f}s to notice"
 
 
-def test_local_files_need_no_helper_and_no_thread(tmp_path: Path) -> None:
-    """Files on this host's own filesystems (here ext4, or whatever holds the test's tmp dir if it is
-    local) cannot hang: no helper process is asked, and a small read runs on the event loop."""
-    table = MountTable()
-    mount = table.mount_of(str(tmp_path))
-    assert mount is not None
-    if mount.fstype not in LOCAL_FSTYPES:
-        pytest.fail(f"the test's tmp dir lies on {mount.fstype}: run it where tmp is local storage")
-    disk = tmp_path / "disk.img"
-    disk.write_bytes(b"x")
-    gate = StorageGate(timeout=1.0, table=table)
-    loop_thread = threading.get_ident()
+def test_a_local_path_through_a_symlink_into_stopped_storage_is_asked_not_read(tmp_path: Path,
+                                                                             fuse_mounts: Mounts) -> None:
+    """An image directory on ext4 with a symlinked subdirectory into a network mount (a stopped FUSE
+    server here): the path's text says "local", its lookup waits on the dead server. The gate must ask
+    its helper (which follows the link) and answer StorageNotResponding within the timeout, while the
+    event loop keeps turning: no lookup of that path may run on the loop."""
+    src, mnt, local = tmp_path / "src", tmp_path / "mnt", tmp_path / "images"
+    for d in (src, mnt, local):
+        d.mkdir()
+    (src / "disk.img").write_bytes(b"x")
+    daemon = fuse_mounts.bindfs(src, mnt)
+    (local / "remote").symlink_to(mnt)
+    disk = str(local / "remote" / "disk.img")
+    gate = StorageGate(timeout=1.0, table=MountTable())
 
-    async def scenario() -> tuple[dict[str, str], int]:
-        hung = await gate.unresponsive([str(disk)])
-        ran_in = await gate.read([str(disk)], "read", threading.get_ident)
-        return hung, ran_in
+    async def scenario() -> tuple[float, int]:
+        ticks = 0
 
-    hung, ran_in = asyncio.run(scenario())
-    gate.close()
-    assert hung == {} and ran_in == loop_thread
-    assert all(m.proc is None for m in gate._mounts.values())  # no helper was started
-    many = [str(disk)] * (INLINE_MAX_PATHS + 1)  # a big job still goes to a worker thread
-    assert asyncio.run(gate.read(many, "read", threading.get_ident)) != loop_thread
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        await gate.ensure([disk], "probe while it answers")
+        os.kill(daemon.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            with pytest.raises(StorageNotResponding):
+                await gate.ensure([disk], "probe while it is stopped")
+            with pytest.raises(StorageNotResponding):
+                await gate.read([disk], "read", os.stat, disk)
+        finally:
+            tick.cancel()
+        return time.monotonic() - t0, ticks
+
+    try:
+        took, ticks = asyncio.run(scenario())
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+        gate.close()
+    assert took < 5, f"the gate took {took:.1f}s"
+    assert ticks >= took / 0.05 / 2, f"the event loop stalled: {ticks} ticks in {took:.1f}s"
