@@ -145,7 +145,7 @@ def test_unit_exposure_is_at_most_1_5() -> None:
 def test_units_verify_together(tmp_path: Path) -> None:
     unit = (REPO / "systemd" / "svirtd.service").read_text()
     (tmp_path / "svirtd.service").write_text(
-        unit.replace("ExecStart=/usr/local/sbin/svirtd", f"ExecStart={Path(sys.executable).parent}/svirtd"))
+        unit.replace("ExecStart=/usr/sbin/svirtd", f"ExecStart={Path(sys.executable).parent}/svirtd"))
     (tmp_path / "svirtd-audit.socket").write_text((REPO / "systemd" / "svirtd-audit.socket").read_text())
     out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "svirtd.service"),
                           str(tmp_path / "svirtd-audit.socket")], capture_output=True, text=True)

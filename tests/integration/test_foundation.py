@@ -282,8 +282,8 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     # verify checks that ExecStart exists: point a copy at this checkout's real entry point.
     unit = tmp_path / "svirtd.service"
     text = (REPO / "systemd" / "svirtd.service").read_text()
-    assert "ExecStart=/usr/local/sbin/svirtd\n" in text
-    unit.write_text(text.replace("ExecStart=/usr/local/sbin/svirtd", f"ExecStart={Path(sys.executable).parent}/svirtd"))
+    assert "ExecStart=/usr/sbin/svirtd\n" in text
+    unit.write_text(text.replace("ExecStart=/usr/sbin/svirtd", f"ExecStart={Path(sys.executable).parent}/svirtd"))
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", str(REPO / "systemd" / "svirtd.service")],

@@ -64,7 +64,7 @@ def test_ordered_before_either_libvirt_and_pulls_in_neither() -> None:
 
 def test_unit_verifies_with_systemd_analyze(tmp_path: Path) -> None:
     svirtd = Path(sys.executable).parent / "svirtd"
-    text = UNIT.read_text().replace("ExecStart=/usr/local/sbin/svirtd", f"ExecStart={svirtd}")
+    text = UNIT.read_text().replace("ExecStart=/usr/sbin/svirtd", f"ExecStart={svirtd}")
     (tmp_path / "svirtd.service").write_text(text)
     (tmp_path / "svirtd-audit.socket").write_text((REPO / "systemd" / "svirtd-audit.socket").read_text())
     out = subprocess.run(["systemd-analyze", "verify", "--man=no", str(tmp_path / "svirtd.service"),
