@@ -115,8 +115,8 @@ install-files:
 	install -D -m 0644 data/org.svirt.Manager.policy $(DESTDIR)/usr/share/polkit-1/actions/org.svirt.Manager.policy
 	install -D -m 0644 systemd/svirtd.service $(DESTDIR)$(UNITDIR)/svirtd.service
 	install -D -m 0644 systemd/svirtd-audit.socket $(DESTDIR)$(UNITDIR)/svirtd-audit.socket
-	# The hook is code that must match the daemon (its D-Bus calls), not configuration: it lives under
-	# /usr and libvirt finds it through a link in the only directory it reads hooks from.
+# The hook is code that must match the daemon (its D-Bus calls), not configuration: it lives under
+# /usr and libvirt finds it through a link in the only directory it reads hooks from.
 	install -d $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)/etc/libvirt/hooks/qemu.d
 	sed 's|@HOOK_ENV@|/run/svirtd/hook.env|' data/libvirt/svirtd-hook.sh > $(DESTDIR)$(LIBEXECDIR)/libvirt-hook
 	chmod 0755 $(DESTDIR)$(LIBEXECDIR)/libvirt-hook
