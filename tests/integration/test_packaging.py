@@ -199,6 +199,16 @@ def test_make_install_stages_the_package_layout_relocatably(tools: None, tmp_pat
                               "from svirtd.service import main; main(['--version'])"],
                              capture_output=True, text=True, timeout=60)
     assert version.returncode == 0 and version.stdout.startswith("svirtd "), version
+    # And so do its helpers: the tree walker is a `python3 -m svirtd.treewalk` child, which finds svirtd
+    # only because svirtd tells it where it was imported from (the e2e image's 9p share found this).
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "file").write_text("data\n")
+    check = subprocess.run(["/usr/bin/python3", "-I", "-c", f"import sys; sys.path.insert(0, {str(pydir)!r}); "
+                            "from svirtd.relabel import run_treewalk; "
+                            f"print(run_treewalk('check', {str(tree)!r}, 'system_u:object_r:svirt_image_t:s0:c1,c2'))"],
+                           capture_output=True, text=True, timeout=60, cwd="/")
+    assert check.returncode == 0 and "'entries': 2" in check.stdout, check
     conf = root / "etc/svirt/svirtd.conf"
     conf.write_text('log_level = "debug"\n')
     install()
