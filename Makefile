@@ -50,7 +50,8 @@ policy-lint: deps
 # install-files DESTDIR=debian/tmp`). svirtd and the Python packages Debian 12 has too old (pydantic 2,
 # dbus-fast) live in a private path; the rest (libvirt, SELinux, audit, setools, systemd bindings) are
 # Debian's python3-* modules. Nothing installed names DESTDIR or this checkout.
-PYDIR      := /usr/lib/svirtd/python
+LIBDIR     := /usr/lib/svirtd
+PYDIR      := $(LIBDIR)/python
 LIBEXECDIR := /usr/libexec/svirtd
 UNITDIR    := /usr/lib/systemd/system
 DOCDIR     := /usr/share/doc/svirtd
@@ -134,7 +135,7 @@ install-files:
 
 # Removes what install put there (and the module); keeps the config and the table.
 uninstall:
-	rm -rf $(PYDIR) $(LIBEXECDIR)
+	rm -rf $(LIBDIR) $(LIBEXECDIR)
 	rm -f /usr/sbin/svirtd /usr/bin/svirtctl /etc/libvirt/hooks/qemu.d/svirtd
 	rm -f /usr/share/dbus-1/system.d/org.svirt.Manager.conf /usr/share/dbus-1/system-services/org.svirt.Manager.service
 	rm -f /usr/share/polkit-1/actions/org.svirt.Manager.policy $(UNITDIR)/svirtd.service $(UNITDIR)/svirtd-audit.socket
