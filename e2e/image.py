@@ -2,8 +2,10 @@
 
 Two cache levels under .cache/e2e (never committed): the debootstrap tree with every package
 (keyed on the package list: ~4 min to build, reused across source changes), and the bootable image
-with svirtd installed from this checkout and the whole tree labeled (keyed on the package list and
-every source file that goes in: ~40 s from the cached tree).
+with svirtd's Debian packages installed and the whole tree labeled (keyed on the package list and
+every input of the packages: ~1 min from the cached tree, `make deb` included). The packages are built
+on the host (`make deb`, from the vendored wheels of `make vendor`) and installed in the chroot with
+apt, as an admin would.
 
 The Debian mirror is read from this machine's own apt sources at run time, never hard-coded.
 """
@@ -25,9 +27,11 @@ SUITE = "bookworm"
 BASE_INCLUDE = ("linux-image-amd64,selinux-policy-default,selinux-basics,policycoreutils,selinux-utils,auditd,"
                 "systemd-sysv,udev,kmod,procps,e2fsprogs,iproute2,dbus,attr")
 CHROOT_PACKAGES = ("libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils "
-                   "python3-venv python3-libvirt python3-selinux python3-semanage python3-audit python3-setools "
-                   "python3-systemd python3-pip make ca-certificates")
-SOURCES = ("svirtd", "policy", "data", "systemd", "pyproject.toml", "Makefile", "e2e/guest", "e2e/image.py")
+                   "python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd")
+# Everything `make deb` builds the packages from (the wheels included), and what the image adds itself.
+DEB_INPUTS = ("svirtd", "policy", "data", "systemd", "man", "debian", "docs", "README.md", "Makefile",
+              "vendor-requirements.txt", ".cache/vendor")
+SOURCES = (*DEB_INPUTS, "e2e/guest", "e2e/image.py")
 
 
 def log(msg: str) -> None:
@@ -62,7 +66,8 @@ def digest(*parts: str | Path) -> str:
         if isinstance(part, Path):
             files = sorted(p for p in part.rglob("*") if p.is_file()) if part.is_dir() else [part]
             for f in files:
-                if "__pycache__" in f.parts or f.suffix in (".pyc",):
+                # Build products next to the sources (make deb builds its own from a copy).
+                if {"__pycache__", "tmp"} & set(f.parts) or f.suffix in (".pyc", ".pp"):
                     continue
                 h.update(str(f.relative_to(REPO)).encode())
                 h.update(f.read_bytes())
@@ -153,32 +158,21 @@ def build_image(base: Path, out: Path, key: str) -> None:
     root.mkdir(parents=True)
     log("unpacking the cached base tree")
     sh("tar", "--xattrs", "--zstd", "-xf", str(base), "-C", str(root))
-    src = root / "usr/src/svirtd"
-    src.mkdir(parents=True)
-    # The working tree, not only HEAD: what is being tested is what is on disk.
-    for s in SOURCES:
-        target = src / s
-        if (REPO / s).is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(REPO / s, target, ignore=shutil.ignore_patterns("__pycache__", "tmp"))
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(REPO / s, target)
-    shutil.copy(REPO / "policy/svirtd.pp", src / "policy/svirtd.pp")
-    # Wheels built here: the chroot installs offline (pydantic/dbus-fast; the libvirt, SELinux, audit
-    # and systemd bindings are Debian packages already in the tree).
-    wheels = root / "usr/src/wheels"
-    wheels.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels)]
-    sh(*pip, "--no-deps", str(REPO))
-    sh(*pip, "pydantic>=2.5", "dbus-fast>=2.20")
+    log("make deb (svirtd and svirtd-selinux, from the vendored wheels)")
+    sh("make", "-C", str(REPO), "deb")
+    debs = root / "usr/src/svirtd-debs"
+    debs.mkdir(parents=True)
+    for pattern in ("svirtd_*.deb", "svirtd-selinux_*.deb"):
+        for deb in (REPO / "dist").glob(pattern):
+            shutil.copy(deb, debs)
     configure(root)
     with Chroot(root) as chroot:
-        log("make install-files in the chroot (venv, units, bus/polkit files, hook, policy module)")
-        chroot.run("cd /usr/src/svirtd && make install-files PIP_INSTALL='--no-index --find-links /usr/src/wheels "
-                   "svirtd' >/dev/null && semodule -i /usr/src/e2e-env.cil && "
-                   "systemctl enable svirtd-audit.socket svirtd.service svirtd-e2e.service >/dev/null 2>&1 && "
-                   "passwd -d root >/dev/null")
+        log("apt-get install ./svirtd_*.deb ./svirtd-selinux_*.deb in the chroot (units enabled by the package)")
+        chroot.run("cd /usr/src/svirtd-debs && apt-get update -q >/dev/null && "
+                   "apt-get install -y -q --no-install-recommends ./svirtd_*.deb ./svirtd-selinux_*.deb >/dev/null && "
+                   "apt-get clean && semodule -i /usr/src/e2e-env.cil && "
+                   "systemctl enable svirtd-e2e.service >/dev/null 2>&1 && passwd -d root >/dev/null")
+        shutil.rmtree(debs)
     log("labeling the tree with the image's own policy (svirtd module included)")
     policy = sorted((root / "etc/selinux/default/policy").glob("policy.*"))[-1]
     sh("setfiles", "-r", str(root), "-c", str(policy),
@@ -197,8 +191,8 @@ def build_image(base: Path, out: Path, key: str) -> None:
 def ensure_image() -> tuple[Path, Path, Path]:
     """(image.zst, vmlinuz, initrd) for the current inputs, built only when missing."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    if not (REPO / "policy/svirtd.pp").exists():
-        raise RuntimeError("policy/svirtd.pp is missing: run `make policy` (make e2e does)")
+    if not list((REPO / ".cache/vendor").glob("*.whl")):
+        raise RuntimeError(".cache/vendor has no wheels: run `make vendor` (make e2e does)")
     base = CACHE / f"base-{base_key()}.tar.zst"
     if not base.exists():
         for old in CACHE.glob("base-*.tar.zst"):

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Install the Debian 12 packages svirtd and its tests need, only when something is missing.
 # (The SELinux, libvirt, audit and systemd Python bindings come from Debian, not PyPI.)
+# The last line is what `make man`, `make deb` and `make install` use (debhelper, scdoc, lintian...).
 set -eu
 PACKAGES="
   libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils
@@ -8,6 +9,7 @@ PACKAGES="
   selinux-policy-default selinux-policy-dev selinux-utils policycoreutils setools selint
   dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
   attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
+  debhelper fakeroot dpkg-dev lintian scdoc man-db python3-pip
 "
 missing=""
 for p in $PACKAGES; do

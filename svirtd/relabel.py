@@ -268,6 +268,11 @@ def journal_prefix(journal_dir: Path, uuid: str, rclass: ResourceClass, dev: int
     return journal_dir / f"{owner}-{dev}-{ino}"
 
 
+# Where this process imported svirtd from (a venv, or the package's private /usr/lib/svirtd/python,
+# which the helper's `python3 -m` would not search on its own).
+IMPORT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
 def run_treewalk(action: str, root: str, target: str, journal: Path | None = None,
                  inode: tuple[int, int] | None = None, *, root_fd: int | None = None, run: int | None = None,
                  sweep: bool = False) -> dict[str, int | str | float]:
@@ -287,7 +292,8 @@ def run_treewalk(action: str, root: str, target: str, journal: Path | None = Non
         cmd += ["--inode", f"{inode[0]}:{inode[1]}"]
     if sweep:
         cmd.append("--sweep")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/",
+    pythonpath = os.pathsep.join(filter(None, (IMPORT_ROOT, os.environ.get("PYTHONPATH"))))
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONPATH": pythonpath},
                           pass_fds=() if root_fd is None else (root_fd,))
     try:
         result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])

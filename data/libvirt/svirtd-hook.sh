@@ -1,5 +1,6 @@
 #!/bin/sh
-# svirtd's libvirt hook, installed as /etc/libvirt/hooks/qemu.d/svirtd (by `make install`).
+# svirtd's libvirt hook, installed as /usr/libexec/svirtd/libvirt-hook and linked from
+# /etc/libvirt/hooks/qemu.d/svirtd, the directory libvirt reads hooks from (by the package or `make install`).
 #
 # libvirtd (or virtqemud) runs it synchronously, with the domain XML on stdin:
 #   prepare begin  before qemu exists: svirtd isolates the guest and labels what it labels itself;
