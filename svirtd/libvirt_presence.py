@@ -6,31 +6,45 @@ would start a daemon whose start waits for svirtd's readiness: svirtd would wait
 libvirt waits for svirtd. So svirtd reports ready before the first reconcile only when no libvirt
 daemon runs (no guest runs either then, nothing to reconcile yet); when one runs, `systemctl start
 svirtd` returns once libvirt's guests are confined.
+
+A running daemon holds a write lock on its pidfile (libvirt's virPidFileAcquire), so the question is
+asked with F_GETLK: no /proc lookup of another domain's process, no signal, nothing a stale file or a
+reused pid can fool, and nothing taken that the daemon itself could then not take.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import struct
 from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
-# Written by the monolithic and the modular QEMU daemon while they run.
-PIDFILES: tuple[tuple[str, str], ...] = (
-    ("/run/libvirt/libvirtd.pid", "libvirtd"),
-    ("/run/libvirt/virtqemud.pid", "virtqemud"),
-)
+# Where the monolithic and the modular QEMU daemon write their pid (RUNSTATEDIR/<daemon>.pid, as
+# `libvirtd --help` says), labeled virt_runtime_t (svirtd's policy: virt_read_runtime_files).
+PIDFILES: tuple[str, ...] = ("/run/libvirtd.pid", "/run/virtqemud.pid")
+# struct flock on Linux x86_64/aarch64: short l_type, short l_whence, off_t l_start, off_t l_len,
+# pid_t l_pid, padded to 32 bytes.
+_FLOCK = "hhqqi4x"
 
 
-def _alive(pidfile: str, comm: str) -> bool:
+def locked_by_another_process(path: str) -> bool:
+    """Does some other process hold a lock on the file (F_GETLK: asked, nothing taken)?"""
     try:
-        with open(pidfile, encoding="ascii") as fh:
-            pid = int(fh.read().strip() or "0")
-        with open(f"/proc/{pid}/comm", encoding="utf-8") as fh:
-            return pid > 0 and fh.read().strip() == comm  # not a stale file naming a reused pid
-    except (OSError, ValueError):
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
         return False
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        return bool(struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
-def daemon_running(uri: str, pidfiles: Sequence[tuple[str, str]] = PIDFILES) -> bool:
+def daemon_running(uri: str, pidfiles: Sequence[str] = PIDFILES) -> bool:
     """False only when uri is the host's own qemu:///system and none of its daemons runs; any other
     URI (a remote host, an explicit socket, a session daemon) cannot be judged from here: True."""
     parts = urlsplit(uri)
@@ -38,4 +52,4 @@ def daemon_running(uri: str, pidfiles: Sequence[tuple[str, str]] = PIDFILES) -> 
                     and "socket" not in parse_qs(parts.query))
     if not local_system:
         return True
-    return any(_alive(pidfile, comm) for pidfile, comm in pidfiles)
+    return any(locked_by_another_process(path) for path in pidfiles)

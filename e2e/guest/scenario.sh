@@ -242,10 +242,13 @@ systemctl stop svirtd.service
 make_disk $IMAGES/e2e-r.img; restorecon $IMAGES/e2e-r.img
 domain e2e-r "$(raw_disk $IMAGES/e2e-r.img vda)" > /tmp/e2e-r.xml
 virsh define /tmp/e2e-r.xml >/dev/null
+since=$(date +%s); sleep 1
 t0=$(date +%s%N); systemctl start svirtd.service; start_rc=$?; t1=$(date +%s%N)
 level_r=$(field "$(query e2e-r 2>/dev/null)" '["level"]' 2>/dev/null)
-result systemd_ready_after_reconcile "$([ $start_rc = 0 ] && [ -n "$level_r" ]; echo $?)" \
-    "systemctl start rc=$start_rc in $(( (t1 - t0) / 1000000 )) ms; e2e-r level right after: '${level_r}'"
+# And in svirtd's own words: "reconciled with libvirt" is logged before "ready" (READY=1 follows it).
+order=$(journalctl -u svirtd.service --since "@$since" -o cat --no-pager | grep -n -m2 -E '^reconciled with libvirt|^ready: ' | cut -d: -f2 | tr '\n' ' ')
+result systemd_ready_after_reconcile "$([ $start_rc = 0 ] && [ -n "$level_r" ] && [[ $order == "reconciled with libvirt ready "* ]]; echo $?)" \
+    "systemctl start rc=$start_rc in $(( (t1 - t0) / 1000000 )) ms; e2e-r level right after: '${level_r}'; log order: $order"
 
 status_text=$(systemctl show -p StatusText --value svirtd.service)
 result status_line "$([[ $status_text =~ ^[0-9]+\ guests\ isolated,\ [0-9]+\ unconfined,\ libvirt\ connected ]] && systemctl status svirtd.service --no-pager | grep -qF "Status: \"$status_text"; echo $?)" \
