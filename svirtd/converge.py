@@ -39,17 +39,21 @@ LOCK_ATTEMPTS = 5
 
 class Converger:
     def __init__(self, config: Config, store: Store, spec: LabelSpec, judge: PolicyJudge | None,
-                 defaults: relabel.DefaultLabelLookup | None, denied: Sequence[str], storage: StorageGate) -> None:
+                 defaults: relabel.DefaultLabelLookup | None, storage: StorageGate) -> None:
         self.config = config
         self.storage = storage
         self.store = store
         self.spec = spec
         self.judge = judge
         self.defaults = defaults
-        self.denied = tuple(denied)
         # Relabel transactions lock the paths and inodes they touch (sorted: no deadlock), so guests
         # that share nothing relabel in parallel. Always taken inside a guest lock, never around one.
         self.locks = KeyLocks()
+
+    @property
+    def denied(self) -> tuple[str, ...]:
+        """Trees never relabeled: the configured ones (a reload may change them) and svirtd's state."""
+        return (*self.config.denied_paths, str(self.config.state_dir))
 
     def decisions(self, domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> tuple[LabelDecision, ...]:
         own_private = frozenset(c.path for c in self.store.claims_for(a.uuid) if c.rclass is ResourceClass.PRIVATE)

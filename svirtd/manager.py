@@ -231,7 +231,7 @@ class Manager:
         self.listener: Listener = listener or _NoListener()
         self.levels = LevelBook(store, allocator)
         self.storage = StorageGate(config.io_timeout_seconds)
-        self.converger = Converger(config, store, spec, judge, defaults, self.denied, self.storage)
+        self.converger = Converger(config, store, spec, judge, defaults, self.storage)
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
         # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -245,7 +245,7 @@ class Manager:
 
     @property
     def denied(self) -> tuple[str, ...]:
-        return (*self.config.denied_paths, str(self.config.state_dir))
+        return self.converger.denied
 
     @property
     def libvirt_driver(self) -> bool:

@@ -25,7 +25,7 @@ from testbed.daemon import SVIRTD, SvirtdProcess
 from testbed.guests import GuestFactory
 from testbed.libvirtd import Libvirtd
 from tests.conftest import clear_hook_env, wait_until
-from tests.helpers import call, run
+from tests.helpers import call, run, xattr
 
 pytestmark = pytest.mark.integration
 STATUS = re.compile(r"^(\d+) guests isolated, (\d+) unconfined, libvirt (connected|not connected \(retrying\))")
@@ -156,3 +156,21 @@ def test_a_config_error_exits_78_and_check_config_says_why(tmp_path: Path) -> No
     good.write_text('categories = "c0.c9"\n')
     ok = subprocess.run([str(SVIRTD), "--config", str(good), "--check-config"], capture_output=True, text=True)
     assert ok.returncode == 0 and "configuration OK" in ok.stdout, ok
+
+
+def test_a_reloaded_denied_path_is_never_relabeled(bus: PrivateBus, guests: GuestFactory,
+                                                   daemon: StartDaemon) -> None:
+    """denied_paths is applied by a reload: the relabeler itself (not only Query) sees the new list."""
+    before = guests.new()
+    proc = daemon(auto_confine_names=[f"{guests.prefix}-*"])
+    assert proc.proc is not None
+    wait_until(lambda: isolated(bus, before.uuid), what="the first guest isolated")
+    proc.config.update(denied_paths=[str(guests.image_dir)])
+    proc.write_config()
+    os.kill(proc.proc.pid, signal.SIGHUP)
+    wait_until(lambda: "applied: denied_paths" in proc.log_text(), timeout=10, what="the reload logged")
+    after = guests.new()
+    wait_until(lambda: after.name in proc.log_text() and "denied" in proc.log_text().split(after.name, 1)[1],
+               timeout=20, what="svirtd refusing the new guest's disk")
+    assert xattr(after.disk) is None, "a file under a denied tree was relabeled"
+    assert not isolated(bus, after.uuid)
