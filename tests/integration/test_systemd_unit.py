@@ -91,10 +91,11 @@ def test_notify_unit_with_watchdog_reload_and_no_restart_loop_on_config_errors()
 
 
 def test_the_audit_socket_lives_and_dies_with_svirtd() -> None:
-    """A stopped svirtd stays stopped under audit traffic: the socket is stopped with it (PartOf=) and
-    not started on its own ([Install] would put it in sockets.target); only where audit exists."""
+    """A stopped svirtd stays stopped under audit traffic: the socket is stopped with it, also when svirtd
+    fails for good (BindsTo=; PartOf= would pass on stops only), and not started on its own ([Install]
+    would put it in sockets.target); only where audit exists."""
     sock = settings(SOCKET)
-    assert sock["PartOf"] == ["svirtd.service"]
+    assert sock["BindsTo"] == ["svirtd.service"]
     assert not any(line.strip() == "[Install]" for line in SOCKET.read_text().splitlines())
     assert sock["ConditionSecurity"] == ["audit"] and sock["ConditionCapability"] == ["CAP_AUDIT_READ"]
     assert "svirtd-audit.socket" in words(settings(UNIT), "Wants")
