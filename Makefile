@@ -57,9 +57,6 @@ UNITDIR    := /usr/lib/systemd/system
 DOCDIR     := /usr/share/doc/svirtd
 VENDOR     := .cache/vendor
 MANPAGES   := $(patsubst man/%.scd,build/man/%,$(wildcard man/*.scd))
-# Files another part of the project may or may not have yet: installed when present.
-CATALOG    := $(wildcard data/svirtd.catalog)
-COMPLETION := $(wildcard data/completion/svirtctl.bash)
 PIP_OFFLINE := /usr/bin/python3 -m pip install --isolated --no-index --find-links $(VENDOR) --no-deps \
 	--no-compile --root-user-action=ignore --disable-pip-version-check -q
 
@@ -95,7 +92,7 @@ install: policy/svirtd.pp man install-files
 	  if command -v journalctl >/dev/null; then journalctl --update-catalog 2>/dev/null || true; fi; \
 	  if [ -e /etc/systemd/system/svirtd.service ]; then \
 	    echo "NOTE: /etc/systemd/system/svirtd.service (an older make install) overrides $(UNITDIR): make uninstall-legacy"; fi; \
-	  echo "Installed. Now: systemctl enable --now svirtd-audit.socket svirtd.service, and restart libvirtd once (it discovers hooks at start)."; \
+	  echo "Installed. Now: systemctl enable --now svirtd.service (it brings its audit socket), and restart libvirtd once (it discovers hooks at start)."; \
 	fi
 
 # The copying half of install: needs policy/svirtd.pp, the man pages and the vendored wheels, never the network.
@@ -130,8 +127,10 @@ install-files:
 	install -D -m 0644 docs/architecture.md $(DESTDIR)$(DOCDIR)/architecture.md
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	for m in $(MANPAGES); do s=$${m##*.}; install -D -m 0644 $$m $(DESTDIR)/usr/share/man/man$$s/$${m##*/}; done
-	$(if $(CATALOG),install -D -m 0644 $(CATALOG) $(DESTDIR)/usr/lib/systemd/catalog/svirtd.catalog)
-	$(if $(COMPLETION),install -D -m 0644 $(COMPLETION) $(DESTDIR)/usr/share/bash-completion/completions/svirtctl)
+	install -D -m 0644 data/svirtd.catalog $(DESTDIR)/usr/lib/systemd/catalog/svirtd.catalog
+	install -D -m 0644 data/completion/svirtctl.bash $(DESTDIR)/usr/share/bash-completion/completions/svirtctl
+	install -D -m 0644 -t $(DESTDIR)/usr/share/dbus-1/interfaces data/interfaces/org.svirt.Manager1.xml \
+	  data/interfaces/org.svirt.Guest1.xml
 
 # Removes what install put there (and the module); keeps the config and the table.
 uninstall:
@@ -141,6 +140,7 @@ uninstall:
 	rm -f /usr/share/polkit-1/actions/org.svirt.Manager.policy $(UNITDIR)/svirtd.service $(UNITDIR)/svirtd-audit.socket
 	rm -f /usr/share/selinux/packages/svirtd.pp /usr/share/selinux/devel/include/contrib/svirtd.if
 	rm -f /usr/lib/systemd/catalog/svirtd.catalog /usr/share/bash-completion/completions/svirtctl
+	rm -f /usr/share/dbus-1/interfaces/org.svirt.Manager1.xml /usr/share/dbus-1/interfaces/org.svirt.Guest1.xml
 	for m in $(MANPAGES); do rm -f /usr/share/man/man$${m##*.}/$${m##*/}; done
 	rm -rf $(DOCDIR)
 	-semodule -X 200 -r svirtd
