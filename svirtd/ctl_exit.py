@@ -31,7 +31,7 @@ class ExitCode(enum.IntEnum):
     STORAGE_NOT_RESPONDING = 14
 
 
-# D-Bus error name -> exit code. svirtd's names are dbus_iface.ERROR_NAMES; the rest come from the bus.
+# D-Bus error name -> exit code. svirtd's names are dbus_errors.ERROR_NAMES; the rest come from the bus.
 ERROR_EXIT: dict[str, ExitCode] = {
     _SVIRT + "InvalidArgument": ExitCode.USAGE,
     _SVIRT + "NoSuchGuest": ExitCode.NO_SUCH_GUEST,

@@ -22,6 +22,7 @@ from dbus_fast.annotations import DBusSignature, DBusStr
 from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
+from .dbus_errors import dbus_errors
 from .models import Assignment
 
 if TYPE_CHECKING:
@@ -109,10 +110,12 @@ class GuestObject(ServiceInterface):
                          for name, value in view.as_dbus().items()}
 
     @method()
+    @dbus_errors
     async def Release(self) -> None:
         await self._iface.release_guest(self.view.UUID)
 
     @method()
+    @dbus_errors
     async def Verify(self) -> Annotated[dict[str, Variant], DBusSignature("a{sv}")]:
         return await self._iface.verify_guest(self.view.UUID)
 

@@ -1,19 +1,18 @@
 """org.svirt.Manager1 on the system bus: the edge that translates between D-Bus and the manager.
 
 Every method is the same few lines: authorize -> parse arguments -> call the manager -> marshal the
-result. Domain errors map to D-Bus error names in one table (ERROR_NAMES), the way firewalld's
+result. Domain errors map to D-Bus error names in one table (dbus_errors.ERROR_NAMES), the way firewalld's
 exception decorator does it. Method docs live next to each method and are served in the
 introspection XML as org.freedesktop.DBus.Description annotations; docs/dbus-api.md documents the same.
 """
 
 import contextvars
-import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-from dbus_fast import DBusError, Message, MessageType, Variant
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusBool, DBusSignature, DBusStr, DBusUInt32
@@ -22,6 +21,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
+from .dbus_errors import dbus_errors
 from .dbus_guests import EMITS, GuestObjects
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
@@ -33,23 +33,7 @@ log = logging.getLogger(__name__)
 BUS_NAME = "org.svirt.Manager"
 OBJECT_PATH = "/org/svirt/Manager"
 INTERFACE = "org.svirt.Manager1"
-ERROR_PREFIX = f"{INTERFACE}.Error."
 DESCRIPTION = "org.freedesktop.DBus.Description"
-
-ERROR_NAMES: dict[type[errors.SvirtError], str] = {
-    errors.InvalidArgument: ERROR_PREFIX + "InvalidArgument",
-    errors.NoSuchGuest: ERROR_PREFIX + "NoSuchGuest",
-    errors.LabelSpaceExhausted: ERROR_PREFIX + "LabelSpaceExhausted",
-    errors.ResourceConflict: ERROR_PREFIX + "ResourceConflict",
-    errors.UnsafePath: ERROR_PREFIX + "UnsafePath",
-    errors.Unlabelable: ERROR_PREFIX + "Unlabelable",
-    errors.LibvirtUnavailable: ERROR_PREFIX + "LibvirtUnavailable",
-    errors.NotConfined: ERROR_PREFIX + "NotConfined",
-    errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
-    errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
-    errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
-}
-INTERNAL_ERROR = ERROR_PREFIX + "Failed"
 
 DOCS: dict[str, str] = {
     "Isolate": "Isolate a guest (UUID or libvirt name) under a containment profile ('' = default): give it "
@@ -99,26 +83,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 AssignmentDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 GuestRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
-
-
-def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Map domain errors to D-Bus errors; anything unexpected is logged and reported generically."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except errors.SvirtError as exc:
-            name = next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR)
-            raise DBusError(name, str(exc)) from None
-        except DBusError:
-            raise
-        except Exception:
-            log.exception("%s failed", fn.__name__)
-            raise DBusError(INTERNAL_ERROR, f"{fn.__name__} failed on an internal error; see "
-                                            "`journalctl -u svirtd` for details") from None
-
-    return wrapper
 
 
 def capture_message(msg: Message) -> None:

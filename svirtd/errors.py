@@ -1,6 +1,6 @@
 """Domain errors raised by the core and the use-cases.
 
-Each one maps to exactly one D-Bus error name (see dbus_iface.ERROR_NAMES); the message is written
+Each one maps to exactly one D-Bus error name (see dbus_errors.ERROR_NAMES); the message is written
 for the admin who will read it in `busctl` or `virsh` output, so it says what to do next.
 """
 

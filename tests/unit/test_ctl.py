@@ -14,7 +14,7 @@ from svirtd import __version__
 from svirtd.ctl import parser
 from svirtd.ctl_exit import ERROR_EXIT, ExitCode, exit_code
 from svirtd.ctl_output import list_lines, status_lines, table
-from svirtd.dbus_iface import ERROR_NAMES, INTERNAL_ERROR
+from svirtd.dbus_errors import ERROR_NAMES, INTERNAL_ERROR
 from svirtd.profiles import PROFILES
 from tests.completion import complete
 
