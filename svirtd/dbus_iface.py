@@ -141,7 +141,9 @@ class ManagerInterface(ServiceInterface):
         """Release, authorized for the caller of the message being handled (Manager1 or Guest1)."""
         details = await self._manager.identify(guest)
         await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
-        await self._manager.release(guest)
+        # The guest polkit was asked about, not whatever the name means after the check (which may
+        # wait minutes for a password).
+        await self._manager.release(details.get("guest_uuid", guest))
 
     @method()
     @dbus_errors

@@ -238,6 +238,7 @@ class Manager:
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._unconfined: dict[str, str] = {}  # uuid -> name: libvirt's guests svirtd does not isolate
+        self._reconcile_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_verify: VerifyResult | None = None
         self.on_verified: Callable[[], None] | None = None  # each guest's isolation verdict may have changed
@@ -320,10 +321,18 @@ class Manager:
                               domain: DomainSpec | None = None) -> Assignment:
         """_isolate_converge, whose failure is logged and audited here: every way in (Isolate, the hook,
         libvirt events, reconcile) passes through this one place."""
+        existed = self.store.get(info.uuid) is not None
         try:
             return await self._isolate_converge(info, profile, origin, domain)
         except SvirtError as exc:
-            self._refused(info.uuid, info.name, origin, exc)
+            if not existed:
+                self._refused(info.uuid, info.name, origin, exc)
+            elif not exc.reported:
+                # Still isolated, with its pair: a changed definition (or storage that stopped answering)
+                # could not be brought in line. Not a refused isolation (no VIRT_CONTROL res=failed).
+                log.error("%s keeps its pair, but its resources could not be brought in line with its "
+                          "definition: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
+                exc.reported = True
             raise
 
     def _refused(self, uuid: str, name: str, origin: Origin, exc: SvirtError) -> SvirtError:
@@ -639,7 +648,7 @@ class Manager:
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
             pending = await self._finish_release(a, optout=optout)
-            if optout:
+            if optout and not pending:  # pending: still in the table (releasing), not yet unconfined
                 self._unconfined[a.uuid] = a.name  # still defined (an undefine event drops it)
         if pending:
             raise RelabelFailed(pending)
@@ -915,7 +924,12 @@ class Manager:
             await self._finish_release(a, optout=False)
 
     async def reconcile(self) -> None:
-        """Converge with libvirt after every (re)connect: changes made meanwhile sent no event."""
+        """Converge with libvirt after every (re)connect: changes made meanwhile sent no event. One at a
+        time (a reload's and a reconnect's): the foreign levels are rebuilt across awaits."""
+        async with self._reconcile_lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         domains = await self.hv.list_domains()
         present = {d.uuid for d in domains}
         self._unconfined = {uuid: name for uuid, name in self._unconfined.items() if uuid in present}

@@ -1,8 +1,9 @@
 """Telling systemd how svirtd is (Type=notify): READY, a live STATUS= line, watchdog keep-alives.
 
-A no-op when not started by systemd (no $NOTIFY_SOCKET). The keep-alive runs on the event loop, so
-a loop that stops turning (a deadlock, a SIGSTOP) stops it, and systemd restarts svirtd after
-WatchdogSec.
+A no-op when not started by systemd (no $NOTIFY_SOCKET). The datagram is sent here (sd_notify's
+protocol is one sendto), so the environment can be taken out of the process (adopt_environment).
+The keep-alive runs on the event loop, so a loop that stops turning (a deadlock, a SIGSTOP) stops
+it, and systemd restarts svirtd after WatchdogSec.
 """
 
 from __future__ import annotations
@@ -11,28 +12,48 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable
-
-import systemd.daemon as sd_daemon
 
 log = logging.getLogger(__name__)
 
 STATUS_SECONDS = 2.0  # how often the STATUS= line is looked at (sent only when it changed)
 
 
+# What systemd told this process ($NOTIFY_SOCKET, $WATCHDOG_USEC, $WATCHDOG_PID), kept here and taken out
+# of the environment: svirtd's helper processes (the storage prober, the tree walker) must not inherit
+# a channel to systemd that speaks for svirtd.
+_ENV: dict[str, str] = {}
+_NAMES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def adopt_environment() -> None:
+    for name in _NAMES:
+        value = os.environ.pop(name, None)
+        if value is not None:
+            _ENV[name] = value
+
+
+def _get(name: str) -> str:
+    return _ENV.get(name) or os.environ.get(name, "")
+
+
 def notify(state: str) -> None:
-    if not os.environ.get("NOTIFY_SOCKET"):
+    address = _get("NOTIFY_SOCKET")
+    if not address:
         return
+    target = "\0" + address[1:] if address.startswith("@") else address  # abstract namespace
     try:
-        sd_daemon.notify(state)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(state.encode(), target)
     except OSError as exc:  # the manager went away: nothing to tell, nothing to fix
         log.debug("sd_notify(%s) failed: %s", state, exc)
 
 
 def watchdog_seconds() -> float:
     """The keep-alive period systemd asked for (half of WatchdogSec), 0 if none was asked for us."""
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    pid = os.environ.get("WATCHDOG_PID", "")
+    usec = _get("WATCHDOG_USEC")
+    pid = _get("WATCHDOG_PID")
     if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
         return 0.0
     return int(usec) / 2_000_000
@@ -71,5 +92,8 @@ class Notifier:
         while True:
             if keepalive:
                 notify("WATCHDOG=1")
-            self.status_now()
+            try:
+                self.status_now()
+            except Exception:  # the keep-alives go on: the loop turns, svirtd is alive
+                log.exception("computing the status line failed")
             await asyncio.sleep(period)

@@ -23,7 +23,7 @@ from pathlib import Path
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 
-from . import __version__, hook_spool, labels, message_ids, selinux_host
+from . import __version__, hook_spool, labels, message_ids, sd_notify, selinux_host
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
@@ -88,6 +88,8 @@ class Daemon:
         self._reload_note = ""  # a failed reload, shown in STATUS= until the next one succeeds
         self.config_path: Path | None = None  # what a reload reads again
         self.overrides: dict[str, object] = {}
+        self.config_existed = False  # a file that vanishes later is refused, not read as all defaults
+        self.reloading = asyncio.Lock()
 
     def _audit_source(self, source: str) -> NetlinkAuditSource | FileAuditSource | None:
         if source == "netlink":
@@ -121,7 +123,10 @@ class Daemon:
     @staticmethod
     async def _publish_changes(iface: ManagerInterface) -> None:
         while True:
-            iface.publish_changes()
+            try:
+                iface.publish_changes()
+            except Exception:  # said, and tried again: a stale property is no reason to stop
+                log.exception("publishing property changes failed")
             await asyncio.sleep(PUBLISH_SECONDS)
 
     async def _verify_now(self) -> None:
@@ -199,15 +204,25 @@ class Daemon:
 
     async def reload(self) -> ReloadPlan | None:
         """SIGHUP: read the config file again and apply what can change without a restart (see
-        reload.py). A file that does not validate changes nothing: svirtd goes on as it was."""
+        reload.py). A file that does not validate, or that has vanished, changes nothing: svirtd goes
+        on as it was. READY=1 ends the reload whatever happens (systemd would wait for it)."""
         notify("RELOADING=1")
         try:
+            return await self._reload()
+        finally:
+            notify("READY=1")
+            self.notifier.status_now()
+
+    async def _reload(self) -> ReloadPlan | None:
+        where = self.config_path or DEFAULT_CONFIG_PATH
+        try:
+            if self.config_existed and not where.exists():
+                raise ConfigError(f"{where}: no such file (it was there when svirtd started; a missing file "
+                                  "would mean all defaults, require_confined = false included)")
             wanted = load_config(self.config_path, self.overrides)
         except ConfigError as exc:
             log.error("reload refused, svirtd goes on with its running configuration: %s", exc)
             self._reload_note = f"last reload failed: {exc}"
-            notify("READY=1")
-            self.notifier.status_now()
             return None
         plan = plan_reload(self.config, wanted)
         old, self.config = self.config, plan.config
@@ -221,13 +236,24 @@ class Daemon:
         if plan.config.rescan_seconds != old.rescan_seconds:
             self._start_rescans()
         self._reload_note = ""
-        log.info("configuration reloaded from %s: %s", self.config_path or DEFAULT_CONFIG_PATH, plan.describe(),
+        log.info("configuration reloaded from %s: %s", where, plan.describe(),
                  extra=message_ids.message_fields(message_ids.CONFIG_RELOADED))
         if plan.reconfine and self.watcher.connected:
             await self.manager.reconcile()  # guests automatic confinement now covers, or no longer does
-        notify("READY=1")
-        self.notifier.status_now()
         return plan
+
+    async def run_reloads(self, requested: asyncio.Event, started: asyncio.Event) -> None:
+        """One reload per SIGHUP burst, one at a time, never before the start is over (a SIGHUP during
+        the start is kept for after it: systemd counts death by SIGHUP as a clean exit)."""
+        await started.wait()
+        while True:
+            await requested.wait()
+            requested.clear()
+            async with self.reloading:
+                try:
+                    await self.reload()
+                except Exception:
+                    log.exception("reload failed")
 
     def _write_hook_env(self) -> None:
         """Tell the libvirt hook how to reach us (its environment is sanitized by libvirtd). Kept after
@@ -244,37 +270,16 @@ class Daemon:
             log.warning("cannot write %s for the libvirt hook: %s", self.config.hook_env_file, exc)
 
     async def run_until_stopped(self) -> int:
-        """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us).
-        SIGHUP reloads the configuration (one reload at a time; a second SIGHUP meanwhile runs after it)."""
+        """Serve until SIGTERM/SIGINT (0) or until the bus connection is lost (1: let systemd restart us)."""
         assert self.bus is not None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        reloads = asyncio.Lock()
-
-        async def reload_once() -> None:
-            async with reloads:
-                try:
-                    await self.reload()
-                except Exception:
-                    log.exception("reload failed")
-
-        pending: set[asyncio.Task[None]] = set()
-
-        def on_hup() -> None:
-            task = loop.create_task(reload_once(), name="reload")
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-
-        loop.add_signal_handler(signal.SIGHUP, on_hup)
         bus_gone = asyncio.ensure_future(self.bus.wait_for_disconnect())  # type: ignore[no-untyped-call]
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({bus_gone, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        loop.remove_signal_handler(signal.SIGHUP)
-        for task in list(pending):
-            task.cancel()
         if bus_gone.done():
             log.error("lost the D-Bus connection; exiting so systemd restarts svirtd")
             return 1
@@ -317,15 +322,28 @@ IO_THREADS = 64
 
 
 async def run(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> int:
-    asyncio.get_running_loop().set_default_executor(
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="svirtd-io"))
+    # SIGHUP from the first moment (log rotation, `systemctl reload` racing a start): a reload, later.
+    reload_requested, started = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
+    log.info("svirtd %s starting with %s", __version__, config_path or DEFAULT_CONFIG_PATH)
     daemon = Daemon(config)
     daemon.config_path, daemon.overrides = config_path, dict(overrides or {})
-    await daemon.start()
+    daemon.config_existed = (config_path or DEFAULT_CONFIG_PATH).exists()
+    reloads = asyncio.create_task(daemon.run_reloads(reload_requested, started), name="reloads")
     try:
+        await daemon.start()
+        started.set()
         return await daemon.run_until_stopped()
     finally:
-        await daemon.stop()
+        async with daemon.reloading:  # a reload under way finishes (it may be relabeling), none starts
+            reloads.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reloads
+        if started.is_set():
+            await daemon.stop()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -343,6 +361,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    sd_notify.adopt_environment()  # before any helper process is started: none inherits it
     args = parse_args(argv)
     overrides: dict[str, object] = {
         "bus_address": args.bus_address,

@@ -7,6 +7,7 @@ duplicate level and a private inode claimed twice, even if the code above has a 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +16,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 3  # 2: claims.real; 3: claims.applier
 
@@ -126,8 +129,13 @@ class Store:
         self._db.close()
 
     def _changed(self, uuid: str) -> None:
+        """After the commit: an observer's failure must not look like a failed write to the caller (which
+        would undo what is committed, e.g. give a recorded pair back)."""
         if self.observer is not None:
-            self.observer(uuid)
+            try:
+                self.observer(uuid)
+            except Exception:
+                log.exception("the observer of guest %s's row failed", uuid)
 
     def _tx(self) -> _Transaction:
         # isolation_level=None + explicit BEGIN IMMEDIATE: one writer, committed on exit.

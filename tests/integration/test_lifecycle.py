@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -174,3 +175,46 @@ def test_a_reloaded_denied_path_is_never_relabeled(bus: PrivateBus, guests: Gues
                timeout=20, what="svirtd refusing the new guest's disk")
     assert xattr(after.disk) is None, "a file under a denied tree was relabeled"
     assert not isolated(bus, after.uuid)
+
+
+def test_a_sighup_during_the_start_is_a_reload_after_it(bus: PrivateBus, libvirtd: Libvirtd, guests: GuestFactory,
+                                                        tmp_path: Path) -> None:
+    """systemd counts death by SIGHUP as a clean exit (no restart): a SIGHUP that arrives while svirtd
+    is still starting (log rotation, a reload racing the start) must not end it."""
+    guests.new()
+    proc = SvirtdProcess(tmp_path / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
+                         auto_confine_names=[f"{guests.prefix}-*"])
+    starter = threading.Thread(target=lambda: proc.start(timeout=60), daemon=True)
+    try:
+        starter.start()
+        wait_until(lambda: proc.proc is not None, interval=0.001, what="svirtd spawned")
+        started = proc.proc
+        assert started is not None
+        # Into svirtd's own start (its asyncio loop runs: the start has begun), before READY.
+        wait_until(lambda: " starting with " in proc.log_text(), interval=0.002, what="svirtd's start under way")
+        assert "READY=1" not in proc.notifications, "too late: svirtd was ready already"
+        os.kill(started.pid, signal.SIGHUP)
+        starter.join(60)
+        assert started.poll() is None, f"svirtd died of the SIGHUP:\n{proc.log_tail()}"
+        wait_until(lambda: "configuration reloaded" in proc.log_text(), timeout=10, what="the reload, after the start")
+    finally:
+        proc.stop()
+        clear_hook_env(libvirtd)
+
+
+def test_helper_processes_do_not_inherit_the_channel_to_systemd(guests: GuestFactory, daemon: StartDaemon) -> None:
+    """The storage prober (and the tree walker) must not be able to speak for svirtd to systemd."""
+    guests.new()
+    proc = daemon(env={"WATCHDOG_USEC": "30000000"})
+    assert proc.proc is not None
+    pid = proc.proc.pid
+
+    def helpers() -> list[str]:
+        return subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+
+    children = wait_until(helpers, what="a helper process of svirtd")
+    assert isinstance(children, list)
+    for child in children:
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        names = {item.split(b"=", 1)[0] for item in env}
+        assert not names & {b"NOTIFY_SOCKET", b"WATCHDOG_USEC", b"WATCHDOG_PID"}, (child, names)
