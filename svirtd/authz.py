@@ -30,6 +30,35 @@ _KNOWN_CALLERS = 1024  # uids remembered per unique bus name
 _INTERACTIVE_TIMEOUT = 300.0
 
 
+# Password prompts pending at once: one per user, a few in all. svirtd's one bus connection may wait on
+# at most 128 replies (dbus-daemon's max_replies_per_connection): users who leave prompts open must not
+# take every slot and leave the delegated admins' checks failing. Beyond these, a check is asked
+# without interaction (polkit's answer for someone not yet authenticated: no).
+MAX_PROMPTS_PER_USER = 1
+MAX_PROMPTS = 8
+
+
+class PromptSlots:
+    """Who is being asked for a password right now (pure bookkeeping, on the event loop)."""
+
+    def __init__(self, per_user: int = MAX_PROMPTS_PER_USER, total: int = MAX_PROMPTS) -> None:
+        self._per_user, self._total = per_user, total
+        self._held: dict[int, int] = {}
+
+    def take(self, uid: int) -> bool:
+        if self._held.get(uid, 0) >= self._per_user or sum(self._held.values()) >= self._total:
+            return False
+        self._held[uid] = self._held.get(uid, 0) + 1
+        return True
+
+    def give_back(self, uid: int) -> None:
+        left = self._held.get(uid, 0) - 1
+        if left > 0:
+            self._held[uid] = left
+        else:
+            self._held.pop(uid, None)
+
+
 class Action(enum.StrEnum):
     QUERY = "org.svirt.manager1.query"
     ISOLATE = "org.svirt.manager1.isolate"
@@ -74,6 +103,8 @@ class Authorizer:
         self._timeout = timeout
         self._interactive_timeout = interactive_timeout
         self._uids: dict[str, int] = {}
+        self._prompts = PromptSlots()
+        self._checks = 0  # numbers cancellation ids
 
     async def _uid(self, sender: str) -> int:
         """The caller's uid, asked of the bus once per connection: a unique name is never reused while
@@ -95,15 +126,23 @@ class Authorizer:
             raise AccessDenied("the call carries no sender; refusing")
         verb = action.value.rsplit(".", 1)[1]
         guest = details.get("guest_name") or details.get("guest") or "guests"
-        if await self._uid(sender) == 0:
+        uid = await self._uid(sender)
+        if uid == 0:
             return
+        prompt = interactive and self._prompts.take(uid)
+        if interactive and not prompt:
+            log.info("uid %d asked to %s with a password prompt while one is pending: asked without one",
+                     uid, verb)
         try:
-            authorized = await self._polkit(sender, action, details, interactive)
+            authorized = await self._polkit(sender, action, details, prompt)
         except PolkitUnavailable:
             raise AccessDenied(f"polkit is not running, so only root may {verb} {guest}") from None
         except (TimeoutError, OSError) as exc:
             log.warning("polkit check failed (%s): denying", exc)
             raise AccessDenied(f"the authorization check failed ({exc}); refusing to {verb} {guest}") from None
+        finally:
+            if prompt:
+                self._prompts.give_back(uid)
         if not authorized:
             raise AccessDenied(f"not authorized to {verb} {guest} (polkit action {action.value}); an admin can "
                                "grant it with a polkit rule, see 50-svirtd-delegate.rules.example")
@@ -123,10 +162,18 @@ class Authorizer:
     async def _polkit(self, sender: str, action: Action, details: dict[str, str], interactive: bool) -> bool:
         subject: list[Any] = ["system-bus-name", {"name": Variant("s", sender)}]
         flags = _ALLOW_USER_INTERACTION if interactive else 0
-        reply = await _call(self._bus, Message(
-            destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE, member="CheckAuthorization",
-            signature="(sa{sv})sa{ss}us", body=[subject, action.value, details, flags, ""],
-        ), self._interactive_timeout if interactive else self._timeout)
+        self._checks += 1
+        cancel_id = f"svirtd-{self._checks}" if interactive else ""
+        try:
+            reply = await _call(self._bus, Message(
+                destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE, member="CheckAuthorization",
+                signature="(sa{sv})sa{ss}us", body=[subject, action.value, details, flags, cancel_id],
+            ), self._interactive_timeout if interactive else self._timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            if cancel_id:  # the prompt goes away too, not only svirtd's wait for it
+                self._bus.send(Message(destination=POLKIT_NAME, path=POLKIT_PATH, interface=POLKIT_IFACE,
+                                       member="CancelCheckAuthorization", signature="s", body=[cancel_id]))
+            raise
         if reply.message_type is MessageType.ERROR:
             if reply.error_name in _UNAVAILABLE:
                 raise PolkitUnavailable()
