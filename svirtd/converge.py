@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from . import labels, relabel
 from .config import Config
@@ -30,6 +31,7 @@ from .resources import DomainSpec
 from .storage_gate import StorageGate
 from .store import Claim, Store
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # A relabel transaction re-locks when a file is swapped between its lock guess and its probe; a
@@ -206,7 +208,7 @@ class Converger:
             # Originals are durable before the first label changes (trees: the helper journals each entry).
             self.store.put_claims(changing)
             # Rolls back itself on failure.
-            refused = await asyncio.to_thread(relabel.apply_probed, probed.present, journal_for, done_already)
+            refused = await _to_thread_to_the_end(relabel.apply_probed, probed.present, journal_for, done_already)
             ok = {c.path for c in changing} - {p.path for p in refused}
             self.store.set_claims_phase(a.uuid, sorted(ok), "applied")
         if refused:
@@ -261,7 +263,7 @@ class Converger:
                 to_restore.append(c)
         if to_restore:
             self.store.set_claims_phase(uuid, [c.path for c in to_restore], "restoring")
-        outcomes = await asyncio.to_thread(relabel.restore_claims, to_restore, self.config.journal_dir,
+        outcomes = await _to_thread_to_the_end(relabel.restore_claims, to_restore, self.config.journal_dir,
                                            self.defaults)
         return kept + outcomes
 
@@ -272,3 +274,16 @@ def _original_of(sharers: Sequence[Claim], current: str | None) -> str | None:
         if other.applier is Applier.SVIRTD and other.original is not None:
             return other.original
     return current if current is not None else ""
+
+
+async def _to_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
+    """fn in a worker thread that labels through the caller's open descriptors: a cancellation (svirtd
+    stopping, a reload's reconcile cancelled) waits until the thread is done before it goes on, so the
+    descriptors are not closed (and their numbers reused) under a thread still writing through them,
+    nor the locks released while it writes."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})
+        raise
