@@ -29,3 +29,12 @@ def test_an_unchanged_file_changes_nothing() -> None:
 
 def test_every_reloadable_name_is_an_option() -> None:
     assert set(RELOADABLE) <= set(Config.model_fields)
+
+
+def test_svirtd_8_lists_exactly_what_a_reload_applies() -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[2] / "man" / "svirtd.8.scd").read_text()
+    sighup = page.split("*SIGHUP*", 1)[1].split("Every other option", 1)[0]
+    named = {n for n in re.findall(r"\*([a-z_]+)\*", sighup) if n in Config.model_fields}
+    assert named == set(RELOADABLE)
