@@ -11,6 +11,8 @@ PACKAGES="
   attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
   debhelper fakeroot dpkg-dev lintian scdoc man-db python3-pip
 "
+# The Cockpit page (cockpit/) and its browser test: cockpit-ws + bridge, headless Chromium, selenium.
+PACKAGES="$PACKAGES cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
