@@ -1,0 +1,141 @@
+"""Cockpit for tests and screenshots: the real cockpit-ws serving the repo's cockpit/ package over a
+local session whose bridge talks to the private bus, and a headless Chromium driven by chromedriver.
+
+Both run in their own process groups and are stopped as groups, so no cockpit-bridge, renderer or
+zygote outlives them, pass or fail."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from selenium import webdriver
+from selenium.webdriver.remote.webdriver import WebDriver
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "cockpit"
+COCKPIT_WS = Path("/usr/lib/cockpit/cockpit-ws")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def js(driver: WebDriver, script: str, *args: Any) -> Any:
+    """Run script in the page and return its value (selenium 4.8 leaves execute_script unannotated)."""
+    return driver.execute_script(script, *args)  # type: ignore[no-untyped-call]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as reply:  # noqa: S310 (a local http URL we built)
+                if reply.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM the process group proc leads (it was started with start_new_session), then SIGKILL."""
+    if proc is None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; children that ignored SIGTERM still hold the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+@contextlib.contextmanager
+def cockpit_ws(workdir: Path, bus_address: str) -> Iterator[str]:
+    """cockpit-ws with a local session (no login, no TLS, no systemd) on a free port of 127.0.0.1;
+    yields the URL of the svirt page. The bridge finds the package through XDG_DATA_DIRS (a symlink to
+    the repo's cockpit/, next to the system's base1 and static) and the bus through DBUS_SYSTEM_BUS_ADDRESS."""
+    share = workdir / "share"
+    (share / "cockpit").mkdir(parents=True, exist_ok=True)
+    (share / "cockpit" / "svirt").symlink_to(PACKAGE)
+    config = workdir / "config"  # no host /etc/cockpit/cockpit.conf: its origins or banner must not matter
+    config.mkdir(exist_ok=True)
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+        "XDG_DATA_DIRS": f"{share}:/usr/share",
+        "XDG_CONFIG_DIRS": str(config),
+        "XDG_RUNTIME_DIR": str(workdir),
+        "DBUS_SYSTEM_BUS_ADDRESS": bus_address,
+        # No session bus: the bridge must not autolaunch one (it would outlive the test).
+        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={workdir}/no-session-bus",
+    }
+    log = (workdir / "cockpit-ws.log").open("ab")
+    proc = subprocess.Popen([str(COCKPIT_WS), "--local-session=cockpit-bridge", "--no-tls", "--port", str(port),
+                             "--address", "127.0.0.1"], env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}/cockpit/@localhost/svirt/index.html"
+        wait_http(url)
+        yield url
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@contextlib.contextmanager
+def chromium(workdir: Path, width: int = 1100, height: int = 700) -> Iterator[WebDriver]:
+    """Headless Chromium behind our own chromedriver process (its group holds every browser process).
+    workdir keeps chromedriver's log; the profile and TMPDIR go to a short directory of their own, as
+    Chromium refuses a singleton socket path longer than a sockaddr_un (pytest's tmp_path often is)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    profile = Path(tempfile.mkdtemp(prefix="svirt-chromium-"))
+    port = free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile), "LANG": "C.UTF-8",
+           "TMPDIR": str(profile)}
+    log = (workdir / "chromedriver.log").open("ab")
+    driver_proc = subprocess.Popen([str(CHROMEDRIVER), f"--port={port}"], env=env, stdout=log, stderr=log,
+                                   start_new_session=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox",  # root has no usable sandbox here
+                "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={profile / 'profile'}",
+                f"--window-size={width},{height}", "--no-first-run", "--disable-extensions",
+                # Nothing but the local cockpit-ws: no update checks, sync, or safe-browsing lookups.
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-default-apps", "--mute-audio", "--lang=en-US", "--disable-breakpad"):
+        options.add_argument(arg)  # type: ignore[no-untyped-call]  # selenium 4.8 leaves it unannotated
+    driver: WebDriver | None = None
+    try:
+        wait_http(f"http://127.0.0.1:{port}/status")
+        driver = webdriver.Remote(command_executor=f"http://127.0.0.1:{port}", options=options)
+        yield driver
+    finally:
+        if driver is not None:
+            with contextlib.suppress(Exception):
+                driver.quit()
+        stop_group(driver_proc)
+        log.close()
+        shutil.rmtree(profile, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""Issue 18: the Cockpit page, in a real browser, against the real stack.
+
+The private bus, libvirtd with real qemu guests and svirtd come from the usual fixtures; cockpit-ws
+serves the repo's cockpit/ over a local root session whose bridge talks to that bus; headless Chromium
+loads the page. Denials are injected as USER_AVC through the kernel, as test_audit does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from testbed.bus import PrivateBus
+from testbed.cockpit import chromium, cockpit_ws, js
+from testbed.daemon import SvirtdProcess
+from testbed.guests import Guest, GuestFactory
+from tests.conftest import wait_until
+from tests.helpers import xattr
+from tests.integration.test_audit import avc_text, inject, levels_of
+
+pytestmark = pytest.mark.integration
+StartSvirtd = Callable[..., SvirtdProcess]
+
+# The table as the page shows it: one entry per row, read in one round trip.
+ROWS_JS = """
+return [...document.querySelectorAll('#guest-rows tr')].map(tr => ({
+    uuid: tr.dataset.uuid, name: tr.dataset.name,
+    cells: [...tr.children].map(c => c.textContent.trim()),
+    problems: tr.lastElementChild.dataset.problems ?? null}));
+"""
+RESOURCES_JS = """
+return [...document.querySelectorAll('#resource-rows tr')].map(tr => ({
+    path: tr.dataset.path, status: tr.dataset.status,
+    cells: [...tr.children].map(c => c.textContent.trim())}));
+"""
+
+
+@pytest.fixture
+def page(bus: PrivateBus, tmp_path: Path) -> Iterator[WebDriver]:
+    with cockpit_ws(tmp_path / "cockpit", bus.address) as url, chromium(tmp_path / "browser") as driver:
+        driver.get(url)
+        wait_until(lambda: js(driver, "return document.body.dataset.loaded"), 30, 0.1,
+                   what="the page's first listing of guests")
+        yield driver
+
+
+def rows(driver: WebDriver) -> dict[str, dict[str, Any]]:
+    return {r["uuid"]: r for r in js(driver, ROWS_JS)}
+
+
+def goto_guest(driver: WebDriver, guest: Guest) -> None:
+    driver.find_element(By.CSS_SELECTOR, f"#guest-rows tr[data-uuid='{guest.uuid}'] a").click()
+    wait_until(lambda: driver.find_element(By.ID, "guest-title").text == guest.name, 10, 0.05,
+               what=f"{guest.name}'s page")
+
+
+def denial_texts(driver: WebDriver) -> list[str]:
+    return [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#denials li")]
+
+
+def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                          page: WebDriver) -> None:
+    t0 = time.monotonic()
+    svirtd()
+    a = guests.new(define=False)
+    original = xattr(a.disk)  # what Release must put back (none: nothing labeled it before svirtd)
+    guests.define(a)
+    b = guests.new()
+    la, lb = levels_of(bus, a, b)
+
+    # Two guests, their own distinct levels, each with its one disk as expected.
+    listed = wait_until(lambda: (r := rows(page)).get(a.uuid) and r.get(b.uuid) and r[a.uuid]["problems"] is not None
+                        and r[b.uuid]["problems"] is not None and r, 20, 0.1, what="both guests in the table")
+    assert isinstance(listed, dict)
+    assert listed[a.uuid]["cells"][2] == la and listed[b.uuid]["cells"][2] == lb and la != lb
+    assert listed[a.uuid]["cells"][0] == a.name and listed[a.uuid]["problems"] == "0"
+    print(f"two guests listed {time.monotonic() - t0:.1f} s after svirtd started")
+
+    # A third guest appears without a reload (the marker survives only in the same document).
+    js(page, "window.__same_document = true")
+    t1 = time.monotonic()
+    c = guests.new()
+    wait_until(lambda: c.uuid in rows(page), 20, 0.05, what="the third guest in the table")
+    print(f"third guest shown {time.monotonic() - t1:.2f} s after virsh define")
+    assert js(page, "return window.__same_document") is True
+    assert len({r["cells"][2] for r in rows(page).values()} & {la, lb}) == 2
+
+    # Filtering narrows the table to matching guests; clearing it brings them back.
+    page.find_element(By.ID, "filter").send_keys(c.name)
+    wait_until(lambda: list(rows(page)) == [c.uuid], 5, 0.05, what="the filter")
+    js(page, "const f = document.getElementById('filter'); f.value = '';"
+                        "f.dispatchEvent(new Event('input'))")
+
+    # A's page: the disk with expected and actual label (as on disk), and a link to cockpit-machines.
+    goto_guest(page, a)
+    res = wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="a's resources")
+    assert isinstance(res, list)
+    disk = next(r for r in res if r["path"] == str(a.disk))
+    assert disk["status"] == "labeled" and "labeled" in disk["cells"][0]
+    assert disk["cells"][5] == disk["cells"][6] == xattr(a.disk) == f"system_u:object_r:svirt_image_t:{la}"
+    link = page.find_element(By.ID, "machines-link").get_attribute("href")
+    assert link is not None and link.endswith(f"/machines#vm?name={a.name}&connection=system")
+
+    # A denial of a's qemu on b's image shows on a's page within 2 s, live from the Denied signal.
+    marker = f"cockpit-{a.uuid[:8]}"
+    t2 = time.monotonic()
+    inject(avc_text(la, lb, marker=marker))
+    wait_until(lambda: any(marker in t for t in denial_texts(page)), 2.0, 0.02, what="the denial on a's page")
+    print(f"denial shown on a's page {(time.monotonic() - t2) * 1000:.0f} ms after the record was sent")
+    shown = next(t for t in denial_texts(page) if marker in t)
+    assert f"guest {a.name} was denied {{ read write }} on guest {b.name}'s file" in shown
+    assert f"MCS isolation between guest {a.name} and guest {b.name}" in shown
+
+    # Not on a guest it does not involve: c's page (from Query's history) has no such denial.
+    page.get(page.current_url.split("#")[0] + f"#/guest/{c.uuid}")
+    wait_until(lambda: page.find_element(By.ID, "guest-title").text == c.name, 10, 0.05, what="c's page")
+    wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="c's resources")
+    assert not any(marker in t for t in denial_texts(page))
+
+    # An error is shown as svirtd words it.
+    page.get(page.current_url.split("#")[0] + "#/")
+    wait_until(lambda: page.find_element(By.ID, "isolate-guest").is_displayed(), 10, 0.05, what="the guests table")
+    page.find_element(By.ID, "isolate-guest").send_keys(f"{guests.prefix}-no-such-guest")
+    page.find_element(By.CSS_SELECTOR, "#isolate-form button[type=submit]").click()
+    notice = wait_until(lambda: page.find_element(By.ID, "notice").text, 10, 0.05, what="the error notice")
+    assert isinstance(notice, str) and notice.startswith("Isolate failed: ")
+    assert f"{guests.prefix}-no-such-guest" in notice
+
+    # Release from a's page puts the disk's original label back, and a leaves the table.
+    page.get(page.current_url.split("#")[0] + f"#/guest/{a.uuid}")
+    wait_until(lambda: page.find_element(By.ID, "btn-release").is_enabled(), 10, 0.05, what="a's Release button")
+    page.find_element(By.ID, "btn-release").click()
+    wait_until(lambda: xattr(a.disk) == original, 20, 0.05, what="a's original disk label")
+    wait_until(lambda: "not isolated" in page.find_element(By.ID, "guest-facts").text, 10, 0.05,
+               what="a's page saying it is released")
+    page.get(page.current_url.split("#")[0] + "#/")
+    wait_until(lambda: a.uuid not in rows(page) and b.uuid in rows(page), 10, 0.05, what="a gone from the table")
+    print(f"whole scenario {time.monotonic() - t0:.1f} s")
