@@ -145,10 +145,10 @@ function guestRow(proxy) {
             count ? `${count} not as expected` : "none");
     const isolation = proxy.Isolation || "";
     return h("tr", { "data-uuid": uuid, "data-name": proxy.Name },
-             h("th", { scope: "row", "data-label": "Name" },
+             h("th", { scope: "row", "data-label": "Name", class: "nowrap" },
                h("a", { href: "#" + cockpit.location.encode(["guest", uuid]), text: proxy.Name })),
              h("td", { "data-label": "State", text: proxy.State }),
-             h("td", { "data-label": "Level", class: "mono", text: proxy.Level }),
+             h("td", { "data-label": "Level", class: "mono nowrap", text: proxy.Level }),
              h("td", { "data-label": "Profile", text: proxy.Profile }),
              h("td", { "data-label": "Origin", text: proxy.Origin }),
              h("td", { "data-label": "Isolation", class: isolation.startsWith("VIOLATED") ? "bad" : isolation.startsWith("verified") ? "ok" : "muted", text: isolation }),
@@ -263,7 +263,27 @@ function proxyFor(uuid) {
 }
 
 function fact(term, value, cls) {
-    return h("div", {}, h("dt", { text: term }), h("dd", { class: cls, text: value || "–" }));
+    const empty = value === undefined || value === null || value === "" || (Array.isArray(value) && !value.length);
+    return h("div", {}, h("dt", { text: term }), h("dd", { class: cls }, empty ? "–" : value));
+}
+
+/* Labels and paths have no spaces: let them wrap after their separators, not mid-word. */
+function breakable(text) {
+    return String(text).split(/(?<=[:,/_])/).flatMap((part, i) => (i ? [h("wbr"), part] : [part]));
+}
+
+function resourceRow(r) {
+    const sev = severity(r);
+    return h("tr", { class: "sev-" + sev, "data-path": r.path, "data-status": r.status },
+             h("td", { "data-label": "Status" }, statusBadge(r)),
+             h("td", { "data-label": "Device", text: r.device }),
+             h("td", { "data-label": "Path", class: "mono" }, breakable(r.path || "–")),
+             h("td", { "data-label": "Class", text: r.class }),
+             h("td", { "data-label": "Labeled by", text: r.applier }),
+             h("td", { "data-label": "Expected label", class: "mono" }, breakable(r.expected || "–")),
+             h("td", { "data-label": "Actual label", class: "mono " + (r.actual === r.expected ? "" : sev) },
+               breakable(r.actual || "(none)")),
+             h("td", { "data-label": "Reason", text: r.note || (r.status === "labeled" ? "" : "–") }));
 }
 
 function renderGuestPage() {
@@ -281,7 +301,7 @@ function renderGuestPage() {
     const isolated = Boolean(proxy);
     const facts = isolated
         ? [fact("UUID", proxy.UUID, "mono"), fact("State", proxy.State), fact("Level", proxy.Level, "mono"),
-            fact("Process label", proxy.Label, "mono"), fact("Image label", proxy.ImageLabel, "mono"),
+            fact("Process label", breakable(proxy.Label), "mono"), fact("Image label", breakable(proxy.ImageLabel), "mono"),
             fact("Profile", proxy.Profile), fact("Origin", proxy.Origin),
             fact("Isolation", proxy.Isolation, (proxy.Isolation || "").startsWith("VIOLATED") ? "bad" : ""),
             proxy.Note ? fact("Note", proxy.Note) : null]
@@ -293,16 +313,17 @@ function renderGuestPage() {
     if (isolated && document.activeElement !== $("guest-profile")) $("guest-profile").value = proxy.Profile || "default";
 
     const resources = isolated && q ? q.resources || [] : [];
-    $("resource-rows").replaceChildren(...resources.map(r => h("tr", { class: "sev-" + severity(r), "data-path": r.path, "data-status": r.status },
-        h("td", { "data-label": "Status" }, statusBadge(r)),
-        h("td", { "data-label": "Device", text: r.device }),
-        h("td", { "data-label": "Path", class: "mono", text: r.path || "–" }),
-        h("td", { "data-label": "Class", text: r.class }),
-        h("td", { "data-label": "Labeled by", text: r.applier }),
-        h("td", { "data-label": "Expected label", class: "mono", text: r.expected || "–" }),
-        h("td", { "data-label": "Actual label", class: "mono " + (r.actual === r.expected ? "" : severity(r)), text: r.actual || "(none)" }),
-        h("td", { "data-label": "Reason", text: r.note || (r.status === "labeled" ? "" : "–") }))));
+    // Emulated devices have nothing on the host to label: listed apart, folded, to keep files in view.
+    const onHost = resources.filter(r => r.kind !== "none");
+    const emulated = resources.filter(r => r.kind === "none");
+    $("resource-rows").replaceChildren(...onHost.map(resourceRow));
     if (isolated && !q) $("resource-rows").replaceChildren(h("tr", {}, h("td", { colspan: "8", class: "muted", text: "Reading labels…" })));
+    $("emulated").hidden = emulated.length === 0;
+    $("emulated-summary").textContent = `${emulated.length} emulated device${emulated.length === 1 ? "" : "s"}: nothing on the host to label`;
+    $("emulated-rows").replaceChildren(...emulated.map(r => h("tr", { "data-status": r.status },
+        h("td", { "data-label": "Device", text: r.device }),
+        h("td", { "data-label": "Status" }, statusBadge(r)),
+        h("td", { "data-label": "Reason", text: r.note }))));
 
     const list = (denials.get(uuid) || []).slice().reverse();
     $("denials").replaceChildren(...list.map(denialItem));
