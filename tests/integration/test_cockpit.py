@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from testbed.bus import PrivateBus
@@ -53,8 +54,9 @@ def rows(driver: WebDriver) -> dict[str, dict[str, Any]]:
     return {r["uuid"]: r for r in js(driver, ROWS_JS)}
 
 
-def goto_guest(driver: WebDriver, guest: Guest) -> None:
-    driver.find_element(By.CSS_SELECTOR, f"#guest-rows tr[data-uuid='{guest.uuid}'] a").click()
+def goto(driver: WebDriver, guest: Guest) -> None:
+    """The guest's page by its address (cockpit.location: the URL's fragment), as a bookmark would."""
+    driver.get(driver.current_url.split("#")[0] + f"#/guest/{guest.uuid}")
     wait_until(lambda: driver.find_element(By.ID, "guest-title").text == guest.name, 10, 0.05,
                what=f"{guest.name}'s page")
 
@@ -66,7 +68,7 @@ def denial_texts(driver: WebDriver) -> list[str]:
 def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
                                           page: WebDriver) -> None:
     t0 = time.monotonic()
-    svirtd()
+    proc = svirtd()
     a = guests.new(define=False)
     original = xattr(a.disk)  # what Release must put back (none: nothing labeled it before svirtd)
     guests.define(a)
@@ -96,8 +98,12 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     js(page, "const f = document.getElementById('filter'); f.value = '';"
                         "f.dispatchEvent(new Event('input'))")
 
-    # A's page: the disk with expected and actual label (as on disk), and a link to cockpit-machines.
-    goto_guest(page, a)
+    # A's page, by keyboard: Enter on its link; the page's heading takes the focus.
+    page.find_element(By.CSS_SELECTOR, f"#guest-rows tr[data-uuid='{a.uuid}'] a").send_keys(Keys.ENTER)
+    wait_until(lambda: page.find_element(By.ID, "guest-title").text == a.name, 10, 0.05, what="a's page")
+    assert page.switch_to.active_element.get_attribute("id") == "guest-title"
+
+    # The disk with expected and actual label (as on disk), and a link to cockpit-machines.
     res = wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="a's resources")
     assert isinstance(res, list)
     disk = next(r for r in res if r["path"] == str(a.disk))
@@ -117,10 +123,19 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     assert f"MCS isolation between guest {a.name} and guest {b.name}" in shown
 
     # Not on a guest it does not involve: c's page (from Query's history) has no such denial.
-    page.get(page.current_url.split("#")[0] + f"#/guest/{c.uuid}")
-    wait_until(lambda: page.find_element(By.ID, "guest-title").text == c.name, 10, 0.05, what="c's page")
+    goto(page, c)
     wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="c's resources")
     assert not any(marker in t for t in denial_texts(page))
+
+    # Isolate with another profile and Verify, from b's page.
+    goto(page, b)
+    page.find_element(By.ID, "guest-profile").send_keys("nosmtp")  # typed, as with a keyboard
+    page.find_element(By.ID, "btn-isolate").click()
+    wait_until(lambda: "Profile\nnosmtp" in page.find_element(By.ID, "guest-facts").text, 20, 0.05,
+               what="b's profile nosmtp")
+    page.find_element(By.ID, "btn-verify").click()
+    verdict = wait_until(lambda: page.find_element(By.ID, "guest-verify").text, 30, 0.05, what="b's proof")
+    assert isinstance(verdict, str) and verdict.startswith("Isolation verified against "), verdict
 
     # An error is shown as svirtd words it.
     page.get(page.current_url.split("#")[0] + "#/")
@@ -132,7 +147,7 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     assert f"{guests.prefix}-no-such-guest" in notice
 
     # Release from a's page puts the disk's original label back, and a leaves the table.
-    page.get(page.current_url.split("#")[0] + f"#/guest/{a.uuid}")
+    goto(page, a)
     wait_until(lambda: page.find_element(By.ID, "btn-release").is_enabled(), 10, 0.05, what="a's Release button")
     page.find_element(By.ID, "btn-release").click()
     wait_until(lambda: xattr(a.disk) == original, 20, 0.05, what="a's original disk label")
@@ -140,4 +155,10 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
                what="a's page saying it is released")
     page.get(page.current_url.split("#")[0] + "#/")
     wait_until(lambda: a.uuid not in rows(page) and b.uuid in rows(page), 10, 0.05, what="a gone from the table")
+
+    # svirtd restarts: the page says so, then lists its guests again by itself.
+    proc.stop()
+    wait_until(lambda: page.find_element(By.ID, "st-service").text == "not running", 10, 0.05, what="not running")
+    proc.start()
+    wait_until(lambda: {b.uuid, c.uuid} <= set(rows(page)), 20, 0.05, what="the guests back after a restart")
     print(f"whole scenario {time.monotonic() - t0:.1f} s")
