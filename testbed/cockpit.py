@@ -1,8 +1,9 @@
 """Cockpit for tests and screenshots: the real cockpit-ws serving the repo's cockpit/ package over a
 local session whose bridge talks to the private bus, and a headless Chromium driven by chromedriver.
 
-Both run in their own process groups and are stopped as groups, so no cockpit-bridge, renderer or
-zygote outlives them, pass or fail."""
+Both run in their own process groups and are stopped as groups (and Chromium's crashpad handlers,
+which leave the group, by the profile directory they name), so no cockpit-bridge, renderer, zygote or
+crash handler outlives them, pass or fail."""
 
 from __future__ import annotations
 
@@ -71,6 +72,22 @@ def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> N
         return
 
 
+def kill_strays(marker: Path) -> None:
+    """SIGKILL every process whose command line names marker (a directory unique to this run):
+    Chromium's crashpad handlers leave the process group (setsid) and would outlive a killed browser."""
+    needle = str(marker).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def cockpit_ws(workdir: Path, bus_address: str) -> Iterator[str]:
     """cockpit-ws with a local session (no login, no TLS, no systemd) on a free port of 127.0.0.1;
@@ -137,5 +154,6 @@ def chromium(workdir: Path, width: int = 1100, height: int = 700) -> Iterator[We
             with contextlib.suppress(Exception):
                 driver.quit()
         stop_group(driver_proc)
+        kill_strays(profile)
         log.close()
         shutil.rmtree(profile, ignore_errors=True)
