@@ -89,30 +89,40 @@ def kill_strays(marker: Path) -> None:
 
 
 @contextlib.contextmanager
-def cockpit_ws(workdir: Path, bus_address: str) -> Iterator[str]:
+def cockpit_ws(logdir: Path, bus_address: str, uid: int | None = None) -> Iterator[str]:
     """cockpit-ws with a local session (no login, no TLS, no systemd) on a free port of 127.0.0.1;
-    yields the URL of the svirt page. The bridge finds the package through XDG_DATA_DIRS (a symlink to
-    the repo's cockpit/, next to the system's base1 and static) and the bus through DBUS_SYSTEM_BUS_ADDRESS."""
-    share = workdir / "share"
-    (share / "cockpit").mkdir(parents=True, exist_ok=True)
-    (share / "cockpit" / "svirt").symlink_to(PACKAGE)
-    config = workdir / "config"  # no host /etc/cockpit/cockpit.conf: its origins or banner must not matter
-    config.mkdir(exist_ok=True)
+    yields the URL of the svirt page. The bridge runs as the user cockpit-ws runs as: root, or uid
+    (a user without any privilege, as somebody logged in to Cockpit without administrative access).
+    It finds the package through XDG_DATA_DIRS (a symlink to the repo's cockpit/, next to the
+    system's base1 and static) and the bus through DBUS_SYSTEM_BUS_ADDRESS."""
+    logdir.mkdir(parents=True, exist_ok=True)
+    # Not under pytest's 0700 tmp dir: a bridge running as uid must read the package through it.
+    work = Path(tempfile.mkdtemp(prefix="svirt-cockpit-"))
+    work.chmod(0o755)
+    (work / "share" / "cockpit").mkdir(parents=True)
+    (work / "share" / "cockpit" / "svirt").symlink_to(PACKAGE)
+    (work / "config").mkdir()  # no host /etc/cockpit/cockpit.conf: its origins or banner must not matter
+    runtime = work / "runtime"
+    runtime.mkdir(mode=0o700)
+    if uid is not None:
+        os.chown(runtime, uid, uid)
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
+        "HOME": str(runtime),
         "LANG": "C.UTF-8",
-        "XDG_DATA_DIRS": f"{share}:/usr/share",
-        "XDG_CONFIG_DIRS": str(config),
-        "XDG_RUNTIME_DIR": str(workdir),
+        "XDG_DATA_DIRS": f"{work / 'share'}:/usr/share",
+        "XDG_CONFIG_DIRS": str(work / "config"),
+        "XDG_RUNTIME_DIR": str(runtime),
         "DBUS_SYSTEM_BUS_ADDRESS": bus_address,
         # No session bus: the bridge must not autolaunch one (it would outlive the test).
-        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={workdir}/no-session-bus",
+        "DBUS_SESSION_BUS_ADDRESS": f"unix:path={runtime}/no-session-bus",
     }
-    log = (workdir / "cockpit-ws.log").open("ab")
-    proc = subprocess.Popen([str(COCKPIT_WS), "--local-session=cockpit-bridge", "--no-tls", "--port", str(port),
-                             "--address", "127.0.0.1"], env=env, stdout=log, stderr=log, start_new_session=True)
+    as_user = [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    log = (logdir / "cockpit-ws.log").open("ab")
+    proc = subprocess.Popen([*as_user, str(COCKPIT_WS), "--local-session=cockpit-bridge", "--no-tls",
+                             "--port", str(port), "--address", "127.0.0.1"],
+                            env=env, stdout=log, stderr=log, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}/cockpit/@localhost/svirt/index.html"
         wait_http(url)
@@ -120,6 +130,7 @@ def cockpit_ws(workdir: Path, bus_address: str) -> Iterator[str]:
     finally:
         stop_group(proc)
         log.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @contextlib.contextmanager

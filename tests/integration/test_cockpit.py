@@ -6,6 +6,7 @@ loads the page. Denials are injected as USER_AVC through the kernel, as test_aud
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.integration.test_audit import avc_text, inject, levels_of
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
+NOBODY = 65534
 
 # The table as the page shows it: one entry per row, read in one round trip.
 ROWS_JS = """
@@ -41,12 +43,19 @@ return [...document.querySelectorAll('#resource-rows tr')].map(tr => ({
 """
 
 
-@pytest.fixture
-def page(bus: PrivateBus, tmp_path: Path) -> Iterator[WebDriver]:
-    with cockpit_ws(tmp_path / "cockpit", bus.address) as url, chromium(tmp_path / "browser") as driver:
+@contextlib.contextmanager
+def open_page(bus: PrivateBus, tmp_path: Path, uid: int | None = None) -> Iterator[WebDriver]:
+    with cockpit_ws(tmp_path / "cockpit", bus.address, uid) as url, chromium(tmp_path / "browser") as driver:
         driver.get(url)
         wait_until(lambda: js(driver, "return document.body.dataset.loaded"), 30, 0.1,
                    what="the page's first listing of guests")
+        yield driver
+
+
+@pytest.fixture
+def page(bus: PrivateBus, tmp_path: Path) -> Iterator[WebDriver]:
+    """The page as root sees it (the bridge of a root session, or anyone's with administrative access)."""
+    with open_page(bus, tmp_path) as driver:
         yield driver
 
 
@@ -162,3 +171,27 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     proc.start()
     wait_until(lambda: {b.uuid, c.uuid} <= set(rows(page)), 20, 0.05, what="the guests back after a restart")
     print(f"whole scenario {time.monotonic() - t0:.1f} s")
+
+
+def test_cockpit_page_for_a_user_without_privileges(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
+                                                    tmp_path: Path) -> None:
+    """Logged in without administrative access, the bridge calls as that user: the bus policy lets it
+    read everything and hear the signals; changing isolation is svirtd's (polkit's) call, and its
+    refusal is shown in its own words."""
+    svirtd()
+    a, b = guests.new(), guests.new()
+    la, lb = levels_of(bus, a, b)
+    labeled = xattr(a.disk)
+    with open_page(bus, tmp_path, uid=NOBODY) as page:
+        wait_until(lambda: {a.uuid, b.uuid} <= set(rows(page)), 20, 0.05, what="both guests in the table")
+        goto(page, a)
+        wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="a's resources")
+        marker = f"cockpit-nobody-{a.uuid[:8]}"
+        inject(avc_text(la, lb, marker=marker))
+        wait_until(lambda: any(marker in t for t in denial_texts(page)), 2.0, 0.02, what="the denial on a's page")
+        page.find_element(By.ID, "btn-release").click()
+        notice = wait_until(lambda: page.find_element(By.ID, "notice").text, 10, 0.05, what="the refusal")
+        # svirtd's own sentence (Guest1.Release), not a generic D-Bus or Cockpit error.
+        assert notice == f"Release failed: polkit is not running, so only root may release {a.name}", notice
+        print(f"shown to uid {NOBODY}: {notice}")
+    assert xattr(a.disk) == labeled
