@@ -176,7 +176,13 @@ function renderGuests() {
         const c = x < y ? -1 : x > y ? 1 : 0;
         return (sortAscending ? c : -c) || a.Name.localeCompare(b.Name);
     });
+    // Rows are rebuilt on every signal: keep the keyboard focus on the guest it was on.
+    const focused = document.activeElement && document.activeElement.closest("#guest-rows tr");
     $("guest-rows").replaceChildren(...shown.map(guestRow));
+    if (focused) {
+        const again = [...$("guest-rows").rows].find(tr => tr.dataset.uuid === focused.dataset.uuid);
+        if (again) again.querySelector("a").focus();
+    }
     $("empty").hidden = shown.length > 0;
     $("empty").textContent = all.length ? "No guest matches the filter." : "No guest is isolated.";
     for (const th of document.querySelectorAll("#guests th[data-key]")) {
