@@ -63,6 +63,20 @@ def rows(driver: WebDriver) -> dict[str, dict[str, Any]]:
     return {r["uuid"]: r for r in js(driver, ROWS_JS)}
 
 
+def press(driver: WebDriver, css: str, key: str | None = None) -> None:
+    """Click what css selects (or press key on it), again if the page rebuilt it meanwhile: rows are
+    rebuilt on every signal."""
+    def once() -> bool:
+        element = driver.find_element(By.CSS_SELECTOR, css)
+        if key is None:
+            element.click()
+        else:
+            element.send_keys(key)
+        return True
+
+    wait_until(once, 10, 0.05, what=f"{key or 'a click'} on {css}")
+
+
 def goto(driver: WebDriver, guest: Guest) -> None:
     """The guest's page by its address (cockpit.location: the URL's fragment), as a bookmark would."""
     driver.get(driver.current_url.split("#")[0] + f"#/guest/{guest.uuid}")
@@ -84,6 +98,7 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     b = guests.new()
     la, lb = levels_of(bus, a, b)
 
+    page_url = page.current_url
     # Two guests, their own distinct levels, each with its one disk as expected.
     listed = wait_until(lambda: (r := rows(page)).get(a.uuid) and r.get(b.uuid) and r[a.uuid]["problems"] is not None
                         and r[b.uuid]["problems"] is not None and r, 20, 0.1, what="both guests in the table")
@@ -108,7 +123,7 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
                         "f.dispatchEvent(new Event('input'))")
 
     # A's page, by keyboard: Enter on its link; the page's heading takes the focus.
-    page.find_element(By.CSS_SELECTOR, f"#guest-rows tr[data-uuid='{a.uuid}'] a").send_keys(Keys.ENTER)
+    press(page, f"#guest-rows tr[data-uuid='{a.uuid}'] a", Keys.ENTER)
     wait_until(lambda: page.find_element(By.ID, "guest-title").text == a.name, 10, 0.05, what="a's page")
     assert page.switch_to.active_element.get_attribute("id") == "guest-title"
 
@@ -164,6 +179,24 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
                what="a's page saying it is released")
     page.get(page.current_url.split("#")[0] + "#/")
     wait_until(lambda: a.uuid not in rows(page) and b.uuid in rows(page), 10, 0.05, what="a gone from the table")
+
+    # Inside Cockpit's shell (a frame): the address bar follows the page, and the machines link jumps.
+    base = page.current_url.split("/cockpit/")[0]
+    page.get(f"{base}/svirt")
+    frame = wait_until(lambda: page.find_element(By.CSS_SELECTOR, "iframe[name='cockpit1:localhost/svirt']"), 20,
+                       0.1, what="the page in the shell")
+    page.switch_to.frame(frame)
+    wait_until(lambda: b.uuid in rows(page), 20, 0.05, what="b in the framed table")
+    press(page, f"#guest-rows tr[data-uuid='{b.uuid}'] a")
+    page.switch_to.default_content()
+    wait_until(lambda: page.current_url == f"{base}/svirt#/guest/{b.uuid}", 10, 0.05, what="the shell's address")
+    page.switch_to.frame(frame)
+    page.find_element(By.ID, "machines-link").click()
+    page.switch_to.default_content()
+    wait_until(lambda: page.current_url == f"{base}/machines#vm?name={b.name}&connection=system", 10, 0.05,
+               what="the shell at cockpit-machines' page of b")
+    page.get(page_url)
+    wait_until(lambda: b.uuid in rows(page), 20, 0.05, what="the table again")
 
     # svirtd restarts: the page says so, then lists its guests again by itself.
     proc.stop()
