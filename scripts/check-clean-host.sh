@@ -17,7 +17,7 @@ if [ -z "$mode" ] || [ -z "$state" ]; then
 fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # Programs the suite, the demo, the benches and the e2e run start.
-WATCHED='^(libvirtd|virtlogd|qemu-system-x86|qemu-system-x86_64|bindfs|dbus-daemon|polkitd|svirtd|zstd|debootstrap)$'
+WATCHED='^(libvirtd|virtlogd|qemu-system-x86|qemu-system-x86_64|bindfs|dbus-daemon|polkitd|svirtd|zstd|debootstrap|cockpit-ws|cockpit-bridge|chromedriver|chromium|chrome_crashpad)$'
 
 mounts() { awk '{print $2}' /proc/self/mounts | sort; }
 # pid and name of the watched programs that really run (zombies only wait for PID 1 to reap them).

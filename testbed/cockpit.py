@@ -97,7 +97,7 @@ def cockpit_ws(logdir: Path, bus_address: str, uid: int | None = None) -> Iterat
     system's base1 and static) and the bus through DBUS_SYSTEM_BUS_ADDRESS."""
     logdir.mkdir(parents=True, exist_ok=True)
     # Not under pytest's 0700 tmp dir: a bridge running as uid must read the package through it.
-    work = Path(tempfile.mkdtemp(prefix="svirt-cockpit-"))
+    work = Path(tempfile.mkdtemp(prefix="svirtd-cockpit-"))
     work.chmod(0o755)
     (work / "share" / "cockpit").mkdir(parents=True)
     (work / "share" / "cockpit" / "svirt").symlink_to(PACKAGE)
@@ -139,7 +139,7 @@ def chromium(workdir: Path, width: int = 1100, height: int = 700) -> Iterator[We
     workdir keeps chromedriver's log; the profile and TMPDIR go to a short directory of their own, as
     Chromium refuses a singleton socket path longer than a sockaddr_un (pytest's tmp_path often is)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    profile = Path(tempfile.mkdtemp(prefix="svirt-chromium-"))
+    profile = Path(tempfile.mkdtemp(prefix="svirtd-chromium-"))
     port = free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile), "LANG": "C.UTF-8",
            "TMPDIR": str(profile)}
