@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from testbed.cockpit import chromium, cockpit_ws, js
 from testbed.daemon import call_json
+from testbed.guests import IMAGE_ROOT
 from testbed.stack import private_stack
 from tests.conftest import wait_until
 from tests.integration.test_audit import avc_text, inject
@@ -45,7 +47,18 @@ def main() -> int:
     if os.geteuid() != 0:
         print("run as root: it starts libvirtd, a bus and svirtd", file=sys.stderr)
         return 1
+    # Images in a directory of this run's own (GuestFactory removes <image root>/<prefix> afterwards:
+    # never an admin's /var/lib/libvirt/images/vm).
+    images = Path(tempfile.mkdtemp(prefix="svirtd-shots-", dir=IMAGE_ROOT))
+    try:
+        return take(images)
+    finally:
+        shutil.rmtree(images, ignore_errors=True)
+
+
+def take(images: Path) -> int:
     with private_stack(PREFIX, log_level="warning") as st:
+        st.guests.image_root = images
         web = st.guests.new(disks=2, name=f"{PREFIX}-web01")
         db = st.guests.new(name=f"{PREFIX}-db01")
         mail = st.guests.new(name=f"{PREFIX}-mail01")
