@@ -82,7 +82,14 @@ function yesNo(value) {
 }
 
 function renderStatus() {
-    if (!manager.valid) return;
+    if (!owner || !manager.valid) {
+        // Nothing svirtd said before it went away still holds.
+        for (const id of ["st-enforcing", "st-libvirt", "st-categories", "st-audit"]) {
+            $(id).textContent = "–";
+            $(id).className = "";
+        }
+        return;
+    }
     const enforcing = $("st-enforcing");
     enforcing.textContent = yesNo(manager.Enforcing);
     enforcing.className = manager.Enforcing ? "ok" : "warn";
@@ -180,8 +187,8 @@ function renderGuests() {
     const focused = document.activeElement && document.activeElement.closest("#guest-rows tr");
     $("guest-rows").replaceChildren(...shown.map(guestRow));
     if (focused) {
-        const again = [...$("guest-rows").rows].find(tr => tr.dataset.uuid === focused.dataset.uuid);
-        if (again) again.querySelector("a").focus();
+        const row = [...$("guest-rows").rows].find(tr => tr.dataset.uuid === focused.dataset.uuid);
+        if (row) row.querySelector("a").focus();
     }
     $("empty").hidden = shown.length > 0;
     $("empty").textContent = all.length ? "No guest matches the filter." : "No guest is isolated.";
@@ -190,10 +197,15 @@ function renderGuests() {
     }
 }
 
-/* Query reads every label on disk: once per appearance or change of a guest, and on demand. */
+/* Query reads every label on disk: once per appearance or change of a guest, and on demand. A change
+ * while one is under way asks for one more after it (its answer may predate the change). */
 const inflight = new Map();
+const queryAgain = new Set();
 function refreshQuery(uuid) {
-    if (inflight.has(uuid)) return inflight.get(uuid);
+    if (inflight.has(uuid)) {
+        queryAgain.add(uuid);
+        return inflight.get(uuid);
+    }
     const p = call(MANAGER, PATH, "Query", "s", [uuid])
         .then(([q]) => {
             queries.set(uuid, q);
@@ -205,6 +217,7 @@ function refreshQuery(uuid) {
         })
         .finally(() => {
             inflight.delete(uuid);
+            if (queryAgain.delete(uuid)) refreshQuery(uuid);
             render();
         });
     inflight.set(uuid, p);
