@@ -17,12 +17,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
+from svirtd import __version__
 from testbed.bus import PrivateBus
+from testbed.client import SvirtClient
 from testbed.cockpit import chromium, cockpit_ws, js
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Guest, GuestFactory
 from tests.conftest import wait_until
-from tests.helpers import xattr
+from tests.helpers import run, xattr
 from tests.integration.test_audit import avc_text, inject, levels_of
 
 pytestmark = pytest.mark.integration
@@ -61,6 +63,15 @@ def page(bus: PrivateBus, tmp_path: Path) -> Iterator[WebDriver]:
 
 def rows(driver: WebDriver) -> dict[str, dict[str, Any]]:
     return {r["uuid"]: r for r in js(driver, ROWS_JS)}
+
+
+def categories(bus: PrivateBus) -> str:
+    """CategoriesFree of CategoriesTotal, as the header words them."""
+    async def get() -> str:
+        async with SvirtClient(bus.address) as c:
+            return f"{await c.prop('CategoriesFree'):,} of {await c.prop('CategoriesTotal'):,}"
+
+    return str(run(get()))
 
 
 def press(driver: WebDriver, css: str, key: str | None = None) -> None:
@@ -116,6 +127,12 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     assert js(page, "return window.__same_document") is True
     assert len({r["cells"][2] for r in rows(page).values()} & {la, lb}) == 2
 
+    # The header: svirtd's properties, CategoriesFree following the third guest's pair.
+    header = {k: page.find_element(By.ID, f"st-{k}").text for k in ("service", "enforcing", "libvirt")}
+    assert header == {"service": f"running {__version__}", "enforcing": "no", "libvirt": "connected"}, header
+    wait_until(lambda: page.find_element(By.ID, "st-categories").text == categories(bus), 5, 0.05,
+               what="free pairs of the total as svirtd counts them")
+
     # Filtering narrows the table to matching guests; clearing it brings them back.
     page.find_element(By.ID, "filter").send_keys(c.name)
     wait_until(lambda: list(rows(page)) == [c.uuid], 5, 0.05, what="the filter")
@@ -142,6 +159,9 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
     inject(avc_text(la, lb, marker=marker))
     wait_until(lambda: any(marker in t for t in denial_texts(page)), 2.0, 0.02, what="the denial on a's page")
     print(f"denial shown on a's page {(time.monotonic() - t2) * 1000:.0f} ms after the record was sent")
+    # AuditStats counts every record of the host (other suites' too): at least this one.
+    wait_until(lambda: int(page.find_element(By.ID, "st-audit").text.split()[0]) >= 1, 5, 0.05,
+               what="AuditStats in the header")
     shown = next(t for t in denial_texts(page) if marker in t)
     assert f"guest {a.name} was denied {{ read write }} on guest {b.name}'s file" in shown
     assert f"MCS isolation between guest {a.name} and guest {b.name}" in shown
