@@ -158,7 +158,8 @@ function guestRow(proxy) {
              h("td", { "data-label": "Level", class: "mono nowrap", text: proxy.Level }),
              h("td", { "data-label": "Profile", text: proxy.Profile }),
              h("td", { "data-label": "Origin", text: proxy.Origin }),
-             h("td", { "data-label": "Isolation", class: isolation.startsWith("VIOLATED") ? "bad" : isolation.startsWith("verified") ? "ok" : "muted", text: isolation }),
+             h("td", { "data-label": "Isolation", class: isolation.startsWith("VIOLATED") ? "bad" : isolation.startsWith("verified") ? "ok" : "muted" },
+               breakable(isolation)),
              countCell);
 }
 
