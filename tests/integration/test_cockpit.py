@@ -44,6 +44,8 @@ return [...document.querySelectorAll('#resource-rows tr')].map(tr => ({
     cells: [...tr.children].map(c => c.textContent.trim())}));
 """
 
+NO_SIDEWAYS_SCROLL = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+
 
 @contextlib.contextmanager
 def open_page(bus: PrivateBus, tmp_path: Path, uid: int | None = None) -> Iterator[WebDriver]:
@@ -237,8 +239,12 @@ def test_cockpit_page_for_a_user_without_privileges(bus: PrivateBus, guests: Gue
     labeled = xattr(a.disk)
     with open_page(bus, tmp_path, uid=NOBODY) as page:
         wait_until(lambda: {a.uuid, b.uuid} <= set(rows(page)), 20, 0.05, what="both guests in the table")
+        # A narrow window (a phone, a shell beside a terminal): rows become cards, nothing scrolls sideways.
+        page.set_window_size(400, 800)
+        assert js(page, NO_SIDEWAYS_SCROLL), "the guests table scrolls sideways at 400 px"
         goto(page, a)
         wait_until(lambda: js(page, RESOURCES_JS), 10, 0.05, what="a's resources")
+        assert js(page, NO_SIDEWAYS_SCROLL), "a guest's page scrolls sideways at 400 px"
         marker = f"cockpit-nobody-{a.uuid[:8]}"
         inject(avc_text(la, lb, marker=marker))
         wait_until(lambda: any(marker in t for t in denial_texts(page)), 2.0, 0.02, what="the denial on a's page")
