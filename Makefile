@@ -131,6 +131,9 @@ install-files:
 	install -D -m 0644 data/completion/svirtctl.bash $(DESTDIR)/usr/share/bash-completion/completions/svirtctl
 	install -D -m 0644 -t $(DESTDIR)/usr/share/dbus-1/interfaces data/interfaces/org.svirt.Manager1.xml \
 	  data/interfaces/org.svirt.Guest1.xml
+# The Cockpit page (cockpit-ws finds packages in /usr/share/cockpit).
+	install -D -m 0644 -t $(DESTDIR)/usr/share/cockpit/svirt cockpit/manifest.json cockpit/index.html \
+	  cockpit/svirt.js cockpit/svirt.css
 
 # Removes what install put there (and the module); keeps the config and the table.
 uninstall:
@@ -141,6 +144,7 @@ uninstall:
 	rm -f /usr/share/selinux/packages/svirtd.pp /usr/share/selinux/devel/include/contrib/svirtd.if
 	rm -f /usr/lib/systemd/catalog/svirtd.catalog /usr/share/bash-completion/completions/svirtctl
 	rm -f /usr/share/dbus-1/interfaces/org.svirt.Manager1.xml /usr/share/dbus-1/interfaces/org.svirt.Guest1.xml
+	rm -rf /usr/share/cockpit/svirt
 	for m in $(MANPAGES); do rm -f /usr/share/man/man$${m##*.}/$${m##*/}; done
 	rm -rf $(DOCDIR)
 	-semodule -X 200 -r svirtd
@@ -158,7 +162,7 @@ uninstall-legacy:
 # a copy of what they are made of (dpkg-buildpackage writes next to the source directory; no git needed).
 # e2e/image.py keys its image on the same list (DEB_INPUTS).
 DEB_BUILD   := build/deb
-DEB_SOURCES := svirtd policy data systemd man debian docs README.md Makefile vendor-requirements.txt .cache/vendor
+DEB_SOURCES := svirtd policy data systemd man debian docs cockpit README.md Makefile vendor-requirements.txt .cache/vendor
 deb:
 	@test -n "$$(ls $(VENDOR)/*.whl 2>/dev/null)" || { echo "$(VENDOR) has no wheels: run make vendor first"; exit 1; }
 	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src dist

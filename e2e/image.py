@@ -29,7 +29,7 @@ BASE_INCLUDE = ("linux-image-amd64,selinux-policy-default,selinux-basics,policyc
 CHROOT_PACKAGES = ("libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils "
                    "python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd")
 # Everything `make deb` builds the packages from (the wheels included), and what the image adds itself.
-DEB_INPUTS = ("svirtd", "policy", "data", "systemd", "man", "debian", "docs", "README.md", "Makefile",
+DEB_INPUTS = ("svirtd", "policy", "data", "systemd", "man", "debian", "docs", "cockpit", "README.md", "Makefile",
               "vendor-requirements.txt", ".cache/vendor")
 SOURCES = (*DEB_INPUTS, "e2e/guest", "e2e/image.py")
 
