@@ -8,6 +8,7 @@ PACKAGES="
   selinux-policy-default selinux-policy-dev selinux-utils policycoreutils setools selint
   dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
   attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
+  etcd-server etcd-client
 "
 missing=""
 for p in $PACKAGES; do

@@ -46,6 +46,7 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.NotConfined: ERROR_PREFIX + "NotConfined",
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
     errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
+    errors.ClusterUnavailable: ERROR_PREFIX + "ClusterUnavailable",
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }
 INTERNAL_ERROR = ERROR_PREFIX + "Failed"
@@ -87,6 +88,11 @@ DOCS: dict[str, str] = {
     "CategoriesFree": "How many more guests can be isolated: free category pairs in the configured range.",
     "CategoriesTotal": "Category pairs in the configured range (minus reserved categories).",
     "LibvirtConnected": "Whether svirtd is connected to libvirtd right now.",
+    "ClusterState": "Where the allocation table lives and how it is: 'local', or etcd connected / unavailable "
+                    "(why), the hosts alive, local changes waiting for etcd, conflicts.",
+    "ForgetHost": "([cluster] backend = \"etcd\") A host is gone for good: take it out of every cluster binding and "
+                  "free the pairs only it used. Refused while its lease is alive. Returns the pairs freed. Root, or "
+                  "as polkit decides (org.svirt.manager1.cluster).",
 }
 
 # The message being handled, for methods that must know who is calling (dbus-fast does not pass it).
@@ -138,8 +144,10 @@ def _interactive() -> bool:
 class ManagerInterface(ServiceInterface):
     def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
                  connected: Callable[[], bool], denials: DenialTracker | None = None,
-                 audit_stats: Callable[[], dict[str, int]] | None = None, spool: Path | None = None) -> None:
+                 audit_stats: Callable[[], dict[str, int]] | None = None, spool: Path | None = None,
+                 cluster_state: Callable[[], str] | None = None) -> None:
         super().__init__(INTERFACE)
+        self._cluster_state = cluster_state
         self._spool = spool
         self._manager = manager
         self._denials = denials
@@ -244,6 +252,12 @@ class ManagerInterface(ServiceInterface):
     async def List(self) -> GuestRows:
         return [list(row) for row in self._manager.list_summary()]
 
+    @method()
+    @dbus_errors
+    async def ForgetHost(self, host: DBusStr) -> DBusUInt32:
+        await self._authz.check(_sender(), Action.CLUSTER, {"host": host}, _interactive())
+        return await self._manager.forget_host(host)
+
     # -- signals -------------------------------------------------------------------------------
 
     @signal()
@@ -279,6 +293,10 @@ class ManagerInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtConnected(self) -> DBusBool:
         return self._connected()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ClusterState(self) -> DBusStr:
+        return self._cluster_state() if self._cluster_state is not None else "local"
 
     @dbus_property(access=PropertyAccess.READ)
     def AuditStats(self) -> Annotated[dict[str, int], DBusSignature("a{st}")]:
