@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 # Lost races for one guest before giving up; with a current view each costs one ~2 ms round trip.
 MAX_RACES = 32
-BOUND, BINDING, JOINING, LEAVING, MOVING = "bound", "binding", "joining", "leaving", "moving"
+BOUND, JOINING, LEAVING, MOVING = "bound", "joining", "leaving", "moving"
 
 
 class EtcdApi(Protocol):
@@ -88,6 +88,7 @@ class ClusterBook:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conflicts: dict[str, str] = {}  # uuid -> what this host and etcd disagree on
+        self.races_lost = 0  # picks another host bound first (the view was behind): each cost one round trip
         book.cluster = self
 
     # -- what others read -----------------------------------------------------------------------
@@ -141,7 +142,7 @@ class ClusterBook:
             row = self.store.cluster_binding(uuid)
             if self.available:
                 try:
-                    return await self._bind(uuid, name, list(claims), row)
+                    return await self._bind(uuid, name, list(claims))
                 except EtcdUnavailable as exc:
                     self._unavailable(str(exc))
             return self._from_cache(uuid, name, row)
@@ -205,12 +206,9 @@ class ClusterBook:
 
     # -- binding --------------------------------------------------------------------------------
 
-    async def _bind(self, uuid: str, name: str, claims: list[LevelClaim], row: ClusterRow | None) -> tuple[Level, str]:
-        # Before etcd may hear of it: a crash after the transaction leaves this row for the next sync.
-        if row is None:
-            self.store.put_cluster_binding(ClusterRow(uuid, "", name, BINDING))
-        elif row.state == LEAVING:
-            self.store.put_cluster_binding(row._replace(state=JOINING))
+    async def _bind(self, uuid: str, name: str, claims: list[LevelClaim]) -> tuple[Level, str]:
+        # No row before the transaction (one fsync less per allocation): a binding of this host that a crash
+        # or a lost reply left without a row is found by _adopt_orphans at the next connect.
         conflicts: list[str] = []
         for level, picked in self._candidates(uuid, claims, conflicts):
             b = Binding(uuid, level, name, (self.host,))
@@ -219,7 +217,8 @@ class ClusterBook:
                 if not picked:
                     self._settle_claim(uuid, level)
                 self.allocator.mirror_put(level, uuid)
-                self.store.put_cluster_binding(ClusterRow(uuid, str(level), name, BOUND))
+                # Not fsync'ed: lost with a power cut, etcd's binding lists this host and _adopt_orphans restores it.
+                self.store.put_cluster_binding(ClusterRow(uuid, str(level), name, BOUND), durable=False)
                 self._conflicts.pop(uuid, None)
                 return level, remap_note(conflicts, level)
             self._drop_candidate(uuid, level, picked)
@@ -234,6 +233,7 @@ class ClusterBook:
                     continue  # its last user let it go this instant: bind afresh
             owner = self.layout.owner_in(level_kvs[0].value) if level_kvs else None
             self.allocator.mirror_put(level, owner or "?")
+            self.races_lost += picked
             if not picked:
                 conflicts.append(f"{level} is bound in the cluster to guest {owner}")
         raise LabelSpaceExhausted(f"no free pair for {name} after {MAX_RACES} attempts: the cluster's pairs are "
@@ -349,7 +349,7 @@ class ClusterBook:
         if holder is not None:
             raise ResourceConflict(f"{name}'s pair {level} is held here by guest {holder}")
         self.book.take(level, uuid)
-        if row.state in (LEAVING, BINDING):
+        if row.state == LEAVING:
             self.store.put_cluster_binding(row._replace(state=JOINING))
         log.info("%s keeps its pair %s from this host's copy of the cluster table (etcd unavailable)", name, level,
                  extra=guest_fields(uuid, name))
@@ -367,22 +367,26 @@ class ClusterBook:
                     continue
                 await self._settle(fresh)
 
+    async def _adopt_orphans(self) -> None:
+        """Bindings etcd says this host uses that this host has no row for: a crash between a transaction and
+        its row, or a reply lost in a partition. Kept if the guest is isolated or released-but-defined here,
+        else let go. One read of every binding, at each connect only."""
+        kvs, _rev = await self.client.range(self.layout.guests, prefix_end(self.layout.guests))
+        for kv in kvs:
+            b = self.layout.binding_in(kv)
+            if b is None or self.host not in b.hosts or self.store.cluster_binding(b.uuid) is not None:
+                continue
+            async with self._locks[b.uuid]:  # an allocation in flight writes its row under this lock
+                if self.store.cluster_binding(b.uuid) is not None:
+                    continue
+                a = self.store.get(b.uuid)
+                kept = a is not None or self.store.is_opted_out(b.uuid)
+                level = a.level if a is not None else b.level
+                self.store.put_cluster_binding(ClusterRow(b.uuid, str(level), b.name, JOINING if kept else LEAVING))
+                log.info("etcd lists this host for %s (%s) without a record here: %s", b.name, b.level,
+                         "recorded" if kept else "let go", extra=guest_fields(b.uuid, b.name))
+
     async def _settle(self, row: ClusterRow) -> None:
-        if row.state == BINDING:
-            a = self.store.get(row.uuid)
-            if a is None and not self.store.is_opted_out(row.uuid):
-                await self._leave(row)  # a first binding a crash interrupted, for a guest no longer here
-                return
-            if a is None:
-                kvs, _rev = await self.client.range(self.layout.guest_key(row.uuid))
-                b = self.layout.binding_in(kvs[0]) if kvs else None
-                if b is None:
-                    self.store.delete_cluster_binding(row.uuid)
-                    return
-                row = row._replace(level=str(b.level))
-            else:
-                row = row._replace(level=str(a.level))
-            row = row._replace(state=JOINING)
         if row.state == LEAVING:
             await self._leave(row)
         elif row.state == JOINING:
@@ -482,6 +486,7 @@ class ClusterBook:
         for level, uuid in changed.items():
             self.allocator.mirror_put(level, uuid)
         await self._refresh_hosts()
+        await self._adopt_orphans()
         was = self.status.state
         self.status.state, self.status.reason, self.status.since = ClusterState.CONNECTED, "", time.time()
         if was is not ClusterState.CONNECTED:

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -196,23 +197,29 @@ class EtcdClient:
     # -- transport ------------------------------------------------------------------------------
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST body to path on the preferred endpoint, then on the others; the reply's JSON."""
+        """POST body to path on the preferred endpoint, then on the others, pass after pass for up to three
+        request timeouts (a leader election after a member died takes about a second); the reply's JSON."""
         problems: list[str] = []
         n = len(self.endpoints)
-        for step in range(n):
-            i = (self._preferred + step) % n
-            endpoint = self.endpoints[i]
-            try:
-                reply = await asyncio.wait_for(self._request(endpoint, path, body), self.timeout)
-            except TimeoutError:
-                problems.append(f"{endpoint}: no answer within {self.timeout:g} s")
-                continue
-            except (OSError, asyncio.IncompleteReadError, ValueError, EtcdUnavailable) as exc:
-                problems.append(f"{endpoint}: {exc or type(exc).__name__}")
-                continue
-            self._preferred = i
-            return reply
-        raise EtcdUnavailable("; ".join(problems))
+        deadline = time.monotonic() + 3 * self.timeout
+        while True:
+            problems.clear()
+            for step in range(n):
+                i = (self._preferred + step) % n
+                endpoint = self.endpoints[i]
+                try:
+                    reply = await asyncio.wait_for(self._request(endpoint, path, body), self.timeout)
+                except TimeoutError:
+                    problems.append(f"{endpoint}: no answer within {self.timeout:g} s")
+                    continue
+                except (OSError, asyncio.IncompleteReadError, ValueError, EtcdUnavailable) as exc:
+                    problems.append(f"{endpoint}: {exc or type(exc).__name__}")
+                    continue
+                self._preferred = i
+                return reply
+            if time.monotonic() + 0.1 >= deadline:
+                raise EtcdUnavailable("; ".join(problems))
+            await asyncio.sleep(0.1)
 
     async def _request(self, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         idle = self._idle[endpoint]

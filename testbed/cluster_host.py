@@ -47,11 +47,15 @@ class ClusterHost:
         if known is not None:
             return known.level
         level, _note = await self.book.choose(uuid, name or uuid[:8], claims)
+        self.record(uuid, level, name)
+        return level
+
+    def record(self, uuid: str, level: Level, name: str = "") -> None:
+        """The assignment row, as the manager inserts it once the pair is chosen."""
         now = time.time()
         self.store.insert_assignment(Assignment(uuid=uuid, name=name or uuid[:8], level=level, profile="default",
                                                 origin=Origin.AUTO, state=GuestState.SHUTOFF, created=now,
                                                 updated=now))
-        return level
 
     async def undefine(self, uuid: str) -> None:
         """As the manager's release of a guest gone from this host."""
