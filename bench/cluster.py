@@ -1,10 +1,11 @@
 """The allocation table on a real 3-member etcd cluster (loopback), two hosts racing (issue 16).
 
 Two "hosts", each a process of its own (testbed.cluster_host: its own SQLite store, allocator,
-LevelBook and ClusterBook, as svirtd wires them, driven without libvirt) allocate 1,000 pairs side by side, some for the same UUIDs, from a
-small category space so that picks really collide. Then: one member killed (allocations go on), two
-killed (new allocations refused with ClusterUnavailable; guests with a known pair still get it; guests
-undefined meanwhile), members back (everything reconciled, nothing lost).
+LevelBook and ClusterBook, as svirtd wires them, driven without libvirt) allocate 1,000 pairs side
+by side, some for the same UUIDs, from a small category space so that picks really collide. Then: one
+member killed (allocations go on), two killed (new allocations refused with ClusterUnavailable; guests
+with a known pair still get it; guests undefined meanwhile), members back (everything reconciled,
+nothing lost).
 
 The LAST line printed is one JSON object.
 """
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,8 @@ async def _serve_host(conn: Connection, work: Path, host_id: str, endpoints: lis
                 "assignments": {a.uuid: str(a.level) for a in host.store.assignments()},
                 "rows": {r.uuid: (r.level, r.state) for r in host.store.cluster_bindings()}}
 
-    commands = {"allocate": allocate, "isolate": isolate, "undefine": undefine, "release_kept": release_kept,
-                "state": state}
+    commands: dict[str, Callable[..., Awaitable[Any]]] = {
+        "allocate": allocate, "isolate": isolate, "undefine": undefine, "release_kept": release_kept, "state": state}
     try:
         while True:
             command, args = await asyncio.to_thread(conn.recv)
