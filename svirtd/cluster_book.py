@@ -143,7 +143,7 @@ class ClusterBook:
             if self.available:
                 try:
                     return await self._bind(uuid, name, list(claims))
-                except EtcdUnavailable as exc:
+                except (EtcdUnavailable, EtcdError) as exc:  # an error etcd answers with is no grant either
                     self._unavailable(str(exc))
             return self._from_cache(uuid, name, row)
 
@@ -158,7 +158,7 @@ class ClusterBook:
             if self.available:
                 try:
                     await self._leave(row)
-                except EtcdUnavailable as exc:
+                except (EtcdUnavailable, EtcdError) as exc:  # the row stays: the next sync retries
                     self._unavailable(str(exc))
 
     def note_moved(self, uuid: str, name: str, old: Level, new: Level) -> None:
@@ -198,7 +198,7 @@ class ClusterBook:
                 users += 1
                 with contextlib.suppress(_Vanished):
                     freed += await self._without(b, host)
-        except EtcdUnavailable as exc:
+        except (EtcdUnavailable, EtcdError) as exc:
             self._unavailable(str(exc))
             raise self._unavailable_error("forget a host") from None
         log.warning("forgot host %s: taken out of %d bindings, %d pairs freed", host, users, freed)
@@ -365,7 +365,10 @@ class ClusterBook:
                 fresh = self.store.cluster_binding(row.uuid)
                 if fresh is None or fresh.state == BOUND:
                     continue
-                await self._settle(fresh)
+                try:
+                    await self._settle(fresh)
+                except EtcdError as exc:  # this row only (unreadable data...): the others go on
+                    self._conflict(fresh, f"etcd refused to settle {fresh.name or fresh.uuid}: {exc}")
 
     async def _adopt_orphans(self) -> None:
         """Bindings etcd says this host uses that this host has no row for: a crash between a transaction and

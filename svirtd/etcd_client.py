@@ -232,7 +232,7 @@ class EtcdClient:
         try:
             return await self._exchange(await self._connect(endpoint), endpoint, path, body)
         except asyncio.IncompleteReadError:
-            raise EtcdUnavailable(f"{endpoint}: the connection was closed") from None
+            raise EtcdUnavailable("the connection was closed") from None
 
     async def _exchange(self, conn: _Conn, endpoint: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         idle = self._idle[endpoint]
@@ -254,7 +254,7 @@ class EtcdClient:
             message = error.get("message", error) if isinstance(error, dict) else error
             code = int(reply.get("code") or (error.get("code") if isinstance(error, dict) else 0) or 0)
             if code in _UNAVAILABLE_CODES or status in (502, 503, 504):
-                raise EtcdUnavailable(f"{endpoint}: {message}")
+                raise EtcdUnavailable(str(message))  # call() names the endpoint
             raise EtcdError(f"{endpoint}{path}: {message}")
         return reply
 
@@ -269,8 +269,11 @@ class EtcdClient:
     async def _send(conn: _Conn, endpoint: str, path: str, body: dict[str, Any]) -> None:
         payload = json.dumps(body, separators=(",", ":")).encode()
         host = urlsplit(endpoint).netloc
+        # hasleader (gRPC metadata, through the gateway): a member cut off from its leader answers "no leader"
+        # at once and ends its watches, instead of serving a stale view or waiting for its own timeout.
         conn.writer.write(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-                          f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+                          f"Grpc-Metadata-Hasleader: true\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+                          + payload)
         await conn.writer.drain()
 
     @staticmethod
@@ -290,8 +293,9 @@ class EtcdClient:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size = int((await conn.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                if size == 0:
-                    await conn.reader.readuntil(b"\r\n")
+                if size == 0:  # then trailers (the gateway sends Grpc-Trailer-*), up to an empty line
+                    while await conn.reader.readuntil(b"\r\n") != b"\r\n":
+                        pass
                     return
                 chunk = await conn.reader.readexactly(size)
                 await conn.reader.readexactly(2)

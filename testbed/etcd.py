@@ -56,6 +56,7 @@ class EtcdCluster:
         if self.procs[i] is not None and self.procs[i].poll() is None:  # type: ignore[union-attr]
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
+        env["GOMAXPROCS"] = "1"  # three members on a 2-core machine: no member spreads over both cores
         with (self.workdir / f"{self.names[i]}.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=subprocess.DEVNULL, stderr=log, env=env)
 
