@@ -20,16 +20,20 @@ from svirtd.store import Store
 
 class ClusterHost:
     def __init__(self, workdir: Path, host: str, endpoints: list[str], categories: range = range(1024),
-                 prefix: str = "/svirt/", timeout: float = 0.5, lease_seconds: int = 3) -> None:
+                 prefix: str = "/svirt/", timeout: float = 0.5, lease_seconds: int = 3,
+                 tls: Path | None = None) -> None:
         self.host = host
         self.store = Store(workdir / host / "state.db")
         self.allocator = ClusterAllocator(CategorySpace(categories))
         for _uuid, level in self.store.levels():
             self.allocator.reserve(level)
         self.levels = LevelBook(self.store, self.allocator)
+        files = {} if tls is None else {"ca_file": str(tls / "ca.pem"), "cert_file": str(tls / "client.pem"),
+                                        "key_file": str(tls / "client-key.pem")}
         self.settings = ClusterConfig(backend="etcd", endpoints=tuple(endpoints), prefix=prefix, host_id=host,
-                                      timeout_seconds=timeout, lease_seconds=lease_seconds)
-        self.client = EtcdClient(self.settings.endpoints, timeout)
+                                      timeout_seconds=timeout, lease_seconds=lease_seconds, **files)
+        c = self.settings
+        self.client = EtcdClient(c.endpoints, timeout, c.ca_file, c.cert_file, c.key_file)
         self.book = ClusterBook(self.settings, host, self.store, self.levels, self.allocator, self.client)
 
     async def start(self) -> ClusterHost:

@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -27,9 +28,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def make_tls(where: Path) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (openssl), all in where."""
+    where.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=60)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=svirt-test-ca",
+            "-keyout", "ca-key.pem", "-out", "ca.pem")
+    (where / "server.ext").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    (where / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=svirt-{name}", "-keyout", f"{name}-key.pem",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+    return where
+
+
 class EtcdCluster:
-    def __init__(self, workdir: Path, members: int = 3) -> None:
+    def __init__(self, workdir: Path, members: int = 3, tls: Path | None = None) -> None:
+        """tls: a directory from make_tls(): clients must then speak TLS with a certificate of that CA."""
         self.workdir = workdir
+        self.tls = tls
         self.names = [f"m{i}" for i in range(members)]
         self.client_ports = [free_port() for _ in self.names]
         self.peer_ports = [free_port() for _ in self.names]
@@ -38,14 +60,17 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
 
     def _argv(self, i: int) -> list[str]:
         initial = ",".join(f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True))
-        client, peer = self.client_ports[i], self.peer_ports[i]
-        return [ETCD, "--name", self.names[i], "--data-dir", str(self.workdir / self.names[i]),
-                "--listen-client-urls", f"http://127.0.0.1:{client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{client}",
+        peer = self.peer_ports[i]
+        tls = [] if self.tls is None else [
+            "--client-cert-auth", "--trusted-ca-file", str(self.tls / "ca.pem"),
+            "--cert-file", str(self.tls / "server.pem"), "--key-file", str(self.tls / "server-key.pem")]
+        return [ETCD, "--name", self.names[i], "--data-dir", str(self.workdir / self.names[i]), *tls,
+                "--listen-client-urls", self.endpoints[i], "--advertise-client-urls", self.endpoints[i],
                 "--listen-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                 "--initial-cluster", initial, "--initial-cluster-token", self.token,
@@ -74,8 +99,13 @@ class EtcdCluster:
         return self
 
     def healthy(self, i: int) -> bool:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
+            context.load_cert_chain(self.tls / "client.pem", self.tls / "client-key.pem")
         try:
-            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1) as reply:  # noqa: S310
+            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1,  # noqa: S310
+                                        context=context) as reply:
                 return bool(json.load(reply).get("health") == "true")
         except (OSError, ValueError):
             return False

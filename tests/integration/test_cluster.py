@@ -26,14 +26,14 @@ from dbus_fast.aio import MessageBus
 
 from svirtd.cluster_model import KeyLayout, prefix_end
 from svirtd.ctl_cluster import add_cluster_parser, cmd_cluster
-from svirtd.etcd_client import EtcdClient
+from svirtd.etcd_client import EtcdClient, EtcdUnavailable
 from svirtd.level_claims import LevelClaim, LevelSource
 from svirtd.models import Level
 from testbed.bus import PrivateBus
 from testbed.client import CallFailed, SvirtClient
 from testbed.cluster_host import ClusterHost
 from testbed.daemon import SvirtdProcess
-from testbed.etcd import ETCD, EtcdCluster
+from testbed.etcd import ETCD, EtcdCluster, make_tls
 from testbed.guests import GuestFactory
 from tests.conftest import wait_until
 from tests.helpers import call, run
@@ -323,3 +323,61 @@ def test_pending_releases_and_lost_rows_survive_a_crash_of_svirtd(
     db.close()
     assert rows == {kept.uuid: "bound"}, rows
     assert level_on(bus, kept.uuid) == levels[kept.uuid]
+
+
+def test_tls_endpoints_with_a_client_certificate(as_root: None, tmp_path: Path) -> None:
+    """[cluster] ca_file/cert_file/key_file against members that demand a client certificate of their CA."""
+    if not Path(ETCD).exists():
+        subprocess.run([str(REPO / "scripts" / "install-deps.sh")], check=True, timeout=900)
+    tls = make_tls(tmp_path / "tls")
+    cluster = EtcdCluster(tmp_path / "etcd-tls", members=1, tls=tls).start()
+
+    async def scenario() -> None:
+        host = await ClusterHost(tmp_path, "host-tls", cluster.endpoints, timeout=1.0, tls=tls).start()
+        try:
+            assert host.book.available, host.book.describe()
+            level = await host.isolate(str(uuidlib.uuid4()))
+            assert host.allocator.bound_to(level) is not None
+        finally:
+            await host.stop()
+        plain = EtcdClient(tuple(cluster.endpoints), 1.0, ca_file=str(tls / "ca.pem"))  # no client certificate
+        try:
+            with pytest.raises(EtcdUnavailable):
+                await plain.range("/svirt/")
+        finally:
+            await plain.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        cluster.stop()
+
+
+def test_a_guest_adopting_the_pair_it_runs_with_moves_its_binding(etcd: EtcdCluster, prefix: str,
+                                                                   tmp_path: Path) -> None:
+    """The manager follows a running label (note_moved): etcd re-binds the UUID from the old pair to the new."""
+    async def scenario() -> None:
+        host = await ClusterHost(tmp_path, "host-a", etcd.endpoints, prefix=prefix, timeout=1.0).start()
+        try:
+            u = str(uuidlib.uuid4())
+            old = await host.isolate(u)
+            new = Level(low=1020, high=1023)
+            host.levels.take(new, u)
+            host.store.update_assignment(u, level=str(new))
+            host.levels.give_back(old)
+            host.book.note_moved(u, u[:8], old, new)
+            for _ in range(100):
+                row = host.store.cluster_binding(u)
+                if row is not None and row.state == "bound":
+                    break
+                await asyncio.sleep(0.05)
+            layout = KeyLayout(prefix)
+            kvs, _rev = await host.client.range(layout.guest_key(u))
+            binding = layout.binding_in(kvs[0])
+            assert binding is not None and binding.level == new
+            old_key, _rev = await host.client.range(layout.level_key(old))
+            assert old_key == [] and host.allocator.bound_to(old) is None
+        finally:
+            await host.stop()
+
+    asyncio.run(scenario())
