@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 # Lost races for one guest before giving up; with a current view each costs one ~2 ms round trip.
 MAX_RACES = 32
+# A row etcd disagrees with is tried again this often (and at every connect), not every few seconds.
+CONFLICT_RETRY_SECONDS = 60.0
 BOUND, JOINING, LEAVING, MOVING = "bound", "joining", "leaving", "moving"
 
 
@@ -88,6 +90,7 @@ class ClusterBook:
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._conflicts: dict[str, str] = {}  # uuid -> what this host and etcd disagree on
+        self._conflicts_tried = 0.0
         self.races_lost = 0  # picks another host bound first (the view was behind): each cost one round trip
         book.cluster = self
 
@@ -98,7 +101,7 @@ class ClusterBook:
         return self.status.state is ClusterState.CONNECTED
 
     def describe(self) -> str:
-        self.status.pending = sum(1 for row in self.store.cluster_bindings() if row.state != BOUND)
+        self.status.pending = len(self.store.cluster_bindings(pending=True))
         self.status.conflicts = list(self._conflicts.values())
         return self.status.describe()
 
@@ -358,8 +361,11 @@ class ClusterBook:
     # -- settling what etcd has not heard yet ----------------------------------------------------
 
     async def _sync_pending(self) -> None:
-        for row in self.store.cluster_bindings():
-            if row.state == BOUND or row.uuid in self._conflicts:
+        retry = time.monotonic() - self._conflicts_tried >= CONFLICT_RETRY_SECONDS  # an admin may have mended them
+        if retry:
+            self._conflicts_tried = time.monotonic()
+        for row in self.store.cluster_bindings(pending=True):
+            if row.uuid in self._conflicts and not retry:
                 continue
             async with self._locks[row.uuid]:
                 fresh = self.store.cluster_binding(row.uuid)
@@ -490,6 +496,7 @@ class ClusterBook:
             self.allocator.mirror_put(level, uuid)
         await self._refresh_hosts()
         await self._adopt_orphans()
+        self._conflicts_tried = 0.0
         was = self.status.state
         self.status.state, self.status.reason, self.status.since = ClusterState.CONNECTED, "", time.time()
         if was is not ClusterState.CONNECTED:

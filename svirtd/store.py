@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS cluster_bindings (
     moved_from TEXT NOT NULL DEFAULT '',
     updated    REAL NOT NULL
 );
+-- What etcd has not heard yet: looked at every few seconds, so no scan of every binding.
+CREATE INDEX IF NOT EXISTS cluster_bindings_pending ON cluster_bindings(state) WHERE state != 'bound';
 
 -- Guests an admin released: automatic confinement leaves them alone until Isolate or undefine.
 CREATE TABLE IF NOT EXISTS optouts (
@@ -284,9 +286,11 @@ class Store:
                                (uuid,)).fetchone()
         return ClusterRow(*row) if row else None
 
-    def cluster_bindings(self) -> list[ClusterRow]:
-        return [ClusterRow(*row) for row in
-                self._db.execute("SELECT uuid, level, name, state, moved_from FROM cluster_bindings ORDER BY uuid")]
+    def cluster_bindings(self, pending: bool = False) -> list[ClusterRow]:
+        """Every cached binding, or (pending) those etcd has not heard of yet."""
+        where = " WHERE state != 'bound'" if pending else ""
+        return [ClusterRow(*row) for row in self._db.execute(
+            f"SELECT uuid, level, name, state, moved_from FROM cluster_bindings{where} ORDER BY uuid")]  # noqa: S608
 
     def put_cluster_binding(self, row: ClusterRow, durable: bool = True) -> None:
         """durable=False: committed without an fsync (WAL, synchronous=NORMAL), for a row etcd itself can give

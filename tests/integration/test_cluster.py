@@ -381,3 +381,37 @@ def test_a_guest_adopting_the_pair_it_runs_with_moves_its_binding(etcd: EtcdClus
             await host.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_host_with_a_local_table_publishes_it_and_reports_what_etcd_gave_away(
+        etcd: EtcdCluster, prefix: str, tmp_path: Path) -> None:
+    """A host switched from backend = "local" to "etcd": its pairs are bound in etcd at the first connect; a
+    pair another host bound meanwhile for another guest is a conflict, shown and never overwritten."""
+    async def scenario() -> None:
+        b = await ClusterHost(tmp_path, "host-b", etcd.endpoints, prefix=prefix, timeout=1.0).start()
+        a = ClusterHost(tmp_path, "host-a", etcd.endpoints, prefix=prefix, timeout=1.0)
+        try:
+            clash, fine = Level(low=5, high=6), Level(low=7, high=8)
+            other, mine, clashing = (str(uuidlib.uuid4()) for _ in range(3))
+            assert await b.isolate(other, claims=(LevelClaim(clash, LevelSource.METADATA),)) == clash
+            a.record(clashing, clash, "old-db")  # the local table a had before
+            a.record(mine, fine, "old-web")
+            await a.start()
+            for _ in range(100):
+                row = a.store.cluster_binding(mine)
+                if "CONFLICTS" in a.book.describe() and row is not None and row.state == "bound":
+                    break
+                await asyncio.sleep(0.05)
+            state = a.book.describe()
+            assert "CONFLICTS" in state and str(clash) in state and other in state, state
+            layout = KeyLayout(prefix)
+            kvs, _rev = await a.client.range(layout.guest_key(mine))
+            published = layout.binding_in(kvs[0])
+            assert published is not None and (published.level, published.hosts) == (fine, ("host-a",))
+            owner, _rev = await a.client.range(layout.level_key(clash))
+            assert layout.owner_in(owner[0].value) == other  # not overwritten
+        finally:
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
