@@ -121,7 +121,8 @@ class ClusterBook:
 
     async def wait_first_attempt(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._first.wait()
 
     async def stop(self) -> None:
         for task in [*self._tasks, *([self._task] if self._task else [])]:
@@ -377,13 +378,19 @@ class ClusterBook:
                     self._conflict(fresh, f"etcd refused to settle {fresh.name or fresh.uuid}: {exc}")
 
     async def _adopt_orphans(self) -> None:
-        """Bindings etcd says this host uses that this host has no row for: a crash between a transaction and
-        its row, or a reply lost in a partition. Kept if the guest is isolated or released-but-defined here,
-        else let go. One read of every binding, at each connect only."""
+        """Where this host's rows and etcd disagree on who uses what, at each connect (one read of every
+        binding). A binding listing this host without a row here (a crash between a transaction and its row,
+        a reply lost in a partition): kept if the guest is isolated or released-but-defined here, else let go.
+        A row whose binding no longer lists this host (an admin forgot it while it was cut off): bound
+        again, or reported as a conflict if its pair went to another guest meanwhile."""
         kvs, _rev = await self.client.range(self.layout.guests, prefix_end(self.layout.guests))
+        listed: set[str] = set()
         for kv in kvs:
             b = self.layout.binding_in(kv)
-            if b is None or self.host not in b.hosts or self.store.cluster_binding(b.uuid) is not None:
+            if b is None or self.host not in b.hosts:
+                continue
+            listed.add(b.uuid)
+            if self.store.cluster_binding(b.uuid) is not None:
                 continue
             async with self._locks[b.uuid]:  # an allocation in flight writes its row under this lock
                 if self.store.cluster_binding(b.uuid) is not None:
@@ -394,6 +401,15 @@ class ClusterBook:
                 self.store.put_cluster_binding(ClusterRow(b.uuid, str(level), b.name, JOINING if kept else LEAVING))
                 log.info("etcd lists this host for %s (%s) without a record here: %s", b.name, b.level,
                          "recorded" if kept else "let go", extra=guest_fields(b.uuid, b.name))
+        for row in self.store.cluster_bindings():
+            if row.state != BOUND or row.uuid in listed:
+                continue
+            async with self._locks[row.uuid]:
+                fresh = self.store.cluster_binding(row.uuid)
+                if fresh is not None and fresh.state == BOUND:
+                    log.warning("etcd no longer lists this host for %s (%s; forgotten while unreachable?): "
+                                "binding it again", row.name, row.level, extra=guest_fields(row.uuid, row.name))
+                    self.store.put_cluster_binding(fresh._replace(state=JOINING))
 
     async def _settle(self, row: ClusterRow) -> None:
         if row.state == LEAVING:
@@ -512,7 +528,8 @@ class ClusterBook:
         period = max(self.settings.lease_seconds / 3, 0.5)
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._wake.wait()
             self._wake.clear()
             if watch.done():
                 return  # re-read everything and watch again

@@ -415,3 +415,39 @@ def test_a_host_with_a_local_table_publishes_it_and_reports_what_etcd_gave_away(
             await b.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_host_forgotten_while_away_binds_its_pairs_again_or_reports_the_clash(
+        etcd: EtcdCluster, prefix: str, tmp_path: Path) -> None:
+    """An admin forgets host A while it is down; its pairs go back to the pool and one is taken by another
+    guest. When A comes back its guests' pairs are bound again, and the clash is shown, never overwritten."""
+    async def scenario() -> None:
+        a = await ClusterHost(tmp_path, "host-a", etcd.endpoints, prefix=prefix, timeout=1.0).start()
+        b = await ClusterHost(tmp_path, "host-b", etcd.endpoints, prefix=prefix, timeout=1.0).start()
+        again: ClusterHost | None = None
+        try:
+            kept, clashing, newcomer = (str(uuidlib.uuid4()) for _ in range(3))
+            kept_level, clash_level = await a.isolate(kept), await a.isolate(clashing)
+            await a.stop()  # its lease is revoked: A is not alive
+            assert await b.book.forget_host("host-a") == 2
+            claim = (LevelClaim(clash_level, LevelSource.METADATA),)
+            assert await b.isolate(newcomer, claims=claim) == clash_level
+            again = await ClusterHost(tmp_path, "host-a", etcd.endpoints, prefix=prefix, timeout=1.0).start()
+            layout = KeyLayout(prefix)
+            for _ in range(100):
+                kvs, _rev = await again.client.range(layout.guest_key(kept))
+                if kvs and "CONFLICTS" in again.book.describe():
+                    break
+                await asyncio.sleep(0.05)
+            rebound = layout.binding_in(kvs[0]) if kvs else None
+            assert rebound is not None and (rebound.level, rebound.hosts) == (kept_level, ("host-a",))
+            state = again.book.describe()
+            assert str(clash_level) in state and newcomer in state, state
+            owner, _rev = await again.client.range(layout.level_key(clash_level))
+            assert layout.owner_in(owner[0].value) == newcomer
+        finally:
+            if again is not None:
+                await again.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
