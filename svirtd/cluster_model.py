@@ -35,7 +35,6 @@ class Compare:
     target: str  # "CREATE" | "MOD" | "VALUE"
     value: int | str
     result: str = "EQUAL"
-    range_end: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import ssl
 import time
@@ -41,7 +40,7 @@ class EtcdCompacted(EtcdError):
 
 
 def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("latin-1" if text == "\0" else "utf-8")).decode()
+    return base64.b64encode(text.encode()).decode()
 
 
 def _unb64(data: str) -> str:
@@ -55,6 +54,7 @@ def _kv(raw: dict[str, Any]) -> KeyValue:
 
 
 def _encode_range_end(end: str) -> str:
+    # prefix_end() spells a byte string in latin-1 (its last byte plus one may not be valid UTF-8)
     return base64.b64encode(end.encode("latin-1")).decode()
 
 
@@ -79,8 +79,6 @@ def _compare(c: Compare) -> dict[str, Any]:
         body["mod_revision"] = str(c.value)
     else:
         body["value"] = _b64(str(c.value))
-    if c.range_end:
-        body["range_end"] = _encode_range_end(c.range_end)
     return body
 
 
@@ -310,7 +308,3 @@ class EtcdClient:
             if length:
                 yield await conn.reader.readexactly(length)
 
-
-async def close_quietly(client: EtcdClient) -> None:
-    with contextlib.suppress(Exception):
-        await client.close()
