@@ -21,3 +21,15 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $missing
 fi
+case " $missing " in
+  *" etcd-server "*)
+    # Where an init system lets it, the package starts a default etcd on localhost:2379. svirtd's tests and
+    # bench run their own members on free ports; one we just installed is stopped (under systemd also
+    # disabled); the README's three-host section configures it for real.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now etcd.service || true
+    else
+      invoke-rc.d etcd stop || true
+    fi
+    ;;
+esac
