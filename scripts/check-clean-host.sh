@@ -17,7 +17,7 @@ if [ -z "$mode" ] || [ -z "$state" ]; then
 fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # Programs the suite, the demo, the benches and the e2e run start.
-WATCHED='^(libvirtd|virtlogd|qemu-system-x86|qemu-system-x86_64|bindfs|dbus-daemon|polkitd|svirtd|zstd|debootstrap|cockpit-ws|cockpit-bridge|chromedriver|chromium|chrome_crashpad)$'
+WATCHED='^(libvirtd|virtlogd|qemu-system-x86|qemu-system-x86_64|bindfs|dbus-daemon|polkitd|svirtd|zstd|debootstrap|cockpit-ws|cockpit-bridge|chromedriver|chromium|chrome_crashpad|etcd)$'
 
 mounts() { awk '{print $2}' /proc/self/mounts | sort; }
 # pid and name of the watched programs that really run (zombies only wait for PID 1 to reap them).
@@ -38,7 +38,7 @@ host_libvirtd() { [ -r /run/libvirtd.pid ] && kill -0 "$(cat /run/libvirtd.pid)"
 # What the suite may create outside pytest's own temp dir; none of it may remain.
 leftover_paths() {
     shopt -s nullglob
-    for p in /tmp/svt* /tmp/svirtd-* /var/tmp/svirtd-* /var/lib/libvirt/images/svt* /var/lib/libvirt/images/svirtd-* \
+    for p in /tmp/svt* /tmp/svirtd-* /var/tmp/svirtd-* /dev/shm/svirtd-* /var/lib/libvirt/images/svt* /var/lib/libvirt/images/svirtd-* \
              /run/svirtd-testbed /etc/libvirt/hooks/qemu.d/svirtd-testbed /etc/libvirt/hooks/qemu.d/zz-svirtd-probe \
              /etc/libvirt/nwfilter/svirtd-*.xml /etc/libvirt/qemu/svt*.xml; do
         echo "$p"

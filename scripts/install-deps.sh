@@ -10,6 +10,7 @@ PACKAGES="
   dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
   attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs debootstrap zstd
   debhelper fakeroot dpkg-dev lintian scdoc man-db python3-pip
+  etcd-server etcd-client
 "
 # The Cockpit page (cockpit/) and its browser test: cockpit-ws + bridge, headless Chromium, selenium.
 PACKAGES="$PACKAGES cockpit-ws cockpit-bridge cockpit-system chromium chromium-driver python3-selenium"
@@ -24,3 +25,15 @@ if [ -n "$missing" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -q --no-install-recommends $missing
 fi
+case " $missing " in
+  *" etcd-server "*)
+    # Where an init system lets it, the package starts a default etcd on localhost:2379. svirtd's tests and
+    # bench run their own members on free ports; one we just installed is stopped (under systemd also
+    # disabled); the README's three-host section configures it for real.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now etcd.service || true
+    else
+      invoke-rc.d etcd stop || true
+    fi
+    ;;
+esac

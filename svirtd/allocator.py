@@ -89,7 +89,7 @@ class PairAllocator:
                 "'reserved_categories' in svirtd.conf and restart svirtd."
             )
         index = self._slots[self._rng.randrange(self._free)]
-        self._take(index)
+        self._hold(index)
         return self.space.level_at(index)
 
     def is_free(self, level: Level) -> bool:
@@ -105,9 +105,9 @@ class PairAllocator:
         index = self.space.index_of(level)
         if index is None:
             return False
-        if self._pos[index] >= self._free:
+        if self._held(index):
             raise ValueError(f"{level} is already in use")
-        self._take(index)
+        self._hold(index)
         return True
 
     def release(self, level: Level) -> None:
@@ -115,10 +115,22 @@ class PairAllocator:
         index = self.space.index_of(level)
         if index is None:
             return
-        pos = self._pos[index]
-        if pos < self._free:
+        if not self._held(index):
             raise ValueError(f"{level} is not in use")
-        self._swap(pos, self._free)
+        self._unhold(index)
+
+    # Who holds a pair: here, whoever reserved it. A subclass may count more holders (cluster_model).
+    def _held(self, index: int) -> bool:
+        return self._pos[index] >= self._free
+
+    def _hold(self, index: int) -> None:
+        self._take(index)
+
+    def _unhold(self, index: int) -> None:
+        self._give(index)
+
+    def _give(self, index: int) -> None:
+        self._swap(self._pos[index], self._free)
         self._free += 1
 
     def _take(self, index: int) -> None:

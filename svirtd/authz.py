@@ -65,6 +65,7 @@ class Action(enum.StrEnum):
     RELEASE = "org.svirt.manager1.release"
     VERIFY = "org.svirt.manager1.verify"  # the proof: O(guests^2) policy work, libvirt calls, disk reads
     AUDIT = "org.svirt.manager1.audit"  # a guest's raw audit records (pids, inodes, commands)
+    CLUSTER = "org.svirt.manager1.cluster"  # frees another host's pairs cluster-wide (ForgetHost)
 
 
 class PolkitUnavailable(Exception):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -12,6 +14,74 @@ from .errors import ConfigError
 from .models import format_categories, parse_categories
 
 DEFAULT_CONFIG_PATH = Path("/etc/svirt/svirtd.conf")
+
+
+class ClusterConfig(BaseModel):
+    """[cluster]: where the allocation table lives. "local": this host's SQLite only (nothing else to run).
+    "etcd": the pair <-> UUID bindings live in an etcd cluster shared by every host that may run the same
+    guests (shared storage, migration), so a pair means one guest on every host."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["local", "etcd"] = "local"
+    # etcd client URLs, e.g. ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"].
+    endpoints: tuple[str, ...] = ()
+    # TLS: the CA that signed the members' certificates, and this host's client certificate and key.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # Every key svirtd writes starts with this (several svirtd clusters may share one etcd).
+    prefix: str = "/svirt/"
+    # This host's name in the cluster (in each binding's list of hosts); "" = the host name.
+    host_id: str = ""
+    # The lease of this host's liveness key (seconds): reporting only, nothing is freed when it expires.
+    lease_seconds: int = Field(default=10, ge=2, le=3600)
+    # Longest wait for one etcd request (seconds) before the next endpoint is tried.
+    timeout_seconds: float = Field(default=1.0, gt=0, le=60)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"{url!r} is not an etcd client URL (http(s)://HOST:PORT)")
+            try:
+                parts.port  # noqa: B018 -- raises on a bad port
+            except ValueError as exc:
+                raise ValueError(f"{url!r}: {exc}") from None
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _absolute_file(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError(f"{value!r} is not an absolute path")
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith("/") or len(value) < 2:
+            raise ValueError(f"{value!r}: a key prefix starts and ends with '/', e.g. \"/svirt/\"")
+        return value
+
+    @field_validator("host_id")
+    @classmethod
+    def _host_id(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+            raise ValueError(f"{value!r}: letters, digits, '.', '_' and '-' only (at most 63)")
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> ClusterConfig:
+        if self.backend == "etcd" and not self.endpoints:
+            raise ValueError('endpoints: backend = "etcd" needs at least one etcd client URL')
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file: give both (the client certificate and its key) or neither")
+        if self.cert_file and not any(u.startswith("https://") for u in self.endpoints):
+            raise ValueError("cert_file: a client certificate needs https:// endpoints")
+        return self
 
 
 class Config(BaseModel):
@@ -74,6 +144,8 @@ class Config(BaseModel):
     # come with events and converge at once.
     rescan_seconds: float = Field(default=30.0, ge=0, le=86400)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Where the allocation table lives: this host only, or an etcd cluster (issue 16; see ClusterConfig).
+    cluster: ClusterConfig = ClusterConfig()
 
     @field_validator("categories", "reserved_categories")
     @classmethod

@@ -19,6 +19,7 @@ from dbus_fast.aio import MessageBus
 
 from . import __version__
 from .ctl_agent import PolkitAgent, may_ask_password
+from .ctl_cluster import add_cluster_parser, cmd_cluster
 from .ctl_exit import ExitCode, exit_code
 from .ctl_output import dumps, list_json, list_lines, report_lines, status_lines, unwrap, verify_lines
 
@@ -28,7 +29,7 @@ BUS_NAME = "org.svirt.Manager"
 OBJECT_PATH = "/org/svirt/Manager"
 INTERFACE = "org.svirt.Manager1"
 # Calls polkit may be asked about (for callers other than root); only these get the agent.
-AUTHORIZED = frozenset({"isolate", "release", "verify"})
+AUTHORIZED = frozenset({"isolate", "release", "verify", "cluster"})
 
 
 class Client:
@@ -97,6 +98,7 @@ COMMANDS: dict[str, Callable[[Client, argparse.Namespace], Awaitable[ExitCode]]]
     "release": cmd_release,
     "status": cmd_status,
     "verify": cmd_verify,
+    "cluster": cmd_cluster,
 }
 
 
@@ -167,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--profile", default="", help="containment profile (default: default)")
     command("release", "remove a guest's isolation and restore its files").add_argument(
         "guest", help="UUID or libvirt name")
+    add_cluster_parser(command, lambda c: add_common(c, defaults=False))
     return p
 
 

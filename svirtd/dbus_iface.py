@@ -74,6 +74,11 @@ DOCS: dict[str, str] = {
     "LibvirtConnected": "Whether svirtd is connected to libvirtd right now.",
     "GetGuest": "The object path of an isolated guest (UUID or libvirt name): /org/svirt/Manager/guest/<escaped "
                 "uuid>, with org.svirt.Guest1. GetManagedObjects on /org/svirt/Manager lists them all.",
+    "ClusterState": "Where the allocation table lives and how it is: 'local', or etcd connected / unavailable "
+                    "(why), the hosts alive, local changes waiting for etcd, conflicts.",
+    "ForgetHost": "([cluster] backend = \"etcd\") A host is gone for good: take it out of every cluster binding and "
+                  "free the pairs only it used. Refused while its lease is alive. Returns the pairs freed. Root, or "
+                  "as polkit decides (org.svirt.manager1.cluster).",
 }
 
 # The message being handled, for methods that must know who is calling (dbus-fast does not pass it).
@@ -105,8 +110,10 @@ def _interactive() -> bool:
 class ManagerInterface(ServiceInterface):
     def __init__(self, manager: Manager, authorizer: Authorizer, enforcing: Callable[[], bool],
                  connected: Callable[[], bool], denials: DenialTracker | None = None,
-                 audit_stats: Callable[[], dict[str, int]] | None = None, spool: Path | None = None) -> None:
+                 audit_stats: Callable[[], dict[str, int]] | None = None, spool: Path | None = None,
+                 cluster_state: Callable[[], str] | None = None) -> None:
         super().__init__(INTERFACE)
+        self._cluster_state = cluster_state
         self._spool = spool
         self._manager = manager
         self._denials = denials
@@ -239,6 +246,12 @@ class ManagerInterface(ServiceInterface):
     async def List(self) -> GuestRows:
         return [list(row) for row in self._manager.list_summary()]
 
+    @method()
+    @dbus_errors
+    async def ForgetHost(self, host: DBusStr) -> DBusUInt32:
+        await self._authz.check(_sender(), Action.CLUSTER, {"host": host}, _interactive())
+        return await self._manager.forget_host(host)
+
     # -- signals -------------------------------------------------------------------------------
 
     @signal()
@@ -274,6 +287,10 @@ class ManagerInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LibvirtConnected(self) -> DBusBool:
         return self._connected()
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ClusterState(self) -> DBusStr:
+        return self._cluster_state() if self._cluster_state is not None else "local"
 
     @dbus_property(access=PropertyAccess.READ)
     def AuditStats(self) -> Annotated[dict[str, int], DBusSignature("a{st}")]:

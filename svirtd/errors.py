@@ -60,3 +60,8 @@ class StorageNotResponding(SvirtError):
 
 class ConfigError(SvirtError):
     """The configuration file is invalid."""
+
+
+class ClusterUnavailable(SvirtError):
+    """The cluster's allocation table (etcd) cannot be reached or has no quorum: a new pair cannot be
+    bound safely, so none is handed out (guests whose pair is known here still start)."""

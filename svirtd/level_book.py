@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Protocol
 
 from .allocator import PairAllocator
 from .denials import GuestRef
@@ -21,11 +22,18 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+class ClusterView(Protocol):
+    """[cluster] backend = "etcd" (issue 16): who holds a pair anywhere in the cluster, as last seen."""
+
+    def holder(self, level: Level, uuid: str) -> str | None: ...
+
+
 class LevelBook:
     def __init__(self, store: Store, allocator: PairAllocator) -> None:
         self.store = store
         self.allocator = allocator
         self._foreign: dict[str, tuple[str, Level]] = {}  # uuid -> (name, level)
+        self.cluster: ClusterView | None = None  # set by cluster_book with the etcd backend
 
     def choose(self, uuid: str, claims: Iterable[LevelClaim]) -> tuple[Level, str]:
         """The first level the guest already claims that nobody else holds and the configuration allows,
@@ -66,6 +74,8 @@ class LevelBook:
         for other, (name, held) in self._foreign.items():
             if held == level and other != uuid:
                 return f"{name} ({other}, not isolated by svirtd)"
+        if self.cluster is not None:  # issue 16: etcd's binding of the pair names the holder, here or elsewhere
+            return self.cluster.holder(level, uuid)
         mine = self._foreign.get(uuid)
         if owner is None and (mine is None or mine[1] != level) and self.allocator.in_space(level) \
                 and not self.allocator.is_free(level):

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from . import labels, message_ids, relabel
 from .allocator import PairAllocator
@@ -63,6 +63,9 @@ from .profiles import NWFILTERS, Profile, resolve_profile
 from .resources import DomainSpec, parse_domain
 from .storage_gate import StorageGate
 from .store import Claim, Store
+
+if TYPE_CHECKING:
+    from .cluster_book import ClusterBook
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +233,7 @@ class Manager:
         self.selinux_enabled = selinux_enabled
         self.listener: Listener = listener or _NoListener()
         self.levels = LevelBook(store, allocator)
+        self.cluster: ClusterBook | None = None  # issue 16: [cluster] backend = "etcd" (set by service.py)
         self.storage = StorageGate(config.io_timeout_seconds)
         self.converger = Converger(config, store, spec, judge, defaults, self.storage)
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
@@ -414,6 +418,8 @@ class Manager:
             return
         self.store.delete_assignment(a.uuid)
         self.levels.give_back(a.level)
+        if self.cluster is not None:  # issue 16: nothing here uses the binding any more
+            await self.cluster.release(a.uuid)
         self._reserve_foreign(info)
 
     async def identify(self, guest: str) -> dict[str, str]:
@@ -517,6 +523,8 @@ class Manager:
         self.store.update_assignment(a.uuid, level=str(running), note=f"adopted {running}, the label it runs with "
                                      f"(svirtd had given it {a.level})")
         self.levels.give_back(a.level)
+        if self.cluster is not None:  # issue 16: the binding in etcd follows too
+            self.cluster.note_moved(a.uuid, a.name, a.level, running)
         log.warning("%s runs with %s, not %s: svirtd follows the label that runs", a.name, running, a.level,
                     extra=guest_fields(a.uuid, a.name))
         moved = self.store.get(a.uuid)
@@ -683,6 +691,8 @@ class Manager:
             self.levels.hand_over(a.uuid, a.name, a.level)
         else:
             self.levels.give_back(a.level)
+            if self.cluster is not None:  # issue 16: undefined here; the last host out frees the pair
+                await self.cluster.release(a.uuid)
         self._domains.pop(a.uuid, None)
         pair_state = "kept reserved while its definition or qemu carries it" if optout else "freed"
         log.info("released %s (%s %s)", a.name, a.level, pair_state, extra=guest_fields(
@@ -922,6 +932,8 @@ class Manager:
         a = self.store.get(uuid)
         if a is not None:
             await self._finish_release(a, optout=False)
+        elif self.cluster is not None:  # issue 16: a released guest kept its binding until undefined
+            await self.cluster.release(uuid)
 
     async def reconcile(self) -> None:
         """Converge with libvirt after every (re)connect: changes made meanwhile sent no event. One at a
@@ -962,6 +974,8 @@ class Manager:
                 if not exc.reported:
                     log.error("guest %s left unconfined: %s", info.name, exc, extra=guest_fields(info.uuid, info.name))
             self._count_unconfined(info)
+        if self.cluster is not None:  # issue 16: bindings of guests gone while svirtd was not watching
+            self.cluster.forget_absent(present)
         log.info("reconciled with libvirt: %d domains, %d isolated", len(domains), self.store.count())
 
     async def rescan_running(self) -> int:
@@ -1004,7 +1018,17 @@ class Manager:
         private = [r for r in domain.resources
                    if r.rclass is ResourceClass.PRIVATE and r.kind in (ResourceKind.FILE, ResourceKind.BLOCK)]
         on_disk = await self.storage.read((r.path for r in private), domain.name, relabel.current_labels, private)
-        return self.levels.choose(domain.uuid, level_claims(domain, self.spec, _running_labels(info, domain), on_disk))
+        claims = level_claims(domain, self.spec, _running_labels(info, domain), on_disk)
+        if self.cluster is not None:  # issue 16: etcd binds the pair cluster-wide (ClusterUnavailable while away)
+            return await self.cluster.choose(domain.uuid, domain.name, claims)
+        return self.levels.choose(domain.uuid, claims)
+
+    async def forget_host(self, host: str) -> int:
+        """Issue 16: an admin says a host is gone for good; its pairs are freed (see ClusterBook.forget_host)."""
+        if self.cluster is None:
+            raise InvalidArgument('this svirtd keeps its table locally ([cluster] backend = "local"): '
+                                  "there are no hosts to forget")
+        return await self.cluster.forget_host(host)
 
     def _reserve_foreign(self, info: DomainInfoLike) -> None:
         """Reserve the level a guest svirtd does not isolate runs with or carries as a static label;

@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -27,11 +28,14 @@ from . import __version__, hook_spool, labels, message_ids, sd_notify, selinux_h
 from .allocator import CategorySpace, PairAllocator
 from .audit_watch import AuditCounters, FileAuditSource, MachineIdEmitter, NetlinkAuditSource
 from .authz import Authorizer
+from .cluster_book import ClusterBook
+from .cluster_model import ClusterAllocator
 from .config import DEFAULT_CONFIG_PATH, Config, load_config
 from .dbus_guests import GuestObjects, ObjectManagerBus
 from .dbus_iface import BUS_NAME, ManagerInterface, export
 from .denial_tracker import DenialTracker
 from .errors import ConfigError
+from .etcd_client import EtcdClient
 from .libvirt_presence import daemon_running
 from .libvirt_watch import DomainEvent, LibvirtWatcher
 from .logsetup import setup_logging
@@ -66,7 +70,8 @@ class Daemon:
         self.config = config
         self.store = Store(config.database_path)
         self.space = CategorySpace(config.category_set, config.reserved_set)
-        self.allocator = PairAllocator(self.space)
+        etcd = config.cluster.backend == "etcd"
+        self.allocator = ClusterAllocator(self.space) if etcd else PairAllocator(self.space)
         self.count = Manager.load_table(self.store, self.allocator)
         self.judge = PolicyJudge(Path(config.policy_file) if config.policy_file else host_policy_file())
         self.watcher = LibvirtWatcher(config.libvirt_uri, on_event=self._on_event, on_connected=self._on_connected,
@@ -74,6 +79,7 @@ class Daemon:
         self.manager = Manager(config, self.store, self.allocator, selinux_host.load_label_spec(), self.watcher,
                                defaults=selinux_host.DefaultLabels(), judge=self.judge,
                                selinux_enabled=selinux_host.is_enabled())
+        self.cluster = self._cluster_book() if etcd else None
         self.translations = (TranslationFile(Path(config.setrans_file), self.store.translation_rows)
                              if config.setrans_file else None)
         self.audit_counters = AuditCounters()
@@ -90,6 +96,23 @@ class Daemon:
         self.overrides: dict[str, object] = {}
         self.config_existed = False  # a file that vanishes later is refused, not read as all defaults
         self.reloading = asyncio.Lock()
+
+    def _cluster_book(self) -> ClusterBook:
+        """Issue 16: the pair <-> UUID bindings in etcd, this host's store as their cache."""
+        c = self.config.cluster
+        assert isinstance(self.allocator, ClusterAllocator)
+        client = EtcdClient(c.endpoints, c.timeout_seconds, c.ca_file, c.cert_file, c.key_file)
+        book = ClusterBook(c, c.host_id or socket.gethostname(), self.store, self.manager.levels, self.allocator,
+                           client)
+        self.manager.cluster = book
+        book.on_available = self._cluster_back
+        return book
+
+    async def _cluster_back(self) -> None:
+        """etcd answers again: guests refused meanwhile are isolated now."""
+        if self.watcher.connected:
+            await self.manager.reconcile()
+        self.notifier.status_now()
 
     def _audit_source(self, source: str) -> NetlinkAuditSource | FileAuditSource | None:
         if source == "netlink":
@@ -139,9 +162,14 @@ class Daemon:
         """The STATUS= line `systemctl status svirtd` shows."""
         libvirt = "libvirt connected" if self.watcher.connected else "libvirt not connected (retrying)"
         text = f"{self.store.count()} guests isolated, {self.manager.unconfined_count} unconfined, {libvirt}"
+        if self.cluster is not None:
+            text += f", etcd {self.cluster.status.state.value}"
         return f"{text}; {self._reload_note}" if self._reload_note else text
 
     async def start(self) -> None:
+        if self.cluster is not None:  # before anything may ask for a pair: new pairs wait for etcd's word
+            await self.cluster.start()
+            await self.cluster.wait_first_attempt(READY_WAIT_SECONDS)
         await self.manager.recover()
         self.bus = await connect_bus(self.config)
         spool = hook_spool.spool_dir(self.config.hook_env_file)
@@ -149,7 +177,8 @@ class Daemon:
             hook_spool.prepare(spool)
         iface = ManagerInterface(self.manager, Authorizer(self.bus), enforcing=selinux_host.is_enforcing,
                                  connected=lambda: self.watcher.connected, denials=self.denials,
-                                 audit_stats=self.audit_stats, spool=spool)
+                                 audit_stats=self.audit_stats, spool=spool,
+                                 cluster_state=self.cluster.describe if self.cluster is not None else None)
         self.denials.emit = iface.denied
         spec = self.manager.spec
         machine_ids = MachineIdEmitter(lambda a: str(spec.process_label(a.level)),
@@ -307,6 +336,8 @@ class Daemon:
                 await self._rescans
         await self.watcher.stop()
         await self.manager.drain()
+        if self.cluster is not None:
+            await self.cluster.stop()
         self.manager.storage.close()
         if self.translations is not None:
             await self.translations.flush()

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -56,6 +57,19 @@ CREATE INDEX IF NOT EXISTS claims_inode ON claims(dev, ino);
 CREATE UNIQUE INDEX IF NOT EXISTS claims_private_inode ON claims(dev, ino) WHERE rclass = 'private';
 -- Every relabel checks other guests' directory trees (few) for overlaps: no scan of every claim.
 CREATE INDEX IF NOT EXISTS claims_trees ON claims(kind) WHERE kind = 'tree';
+
+-- [cluster] backend = "etcd" (issue 16): the bindings this host uses, cached, and what it still has to tell
+-- etcd. A new table is compatible both ways (an older svirtd ignores it), so SCHEMA_VERSION stays.
+CREATE TABLE IF NOT EXISTS cluster_bindings (
+    uuid       TEXT PRIMARY KEY NOT NULL,
+    level      TEXT NOT NULL,
+    name       TEXT NOT NULL DEFAULT '',
+    state      TEXT NOT NULL CHECK (state IN ('bound', 'joining', 'leaving', 'moving')),
+    moved_from TEXT NOT NULL DEFAULT '',
+    updated    REAL NOT NULL
+);
+-- What etcd has not heard yet: looked at every few seconds, so no scan of every binding.
+CREATE INDEX IF NOT EXISTS cluster_bindings_pending ON cluster_bindings(state) WHERE state != 'bound';
 
 -- Guests an admin released: automatic confinement leaves them alone until Isolate or undefine.
 CREATE TABLE IF NOT EXISTS optouts (
@@ -286,6 +300,55 @@ class Store:
 
     def is_opted_out(self, uuid: str) -> bool:
         return self._db.execute("SELECT 1 FROM optouts WHERE uuid = ?", (uuid,)).fetchone() is not None
+
+
+    # -- cluster bindings (issue 16) --------------------------------------------------------------
+
+    def cluster_binding(self, uuid: str) -> ClusterRow | None:
+        row = self._db.execute("SELECT uuid, level, name, state, moved_from FROM cluster_bindings WHERE uuid = ?",
+                               (uuid,)).fetchone()
+        return ClusterRow(*row) if row else None
+
+    def cluster_bindings(self, pending: bool = False) -> list[ClusterRow]:
+        """Every cached binding, or (pending) those etcd has not heard of yet."""
+        where = " WHERE state != 'bound'" if pending else ""
+        return [ClusterRow(*row) for row in self._db.execute(
+            f"SELECT uuid, level, name, state, moved_from FROM cluster_bindings{where} ORDER BY uuid")]  # noqa: S608
+
+    def put_cluster_binding(self, row: ClusterRow, durable: bool = True) -> None:
+        """durable=False: committed without an fsync (WAL, synchronous=NORMAL), for a row etcd itself can give
+        back after a power loss (a binding etcd lists this host for): one fsync less per allocation."""
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx():
+                self._db.execute("INSERT OR REPLACE INTO cluster_bindings"
+                                 " (uuid, level, name, state, moved_from, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                                 (row.uuid, row.level, row.name, row.state, row.moved_from, time.time()))
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
+
+    def delete_cluster_binding(self, uuid: str) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM cluster_bindings WHERE uuid = ?", (uuid,))
+
+    def unbound_assignments(self) -> list[tuple[str, str, str]]:
+        """(uuid, name, level) of guests isolated here with no cluster binding recorded (a table made
+        with the local backend, before [cluster] backend = "etcd")."""
+        return self._db.execute("SELECT uuid, name, level FROM assignments WHERE uuid NOT IN"
+                                " (SELECT uuid FROM cluster_bindings)").fetchall()
+
+
+class ClusterRow(NamedTuple):
+    """A cluster binding as this host knows it. state: bound (etcd lists this host), joining / leaving (this
+    host must add / remove itself), moving (the guest runs with another pair: re-bind from moved_from)."""
+
+    uuid: str
+    level: str
+    name: str
+    state: str
+    moved_from: str = ""
 
 
 _A_COLS = "uuid, name, level, profile, origin, state, note, created, updated"

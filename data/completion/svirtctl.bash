@@ -21,7 +21,7 @@ _svirtctl()
     [[ ${COMP_LINE:0:COMP_POINT} == *[[:space:]] ]] && words+=('')
     local cur=${COMP_WORDS[COMP_CWORD]} prev=''
     ((${#words[@]} > 1)) && prev=${words[-2]}
-    local commands='list status verify query isolate release'
+    local commands='list status verify query isolate release cluster'
     local options='--help --version --json --no-legend --no-ask-password --bus-address'
     local profiles='default nosmtp nonet'
     local command='' address='' positional=0 i word
@@ -52,6 +52,9 @@ _svirtctl()
         return
     fi
     case $command in
+        cluster)
+            ((positional == 0)) && COMPREPLY=($(compgen -W "state forget-host" -- "$cur"))
+            ;;
         query | isolate | release)
             if ((positional == 0)); then
                 local IFS=$'\n'

@@ -160,10 +160,12 @@ def test_polkit_policy_file_is_valid_xml_with_its_actions() -> None:
 
     root = ET.parse(REPO / "data" / "org.svirt.Manager.policy").getroot()
     actions = {a.get("id"): a for a in root.findall("action")}
-    granted = {f"org.svirt.manager1.{name}" for name in ("query", "isolate", "release", "verify", "audit")}
+    granted = {f"org.svirt.manager1.{name}" for name in ("query", "isolate", "release", "verify", "audit", "cluster")}
     assert set(actions) == granted | {"org.svirt.manager1.all"}
     assert actions["org.svirt.manager1.query"].findtext("defaults/allow_any") == "yes"
     for name in ("isolate", "release", "verify", "audit", "all"):
         assert actions[f"org.svirt.manager1.{name}"].findtext("defaults/allow_any") == "auth_admin_keep"
+    # Freeing a dead host's pairs cluster-wide: a password every time.
+    assert actions["org.svirt.manager1.cluster"].findtext("defaults/allow_any") == "auth_admin"
     imply = actions["org.svirt.manager1.all"].find("annotate[@key='org.freedesktop.policykit.imply']")
     assert imply is not None and set((imply.text or "").split()) == granted
