@@ -474,6 +474,10 @@ function connect() {
 
     client.subscribe({ interface: MANAGER, path: PATH, member: "Denied" },
                      (path, iface, signal, args) => onDenied(plain(args[0])));
+    // An isolation is complete (its files labeled): a Query made while it was under way saw them
+    // pending, and the guest's properties need not change when the labels land.
+    client.subscribe({ interface: MANAGER, path: PATH, member: "Isolated" },
+                     (path, iface, signal, args) => { if (proxyFor(args[0])) refreshQuery(args[0]); });
 }
 
 function init() {

@@ -132,7 +132,7 @@ def test_log_level_decides_what_is_logged_and_a_bad_value_stops_svirtd(bus: Priv
         if present:
             assert present in text and "SELinux is not enforcing" in text, (level, text)
     bad = SvirtdProcess(tmp_path / "bad", bus.address, libvirtd.uri, tmp_path / "hook.env", log_level="loud")
-    with pytest.raises(RuntimeError, match="exited with 2"):
+    with pytest.raises(RuntimeError, match="exited with 78"):
         bad.start()
     assert "log_level" in bad.log_text() and "'debug', 'info', 'warning' or 'error'" in bad.log_text()
 
