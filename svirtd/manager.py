@@ -807,6 +807,7 @@ class Manager:
             owned = [(a, [c for c in claims if c.path not in hung]) for a, claims in owned]
             objects = await self.storage.read((c.path for _a, claims in owned for c in claims), "Verify",
                                               self._proof_objects, owned)
+            objects += self._group_objects()
             planes = await asyncio.to_thread(control_planes, self._default_label, str(self.config.state_dir))
             proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide, planes)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
@@ -847,6 +848,12 @@ class Manager:
 
     def _default_label(self, path: str, mode: int) -> str | None:
         return self._defaults.lookup(path, mode) if self._defaults is not None else None
+
+    def _group_objects(self) -> list[Object]:
+        """Each group's level (s0:cG) as a shared object: exactly its members' levels hold cG."""
+        return [Object(f"group:{g.name}", f"group {g.name}", f"group {g.name}'s shared resources",
+                       str(self.spec.image.with_level(f"s0:c{g.category}")), ResourceClass.SHARED)
+                for g in self.config.guest_groups]
 
     def _process_types(self) -> frozenset[str]:
         return self.spec.process_types
@@ -1033,7 +1040,8 @@ class Manager:
         claims = level_claims(domain, self.spec, _running_labels(info, domain), on_disk)
         if self.cluster is not None:  # issue 16: etcd binds the pair cluster-wide (ClusterUnavailable while away)
             return await self.cluster.choose(domain.uuid, domain.name, claims)
-        return self.levels.choose(domain.uuid, claims)
+        group = self.config.group_of(domain.uuid, domain.name)
+        return self.levels.choose(domain.uuid, claims, group.category if group is not None else None)
 
     async def forget_host(self, host: str) -> int:
         """Issue 16: an admin says a host is gone for good; its pairs are freed (see ClusterBook.forget_host)."""
