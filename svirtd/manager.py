@@ -500,6 +500,7 @@ class Manager:
                     self.levels.hold_foreign(domain.uuid, domain.name, running)
                 return None
             if running == a.level:
+                self._check_process_type(a, label)
                 return a
             if running is None:
                 what = label or "no SELinux label (<seclabel type='none'>)"
@@ -511,6 +512,16 @@ class Manager:
                                                         SVIRT_REASON=f"it would run with {what}"))
                 return a
             return await self._adopt_level(domain, a)
+
+    def _check_process_type(self, a: Assignment, label: str | None) -> None:
+        """A profile with a process type of its own (nonet) is the kernel's containment: a start in
+        another type (a definition svirtd could not rewrite) would run without it, so it is refused."""
+        want = resolve_profile(a.profile).process_type
+        got = Context.parse(label).type if label else None
+        if want is not None and got != want:
+            raise self._refused(a.uuid, a.name, Origin.AUTO, NotConfined(
+                f"{a.name} would run as {got}, not as {want} (profile {a.profile}): it would not be contained. "
+                f"`svirtctl isolate {a.name} --profile {a.profile}` writes its label again"))
 
     def _follow_running_label(self, domain: DomainSpec, a: Assignment) -> Assignment:
         """A running guest whose qemu runs with another pair than the table's (it started while svirtd
