@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .allocator import PairAllocator
@@ -45,21 +45,16 @@ class LevelBook:
         category of the guest's group, which its level must hold (see choose_in_group)."""
         if group is not None:
             return self.choose_in_group(uuid, claims, group)
-        conflicts: list[str] = []
-        for claim in claims:
-            if claim.source not in (LevelSource.STATIC, LevelSource.RUNNING) \
-                    and not self.allocator.in_space(claim.level):
-                # Only an admin's explicit static label, or the label a qemu already runs with, may use
-                # reserved categories or lie outside the range.
-                conflicts.append(f"{claim.source.value} {claim.level} lies outside the categories svirtd may hand "
-                                 "out (categories / reserved_categories)")
-                continue
-            holder = self.holder_of(claim.level, uuid)
-            if holder is None:
-                self.take(claim.level, uuid)
-                return claim.level, remap_note(conflicts, claim.level)
-            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
-        level = self.allocator.allocate()
+
+        def unusable(claim: LevelClaim) -> str | None:
+            # Only an admin's explicit static label, or the label a qemu already runs with, may use
+            # reserved categories or lie outside the range.
+            if claim.source in (LevelSource.STATIC, LevelSource.RUNNING) or self.allocator.in_space(claim.level):
+                return None
+            return "lies outside the categories svirtd may hand out (categories / reserved_categories)"
+        level, conflicts = self._first_claim(uuid, claims, unusable)
+        if level is None:
+            level = self.allocator.allocate()
         return level, remap_note(conflicts, level)
 
     def choose_in_group(self, uuid: str, claims: Iterable[LevelClaim], group: int) -> tuple[Level, str]:
@@ -68,16 +63,10 @@ class LevelBook:
         member's pair and a non-member's never dominate each other (the member's holds cG, the other's
         does not; the other's holds a category the member's lacks, as pairs are distinct), and two
         members differ in cX: they stay isolated from each other; only s0:cG is common to them."""
-        conflicts: list[str] = []
-        for claim in claims:
-            if group not in claim.level.pair:
-                conflicts.append(f"{claim.source.value} {claim.level} does not hold its group's category c{group}")
-                continue
-            holder = self.holder_of(claim.level, uuid)
-            if holder is None:
-                self.take(claim.level, uuid)
-                return claim.level, remap_note(conflicts, claim.level)
-            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
+        level, conflicts = self._first_claim(uuid, claims, lambda claim: None if group in claim.level.pair
+                                             else f"does not hold its group's category c{group}")
+        if level is not None:
+            return level, remap_note(conflicts, level)
         for other in self._rng.sample(self.allocator.space.categories, len(self.allocator.space.categories)):
             level = Level(low=min(group, other), high=max(group, other))
             if self.holder_of(level, uuid) is None:
@@ -85,6 +74,22 @@ class LevelBook:
                 return level, remap_note(conflicts, level)
         raise LabelSpaceExhausted(f"every pair with group category c{group} is in use: the group has as many "
                                   "members as there are automatic categories")
+
+    def _first_claim(self, uuid: str, claims: Iterable[LevelClaim],
+                     unusable: Callable[[LevelClaim], str | None]) -> tuple[Level | None, list[str]]:
+        """The first claim that is usable and free, taken for uuid; and why the ones before it were not."""
+        conflicts: list[str] = []
+        for claim in claims:
+            why = unusable(claim)
+            if why is not None:
+                conflicts.append(f"{claim.source.value} {claim.level} {why}")
+                continue
+            holder = self.holder_of(claim.level, uuid)
+            if holder is None:
+                self.take(claim.level, uuid)
+                return claim.level, conflicts
+            conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
+        return None, conflicts
 
     def guest_at(self, level: Level) -> GuestRef | None:
         """The guest (isolated, or running with a foreign label) that holds a level."""

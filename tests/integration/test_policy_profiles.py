@@ -24,7 +24,7 @@ from svirtd.profiles import PROFILES
 from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
-from testbed.policy_store import REPO, PolicyStoreCopy, build_module
+from testbed.policy_store import REPO, build_module, store_with_svirtd
 from tests.conftest import wait_until
 from tests.helpers import call, run
 
@@ -43,9 +43,7 @@ class Compiled:
 @pytest.fixture(scope="module")
 def compiled(as_root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compiled]:
     work = tmp_path_factory.mktemp("policy-profiles")
-    store = PolicyStoreCopy(work / "root")
-    installed = store.install(build_module(REPO / "policy", work / "build", "svirtd"))
-    assert installed.returncode == 0, installed.stderr
+    store = store_with_svirtd(work / "root", work / "build")
     yield Compiled(PolicyJudge(store.policy_file), work / "root")
     shutil.rmtree(work)
 
@@ -160,8 +158,7 @@ def test_a_group_level_is_shared_by_its_members_only(compiled: Compiled) -> None
 
 
 def test_a_module_granting_nonet_the_tap_fails_the_neverallow(compiled: Compiled, tmp_path: Path) -> None:
-    store = PolicyStoreCopy(tmp_path / "root")
-    assert store.install(build_module(REPO / "policy", tmp_path / "build", "svirtd")).returncode == 0
+    store = store_with_svirtd(tmp_path / "root", tmp_path / "build")
     broken = build_module(REPO / "tests" / "fixtures" / "policy", tmp_path / "broken", "svirtd_nonet_broken")
     result = store.install(broken)
     assert result.returncode != 0
