@@ -66,6 +66,9 @@ class Object:
     path: str
     label: str
     rclass: ResourceClass
+    # A shared object at a group's level (s0:cG): open to the guests whose level holds cG, closed to all
+    # others. Every other shared object must be open to every guest.
+    members_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,7 @@ def prove_isolation(subjects: Sequence[Subject], objects: Iterable[Object], deci
                     check(s, o, perm, own, "own-denied" if own else "cross-guest")
             elif o.rclass is ResourceClass.SHARED:
                 # s0: every guest; a group's s0:cG: exactly the guests whose level holds cG.
-                member = dominates(s.label, o.label)
+                member = dominates(s.label, o.label) if o.members_only else True
                 for perm in ("read", "write"):
                     check(s, o, perm, member, "shared-denied" if member else "group-leak")
             elif o.rclass is ResourceClass.READONLY:

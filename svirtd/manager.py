@@ -20,7 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -818,7 +818,7 @@ class Manager:
             owned = [(a, [c for c in claims if c.path not in hung]) for a, claims in owned]
             objects = await self.storage.read((c.path for _a, claims in owned for c in claims), "Verify",
                                               self._proof_objects, owned)
-            objects += self._group_objects()
+            objects = [self._as_group_object(o) for o in objects] + self._group_objects()
             planes = await asyncio.to_thread(control_planes, self._default_label, str(self.config.state_dir))
             proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide, planes)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
@@ -863,8 +863,18 @@ class Manager:
     def _group_objects(self) -> list[Object]:
         """Each group's level (s0:cG) as a shared object: exactly its members' levels hold cG."""
         return [Object(f"group:{g.name}", f"group {g.name}", f"group {g.name}'s shared resources",
-                       str(self.spec.image.with_level(f"s0:c{g.category}")), ResourceClass.SHARED)
+                       str(self.spec.image.with_level(f"s0:c{g.category}")), ResourceClass.SHARED, members_only=True)
                 for g in self.config.guest_groups]
+
+    def _as_group_object(self, o: Object) -> Object:
+        """A shared resource labeled at a group's level is the group's, not everyone's."""
+        try:
+            categories = Context.parse(o.label).mcs.categories
+        except ValueError:
+            return o
+        if o.rclass is ResourceClass.SHARED and len(categories) == 1 and categories <= self.config.group_categories:
+            return replace(o, members_only=True)
+        return o
 
     def _process_types(self) -> frozenset[str]:
         return self.spec.process_types

@@ -147,7 +147,8 @@ def test_a_group_level_is_shared_by_its_members_only(compiled: Compiled) -> None
     members = [Subject(f"m{i}", f"build{i}", label(DEFAULT_TYPE, f"s0:c{i},c1000"),
                        image_label=IMAGE + f"s0:c{i},c1000") for i in (3, 7)]
     outsider = Subject("o", "web", label("svirt_nonet_t", "s0:c3,c7"), network=False, image_label=IMAGE + "s0:c3,c7")
-    share = Object("group:build", "group build", "/srv/build.img", IMAGE + "s0:c1000", ResourceClass.SHARED)
+    share = Object("group:build", "group build", "/srv/build.img", IMAGE + "s0:c1000", ResourceClass.SHARED,
+                   members_only=True)
     judge = compiled.judge
     proof = prove_isolation([*members, outsider], [share], decide_with(judge), planes_of(compiled.root))
     assert proof.ok, [v.message for v in proof.violations]
