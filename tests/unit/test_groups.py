@@ -48,6 +48,9 @@ def test_config_takes_group_categories_out_of_automatic_pairs() -> None:
                 {"a": {"category": "c1", "members": ["x"]}, "b": {"category": "c2", "members": ["x"]}}):
         with pytest.raises(ValueError):
             Config.model_validate({"categories": "c0.c9", "groups": bad})
+    with pytest.raises(ValueError, match="not supported with"):  # the etcd table knows no group categories
+        Config.model_validate({"groups": {"a": {"category": "c1", "members": ["x"]}},
+                               "cluster": {"backend": "etcd", "endpoints": ["http://127.0.0.1:2379"]}})
 
 
 def test_members_hold_the_group_category_with_distinct_partners_and_others_never_do(book: LevelBook) -> None:
