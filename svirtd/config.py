@@ -84,6 +84,39 @@ class ClusterConfig(BaseModel):
         return self
 
 
+class GroupConfig(BaseModel):
+    """[groups.NAME] in svirtd.conf: guests that share resources at the group's own level."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # The category only this group's members hold (cG): their pairs are {cG, cX}, its shared resources
+    # s0:cG. Taken out of the automatic pairs, like reserved_categories.
+    category: str
+    members: tuple[str, ...]  # libvirt names or UUIDs
+
+    @field_validator("category")
+    @classmethod
+    def _one_category(cls, value: str) -> str:
+        if len(parse_categories(value)) != 1:
+            raise ValueError(f"{value!r}: a group has exactly one category (e.g. \"c1000\")")
+        return value
+
+    @field_validator("members")
+    @classmethod
+    def _some_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("members: a non-empty list of distinct guest names or UUIDs")
+        return value
+
+
+class GuestGroup(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    category: int
+    members: tuple[str, ...]
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -146,6 +179,10 @@ class Config(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Where the allocation table lives: this host only, or an etcd cluster (issue 16; see ClusterConfig).
     cluster: ClusterConfig = ClusterConfig()
+    # Guest groups (seed 3.3: controlled flow through shared resources): each member's pair holds the
+    # group's category, so a resource at s0:cG is reachable by the members and by no other guest.
+    # [groups.build] category = "c1000"  members = ["build1", "build2"]. A guest is in one group at most.
+    groups: dict[str, GroupConfig] = Field(default_factory=dict)
 
     @field_validator("categories", "reserved_categories")
     @classmethod
@@ -169,8 +206,29 @@ class Config(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _groups_apart(self) -> Config:
+        if self.groups and self.cluster.backend != "local":
+            # The etcd table allocates pairs cluster-wide without group categories (issue 16).
+            raise ValueError('groups: not supported with [cluster] backend = "etcd" yet; use the local table')
+        seen_cats: dict[int, str] = {}
+        seen_members: dict[str, str] = {}
+        for group in self.guest_groups:
+            if group.category not in self.category_set or group.category in self.reserved_set:
+                raise ValueError(f"groups.{group.name}: c{group.category} is not among the categories svirtd may "
+                                 "hand out (categories minus reserved_categories)")
+            if group.category in seen_cats:
+                raise ValueError(f"groups.{group.name}: c{group.category} is already group "
+                                 f"{seen_cats[group.category]}'s")
+            seen_cats[group.category] = group.name
+            for member in group.members:
+                if member in seen_members:
+                    raise ValueError(f"groups.{group.name}: {member} is already in group {seen_members[member]}")
+                seen_members[member] = group.name
+        return self
+
+    @model_validator(mode="after")
     def _room_for_pairs(self) -> Config:
-        usable = self.category_set - self.reserved_set
+        usable = self.category_set - self.reserved_set - self.group_categories
         if len(usable) < 2:
             raise ValueError(
                 f"categories {self.categories!r} minus reserved {self.reserved_categories!r} leaves "
@@ -185,6 +243,24 @@ class Config(BaseModel):
     @property
     def reserved_set(self) -> frozenset[int]:
         return parse_categories(self.reserved_categories)
+
+    @property
+    def guest_groups(self) -> tuple[GuestGroup, ...]:
+        return tuple(GuestGroup(name=name, category=min(parse_categories(g.category)), members=g.members)
+                     for name, g in sorted(self.groups.items()))
+
+    @property
+    def group_categories(self) -> frozenset[int]:
+        return frozenset(g.category for g in self.guest_groups)
+
+    @property
+    def excluded_from_pairs(self) -> frozenset[int]:
+        """Categories no automatic pair holds: the reserved ones and the groups'."""
+        return self.reserved_set | self.group_categories
+
+    def group_of(self, uuid: str, name: str) -> GuestGroup | None:
+        """The group a guest (by UUID or libvirt name) is a member of."""
+        return next((g for g in self.guest_groups if uuid in g.members or name in g.members), None)
 
     @property
     def database_path(self) -> Path:

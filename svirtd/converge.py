@@ -59,7 +59,9 @@ class Converger:
 
     def decisions(self, domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> tuple[LabelDecision, ...]:
         own_private = frozenset(c.path for c in self.store.claims_for(a.uuid) if c.rclass is ResourceClass.PRIVATE)
-        return decide_labels(domain, a.level, self.spec, libvirt_relabels, own_private)
+        group = self.config.group_of(a.uuid, a.name)
+        return decide_labels(domain, a.level, self.spec, libvirt_relabels, own_private,
+                             group.category if group is not None else None)
 
     async def converge(self, domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> None:
         """Make the guest's resources carry the labels its level asks for; undo removed ones."""

@@ -254,7 +254,7 @@ class GuestObjects:
         resources = tuple((c.path, c.device, c.rclass.value, c.expected, c.applier.value)
                           for c in self._manager.store.claims_for(a.uuid))
         return GuestView(Name=a.name, UUID=a.uuid, Level=str(a.level),
-                         Label=str(spec.process_label(a.level, self._manager.is_tcg(a.uuid))),
+                         Label=str(self._manager.process_label(a, self._manager.is_tcg(a.uuid))),
                          ImageLabel=str(spec.image_label(a.level)), Profile=a.profile, State=a.state.value,
                          Origin=a.origin.value, Isolation=self._manager.isolation_status(a.uuid), Note=a.note,
                          Resources=resources)

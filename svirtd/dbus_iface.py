@@ -312,7 +312,7 @@ class ManagerInterface(ServiceInterface):
     # -- manager.Listener ----------------------------------------------------------------------
 
     def isolated(self, assignment: Assignment) -> None:
-        label = str(self._manager.spec.process_label(assignment.level))
+        label = str(self._manager.process_label(assignment, self._manager.is_tcg(assignment.uuid)))
         self.Isolated(assignment.uuid, assignment.name, label)
         self.emit_properties_changed({"CategoriesFree": self._manager.allocator.free})
 

@@ -13,7 +13,9 @@ label on each resource depends on the host and the definition:
   file and tree itself, never host device nodes.
 
 A per-device `<seclabel relabel='no'>` keeps everyone's hands off that resource; a per-device
-`<label>` replaces the class label, but never with another guest's pair.
+`<label>` replaces the class label, but never with another guest's pair. A member of a guest group
+may name its group's level (s0:cG): that is how a disk is shared with the group only (libvirt honours
+the per-device label too; a plain `<shareable/>` disk stays s0, open to every guest).
 
 A backing layer is read-only content (readable by every guest: base images are shared), except one
 the guest already holds privately: the old top of an external snapshot keeps the guest's pair, as
@@ -50,10 +52,10 @@ NO_DRIVER_REASON = "this host's libvirt has no SELinux driver, so nothing labels
 
 
 def decide_labels(domain: DomainSpec, level: Level, spec: LabelSpec, libvirt_relabels: bool,
-                  own_private: frozenset[str] = frozenset()) -> tuple[LabelDecision, ...]:
+                  own_private: frozenset[str] = frozenset(), group: int | None = None) -> tuple[LabelDecision, ...]:
     """A decision for every resource of the domain, in the domain's order. own_private: paths the
-    guest holds as private resources now (its claims)."""
-    return tuple(decide_label(_kept_private(res, own_private), level, spec, libvirt_relabels)
+    guest holds as private resources now (its claims); group: its group's category, if any."""
+    return tuple(decide_label(_kept_private(res, own_private), level, spec, libvirt_relabels, group)
                  for res in domain.resources)
 
 
@@ -63,13 +65,14 @@ def _kept_private(res: Resource, own_private: frozenset[str]) -> Resource:
     return res
 
 
-def decide_label(res: Resource, level: Level, spec: LabelSpec, libvirt_relabels: bool) -> LabelDecision:
+def decide_label(res: Resource, level: Level, spec: LabelSpec, libvirt_relabels: bool,
+                 group: int | None = None) -> LabelDecision:
     if res.rclass is ResourceClass.UNHANDLED:
         applier = Applier.LIBVIRT if libvirt_relabels and res.libvirt_labels else Applier.NOBODY
         return LabelDecision(res, "", applier, res.note)
     if not res.relabel:
         return LabelDecision(res, "", Applier.NOBODY, NORELABEL_REASON)
-    target = target_label(res, level, spec)
+    target = target_label(res, level, spec, group)
     if libvirt_relabels and res.libvirt_labels:
         return LabelDecision(res, target, Applier.LIBVIRT, LIBVIRT_REASON)
     if res.svirtd_labels:
@@ -78,9 +81,9 @@ def decide_label(res: Resource, level: Level, spec: LabelSpec, libvirt_relabels:
     return LabelDecision(res, target, Applier.NOBODY, why)
 
 
-def target_label(res: Resource, level: Level, spec: LabelSpec) -> str:
+def target_label(res: Resource, level: Level, spec: LabelSpec, group: int | None = None) -> str:
     """The class label for the guest's level, or the definition's own per-device label when it names
-    one that does not reach into another guest (s0, or this guest's own pair)."""
+    one that does not reach into another guest (s0, this guest's own pair, or its group's s0:cG)."""
     if res.label is None:
         target = spec.label_for(res.rclass, level)
         assert target is not None  # UNHANDLED never gets here
@@ -90,7 +93,8 @@ def target_label(res: Resource, level: Level, spec: LabelSpec) -> str:
     except ValueError as exc:
         raise InvalidArgument(f"{res.device} ({res.path}): its <seclabel><label> is not a context: {exc}") from None
     mcs = own.mcs
-    if mcs.categories and mcs.categories != level.as_mcs().categories:
+    shared_with_group = group is not None and mcs.categories == frozenset({group}) and group in level.pair
+    if mcs.categories and mcs.categories != level.as_mcs().categories and not shared_with_group:
         raise InvalidArgument(f"{res.device} ({res.path}) asks for {res.label}, whose categories are not this "
                               f"guest's ({level}): that would hand the file to another guest. Use s0 (shared) or "
                               "drop the per-device label")

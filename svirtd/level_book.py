@@ -9,11 +9,13 @@ No I/O but the store's reads; called on the event loop only (no locks of its own
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import random
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from .allocator import PairAllocator
 from .denials import GuestRef
+from .errors import LabelSpaceExhausted
 from .level_claims import LevelClaim, LevelSource
 from .logsetup import guest_fields
 from .models import Level
@@ -34,27 +36,60 @@ class LevelBook:
         self.allocator = allocator
         self._foreign: dict[str, tuple[str, Level]] = {}  # uuid -> (name, level)
         self.cluster: ClusterView | None = None  # set by cluster_book with the etcd backend
+        self._rng = random.SystemRandom()
 
-    def choose(self, uuid: str, claims: Iterable[LevelClaim]) -> tuple[Level, str]:
+    def choose(self, uuid: str, claims: Iterable[LevelClaim], group: int | None = None) -> tuple[Level, str]:
         """The first level the guest already claims that nobody else holds and the configuration allows,
         else a fresh pair. A claim held by another guest (a copied definition or image) is a conflict:
-        the newcomer gets a new pair and the note says which guest held the old one."""
+        the newcomer gets a new pair and the note says which guest held the old one. group: the
+        category of the guest's group, which its level must hold (see choose_in_group)."""
+        if group is not None:
+            return self.choose_in_group(uuid, claims, group)
+
+        def unusable(claim: LevelClaim) -> str | None:
+            # Only an admin's explicit static label, or the label a qemu already runs with, may use
+            # reserved categories or lie outside the range.
+            if claim.source in (LevelSource.STATIC, LevelSource.RUNNING) or self.allocator.in_space(claim.level):
+                return None
+            return "lies outside the categories svirtd may hand out (categories / reserved_categories)"
+        level, conflicts = self._first_claim(uuid, claims, unusable)
+        if level is None:
+            level = self.allocator.allocate()
+        return level, remap_note(conflicts, level)
+
+    def choose_in_group(self, uuid: str, claims: Iterable[LevelClaim], group: int) -> tuple[Level, str]:
+        """A group member's level: {cG, cX}, cG the group's category (no automatic pair holds it: it is
+        outside the allocator's space), cX any automatic category no other member pairs with cG. A
+        member's pair and a non-member's never dominate each other (the member's holds cG, the other's
+        does not; the other's holds a category the member's lacks, as pairs are distinct), and two
+        members differ in cX: they stay isolated from each other; only s0:cG is common to them."""
+        level, conflicts = self._first_claim(uuid, claims, lambda claim: None if group in claim.level.pair
+                                             else f"does not hold its group's category c{group}")
+        if level is not None:
+            return level, remap_note(conflicts, level)
+        for other in self._rng.sample(self.allocator.space.categories, len(self.allocator.space.categories)):
+            level = Level(low=min(group, other), high=max(group, other))
+            if self.holder_of(level, uuid) is None:
+                self.take(level, uuid)
+                return level, remap_note(conflicts, level)
+        raise LabelSpaceExhausted(f"every pair with group category c{group} is in use: the group has as many "
+                                  "members as there are automatic categories")
+
+    def _first_claim(self, uuid: str, claims: Iterable[LevelClaim],
+                     unusable: Callable[[LevelClaim], str | None]) -> tuple[Level | None, list[str]]:
+        """The first claim that is usable and free, taken for uuid; and why the ones before it were not."""
         conflicts: list[str] = []
         for claim in claims:
-            if claim.source not in (LevelSource.STATIC, LevelSource.RUNNING) \
-                    and not self.allocator.in_space(claim.level):
-                # Only an admin's explicit static label, or the label a qemu already runs with, may use
-                # reserved categories or lie outside the range.
-                conflicts.append(f"{claim.source.value} {claim.level} lies outside the categories svirtd may hand "
-                                 "out (categories / reserved_categories)")
+            why = unusable(claim)
+            if why is not None:
+                conflicts.append(f"{claim.source.value} {claim.level} {why}")
                 continue
             holder = self.holder_of(claim.level, uuid)
             if holder is None:
                 self.take(claim.level, uuid)
-                return claim.level, remap_note(conflicts, claim.level)
+                return claim.level, conflicts
             conflicts.append(f"{claim.source.value} {claim.level} is held by guest {holder}")
-        level = self.allocator.allocate()
-        return level, remap_note(conflicts, level)
+        return None, conflicts
 
     def guest_at(self, level: Level) -> GuestRef | None:
         """The guest (isolated, or running with a foreign label) that holds a level."""

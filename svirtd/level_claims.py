@@ -52,7 +52,7 @@ def level_claims(domain: DomainSpec, spec: LabelSpec, running_labels: Iterable[s
             claims.append(LevelClaim(level, source))
 
     # What runs comes first: svirtd never takes a guest's files away from under its qemu.
-    process_types = {spec.process.type} | ({spec.process_tcg.type} if spec.process_tcg else set())
+    process_types = spec.process_types
     for label in running_labels:
         if _type_of(label) in process_types:
             add(pair_of(label), LevelSource.RUNNING)

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -41,12 +41,13 @@ from .errors import (
     UnsafePath,
 )
 from .identity import chain_filter_xml, chained_filters, rewrite_definition, strip_identity, without_selinux_labels
-from .isolation import Object, Proof, Subject, prove_isolation
+from .isolation import Object, Proof, Subject, control_planes, prove_isolation
 from .level_book import LevelBook
 from .level_claims import LevelSource, level_claims, pair_of
 from .logsetup import guest_fields
 from .models import (
     Assignment,
+    Context,
     GuestState,
     Level,
     Origin,
@@ -236,6 +237,7 @@ class Manager:
         self.cluster: ClusterBook | None = None  # issue 16: [cluster] backend = "etcd" (set by service.py)
         self.storage = StorageGate(config.io_timeout_seconds)
         self.converger = Converger(config, store, spec, judge, defaults, self.storage)
+        self._defaults = defaults
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
         # the hook, see isolate()).
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -400,7 +402,7 @@ class Manager:
             log.info("isolated %s at %s (profile %s, %s)", final.name, final.level, final.profile,
                      final.origin.value, extra=guest_fields(
                          final.uuid, final.name, message_ids.GUEST_ISOLATED, SVIRT_LEVEL=str(final.level),
-                         SVIRT_LABEL=str(self.spec.process_label(final.level, domain.is_tcg)),
+                         SVIRT_LABEL=str(self.process_label(final, domain.is_tcg)),
                          SVIRT_IMAGE_LABEL=str(self.spec.image_label(final.level)), SVIRT_PROFILE=final.profile,
                          SVIRT_ORIGIN=final.origin.value))
             self.listener.isolated(final)
@@ -498,6 +500,7 @@ class Manager:
                     self.levels.hold_foreign(domain.uuid, domain.name, running)
                 return None
             if running == a.level:
+                self._check_process_type(a, label)
                 return a
             if running is None:
                 what = label or "no SELinux label (<seclabel type='none'>)"
@@ -509,6 +512,16 @@ class Manager:
                                                         SVIRT_REASON=f"it would run with {what}"))
                 return a
             return await self._adopt_level(domain, a)
+
+    def _check_process_type(self, a: Assignment, label: str | None) -> None:
+        """A profile with a process type of its own (nonet) is the kernel's containment: a start in
+        another type (a definition svirtd could not rewrite) would run without it, so it is refused."""
+        want = resolve_profile(a.profile).process_type
+        got = Context.parse(label).type if label else None
+        if want is not None and got != want:
+            raise self._refused(a.uuid, a.name, Origin.AUTO, NotConfined(
+                f"{a.name} would run as {got}, not as {want} (profile {a.profile}): it would not be contained. "
+                f"`svirtctl isolate {a.name} --profile {a.profile}` writes its label again"))
 
     def _follow_running_label(self, domain: DomainSpec, a: Assignment) -> Assignment:
         """A running guest whose qemu runs with another pair than the table's (it started while svirtd
@@ -562,7 +575,7 @@ class Manager:
         if a is None:
             return None
         tcg = domain.is_tcg
-        label = str(self.spec.process_label(a.level, tcg))
+        label = str(self.process_label(a, tcg))
         return rewrite_definition(xml, a.uuid, a.level, a.profile, label, None)
 
     async def guest_stopped(self, guest: str) -> None:
@@ -624,7 +637,7 @@ class Manager:
         cached = self._domains.get(a.uuid)  # parsed by _isolate_locked moments ago
         tcg = cached.is_tcg if cached is not None else self._parse(info).is_tcg
         profile = resolve_profile(a.profile)
-        seclabel = str(self.spec.process_label(a.level, tcg)) if self._writes_seclabel() else None
+        seclabel = str(self.process_label(a, tcg)) if self._writes_seclabel() else None
 
         def transform(definition: str) -> str | None:
             return rewrite_definition(definition, a.uuid, a.level, a.profile, seclabel, profile.nwfilter)
@@ -763,9 +776,13 @@ class Manager:
         states = await self.storage.read(paths, a.name, observe,
                                          decisions, claims, running, self.denied, note, hung)
         tcg = domain.is_tcg if domain is not None else False
-        return GuestReport(assignment=a, process_label=str(self.spec.process_label(a.level, tcg)),
+        return GuestReport(assignment=a, process_label=str(self.process_label(a, tcg)),
                            image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
                            isolation=self.isolation_status(a.uuid))
+
+    def process_label(self, a: Assignment, tcg: bool = False) -> Context:
+        """The label the guest's qemu runs with: its level, and its profile's process type."""
+        return self.spec.process_label(a.level, tcg, resolve_profile(a.profile).process_type)
 
     def is_tcg(self, uuid: str) -> bool:
         """Does the guest run under TCG (its qemu then gets the TCG process type), as last seen?"""
@@ -801,7 +818,9 @@ class Manager:
             owned = [(a, [c for c in claims if c.path not in hung]) for a, claims in owned]
             objects = await self.storage.read((c.path for _a, claims in owned for c in claims), "Verify",
                                               self._proof_objects, owned)
-            proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide)
+            objects = [self._as_group_object(o) for o in objects] + self._group_objects()
+            planes = await asyncio.to_thread(control_planes, self._default_label, str(self.config.state_dir))
+            proof = await asyncio.to_thread(prove_isolation, subjects, objects, self._decide, planes)
             self.last_verify = VerifyResult(policy=str(self.judge.policy_file), at=time.time(), proof=proof)
         if self.on_verified is not None:
             self.on_verified()
@@ -823,7 +842,9 @@ class Manager:
         for a in self.store.assignments():
             domain = self._domains.get(a.uuid)
             tcg = domain.is_tcg if domain is not None else False
-            subjects.append(Subject(a.uuid, a.name, str(self.spec.process_label(a.level, tcg))))
+            subjects.append(Subject(a.uuid, a.name, str(self.process_label(a, tcg)),
+                                    network=resolve_profile(a.profile).network,
+                                    image_label=str(self.spec.image_label(a.level))))
         if self.hv.connected:
             for info in await self.hv.list_domains():
                 if self.store.get(info.uuid) is not None:
@@ -836,8 +857,27 @@ class Manager:
                         subjects.append(Subject(info.uuid, f"{info.name} (not isolated by svirtd)", label))
         return subjects
 
-    def _process_types(self) -> set[str]:
-        return {self.spec.process.type} | ({self.spec.process_tcg.type} if self.spec.process_tcg else set())
+    def _default_label(self, path: str, mode: int) -> str | None:
+        return self._defaults.lookup(path, mode) if self._defaults is not None else None
+
+    def _group_objects(self) -> list[Object]:
+        """Each group's level (s0:cG) as a shared object: exactly its members' levels hold cG."""
+        return [Object(f"group:{g.name}", f"group {g.name}", f"group {g.name}'s shared resources",
+                       str(self.spec.image.with_level(f"s0:c{g.category}")), ResourceClass.SHARED, members_only=True)
+                for g in self.config.guest_groups]
+
+    def _as_group_object(self, o: Object) -> Object:
+        """A shared resource labeled at a group's level is the group's, not everyone's."""
+        try:
+            categories = Context.parse(o.label).mcs.categories
+        except ValueError:
+            return o
+        if o.rclass is ResourceClass.SHARED and len(categories) == 1 and categories <= self.config.group_categories:
+            return replace(o, members_only=True)
+        return o
+
+    def _process_types(self) -> frozenset[str]:
+        return self.spec.process_types
 
     @staticmethod
     def _proof_objects(owned: list[tuple[Assignment, list[Claim]]]) -> list[Object]:
@@ -1021,7 +1061,8 @@ class Manager:
         claims = level_claims(domain, self.spec, _running_labels(info, domain), on_disk)
         if self.cluster is not None:  # issue 16: etcd binds the pair cluster-wide (ClusterUnavailable while away)
             return await self.cluster.choose(domain.uuid, domain.name, claims)
-        return self.levels.choose(domain.uuid, claims)
+        group = self.config.group_of(domain.uuid, domain.name)
+        return self.levels.choose(domain.uuid, claims, group.category if group is not None else None)
 
     async def forget_host(self, host: str) -> int:
         """Issue 16: an admin says a host is gone for good; its pairs are freed (see ClusterBook.forget_host)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from .models import Context, Level, ResourceClass
+from .profiles import PROFILE_PROCESS_TYPES
 
 
 class LabelSpec(BaseModel):
@@ -35,9 +36,19 @@ class LabelSpec(BaseModel):
             content=image[1],
         )
 
-    def process_label(self, level: Level, tcg: bool = False) -> Context:
+    def process_label(self, level: Level, tcg: bool = False, process_type: str | None = None) -> Context:
+        """The guest's qemu label: the profile's process type when it has one (no TCG variant: the
+        profile's rules hold for TCG too), else the policy's (TCG) type."""
         base = self.process_tcg if tcg and self.process_tcg is not None else self.process
+        if process_type is not None:
+            base = base.model_copy(update={"type": process_type})
         return base.with_level(level)
+
+    @property
+    def process_types(self) -> frozenset[str]:
+        """Every type a guest's qemu runs as: the policy's, its TCG one, the profiles'."""
+        own = {self.process.type} | ({self.process_tcg.type} if self.process_tcg else set())
+        return frozenset(own) | PROFILE_PROCESS_TYPES
 
     def image_label(self, level: Level) -> Context:
         return self.image.with_level(level)

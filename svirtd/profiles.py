@@ -1,8 +1,17 @@
-"""Containment profiles (seed 3.5): named, data-only descriptions of how a guest is confined.
+"""Containment profiles (seed 3.5, 4.7): named, data-only descriptions of how a guest is confined.
 
-The MCS pair isolates guests from each other; a profile adds coarse containment on top: what the
-guest may do on the network. Filters are libvirt nwfilters svirtd defines itself and attaches to each
-interface of the guest's persistent definition (libvirt instantiates them when the guest starts).
+The MCS pair isolates guests from each other; a profile adds coarse containment on top, in two ways:
+
+- a process type (seed 4.7: "Type is used to enforce general security behavior"): the kernel enforces
+  it on the guest's qemu whatever the guest does. svirt_nonet_t (policy/svirtd.te) may not open
+  /dev/net/tun or /dev/vhost-net nor create IP sockets: a subverted qemu cannot reach the network.
+- a libvirt nwfilter, for what MAC cannot see: SELinux labels qemu's file descriptors, not the guest's
+  packets, so "no outbound SMTP" is a packet filter (nosmtp). svirtd defines its filters itself and
+  attaches them to each interface of the guest's persistent definition (libvirt instantiates them when
+  the guest starts); a guest with a tap fd can still send anything the filter lets through.
+
+The image type stays the policy's (svirt_image_t) for every profile: libvirt derives a static label's
+image label from virtual_image_context, and isolation between guests is the pair's job.
 """
 
 from __future__ import annotations
@@ -19,6 +28,10 @@ class Profile(BaseModel):
     description: str
     nwfilter: str | None = None  # attached to every interface
     forbid_interfaces: bool = False  # the guest may have no network interface at all
+    # The qemu process type; None: the policy's own (virtual_domain_context: svirt_t).
+    process_type: str | None = None
+    # May the process type use the network (tun/tap, vhost-net, IP sockets)? What Verify expects.
+    network: bool = True
 
 
 # libvirt nwfilters svirtd owns, by name.
@@ -38,10 +51,16 @@ PROFILES: dict[str, Profile] = {
                                            "interface: a compromised guest cannot be a spam bot",
                 nwfilter="svirtd-nosmtp"),
         Profile(name="nonet", description="as default, and the guest may have no network interface at all; a "
-                                          "definition with one is refused, and so is its start",
-                forbid_interfaces=True),
+                                          "definition with one is refused, and so is its start. Its qemu runs as "
+                                          "svirt_nonet_t: the kernel denies it /dev/net/tun, /dev/vhost-net and "
+                                          "IP sockets",
+                forbid_interfaces=True, process_type="svirt_nonet_t", network=False),
     )
 }
+
+
+# Process types of profiles, beyond the policy's own: a label of one of these is a guest's.
+PROFILE_PROCESS_TYPES: frozenset[str] = frozenset(p.process_type for p in PROFILES.values() if p.process_type)
 
 
 def resolve_profile(name: str) -> Profile:

@@ -69,7 +69,8 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.store = Store(config.database_path)
-        self.space = CategorySpace(config.category_set, config.reserved_set)
+        # Group categories are never part of an automatic pair: only members' pairs hold them.
+        self.space = CategorySpace(config.category_set, config.excluded_from_pairs)
         etcd = config.cluster.backend == "etcd"
         self.allocator = ClusterAllocator(self.space) if etcd else PairAllocator(self.space)
         self.count = Manager.load_table(self.store, self.allocator)
@@ -181,7 +182,7 @@ class Daemon:
                                  cluster_state=self.cluster.describe if self.cluster is not None else None)
         self.denials.emit = iface.denied
         spec = self.manager.spec
-        machine_ids = MachineIdEmitter(lambda a: str(spec.process_label(a.level)),
+        machine_ids = MachineIdEmitter(lambda a: str(self.manager.process_label(a, self.manager.is_tcg(a.uuid))),
                                        lambda a: str(spec.image_label(a.level)))
         listeners: list[Listener] = [iface, self.denials, machine_ids]
         if self.translations is not None:

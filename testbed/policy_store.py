@@ -50,3 +50,12 @@ class PolicyStoreCopy:
     def policy_file(self) -> Path:
         files = sorted((self.root / "etc/selinux/default/policy").glob("policy.*"))
         return files[-1]
+
+
+def store_with_svirtd(root: Path, build: Path) -> PolicyStoreCopy:
+    """A store copy with svirtd.pp from policy/ installed (neverallows checked); RuntimeError if it fails."""
+    store = PolicyStoreCopy(root)
+    installed = store.install(build_module(REPO / "policy", build, "svirtd"))
+    if installed.returncode != 0:
+        raise RuntimeError(f"installing svirtd.pp failed:\n{installed.stderr}")
+    return store

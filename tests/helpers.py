@@ -129,7 +129,7 @@ def in_process_manager(tmp_path: Path, hypervisor: object, **config: Any) -> Ite
     cfg = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none", **config)
     store = Store(cfg.database_path)
     try:
-        yield Manager(cfg, store, PairAllocator(CategorySpace(cfg.category_set, cfg.reserved_set)),
+        yield Manager(cfg, store, PairAllocator(CategorySpace(cfg.category_set, cfg.excluded_from_pairs)),
                       selinux_host.load_label_spec(), hypervisor)  # type: ignore[arg-type]
     finally:
         store.close()

@@ -228,6 +228,75 @@ result per_disk_norelabel "$([ $nstart_rc = 0 ] && [ "$(label_of $IMAGES/keep.im
     "start rc=$nstart_rc keep.img $(label_of $IMAGES/keep.img) (before $keep_before) $nstart"
 virsh destroy e2e-n >/dev/null 2>&1
 
+# --- containment profiles as SELinux types, guest groups (issue 17) --------------------------------
+# nonet: svirtd writes svirt_nonet_t into the guest's static seclabel; its qemu asked (QMP netdev_add)
+# to open /dev/net/tun is denied by the kernel, while a default guest's qemu opens it (the tap it then
+# fails to create is a capability matter, not SELinux's). A default guest with an interface starts and
+# its qemu holds the tap libvirt made. A group's disk at s0:cG opens in both members; another guest is
+# denied it.
+modprobe tun 2>/dev/null
+qmp_tap() {  # qmp_tap GUEST IFNAME ID: ask GUEST's qemu to open /dev/net/tun for a tap
+    virsh qemu-monitor-command "$1" '{"execute":"netdev_add","arguments":{"type":"tap","id":"'"$3"'","ifname":"'"$2"'","script":"no","downscript":"no"}}' 2>&1
+}
+TUN_CTX=system_u:object_r:tun_tap_device_t:s0
+make_disk $IMAGES/e2e-x.img; restorecon $IMAGES/e2e-x.img
+domain e2e-x "$(raw_disk $IMAGES/e2e-x.img vda)" > /tmp/e2e-x.xml
+virsh define /tmp/e2e-x.xml >/dev/null
+wait_for 30 isolated e2e-x
+xiso=$(svirtctl isolate e2e-x --profile nonet 2>&1)
+nonet_def() { virsh dumpxml --inactive e2e-x | grep -q ':svirt_nonet_t:'; }
+wait_for 30 nonet_def
+xstart=$(virsh start e2e-x 2>&1); xstart_rc=$?
+label_x=$(field "$(query e2e-x)" '["label"]'); ps_x=$(qemu_label e2e-x)
+tun_x=$(qmp_tap e2e-x svx0 nx0)
+tun_avc() { [ -n "$label_x" ] && grep "avc:  denied" $AUDIT | grep "scontext=$label_x " | grep -q "tcontext=$TUN_CTX tclass=chr_file"; }
+wait_for 10 tun_avc
+tun_a=$(qmp_tap e2e-a sva0 na0)
+virsh qemu-monitor-command e2e-a '{"execute":"netdev_del","arguments":{"id":"na0"}}' >/dev/null 2>&1
+result nonet_denied "$([ $xstart_rc = 0 ] && [[ $label_x == *:svirt_nonet_t:* ]] && [ "$ps_x" = "$label_x" ] && [[ $tun_x == *"could not open /dev/net/tun"*"Permission denied"* ]] && tun_avc && [[ $tun_a != *"could not open /dev/net/tun"* ]]; echo $?)" \
+    "start rc=$xstart_rc ps -Z $ps_x query $label_x; nonet tap: $tun_x; AVC: $(grep "scontext=$label_x " $AUDIT | grep -m1 "tcontext=$TUN_CTX" | grep -o 'avc:.*comm="[^"]*"'); default guest's tap (open allowed): $tun_a $xiso $xstart"
+echo "--- svirt_nonet_t denials (type class { perms }), deduplicated:"
+grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirt_nonet_t" |
+    sed -E 's/.*denied  \{ ([^}]*) \}.*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \2 \3 { \1}/' | sort | uniq -c
+
+make_disk $IMAGES/e2e-net.img; restorecon $IMAGES/e2e-net.img
+domain e2e-net "$(raw_disk $IMAGES/e2e-net.img vda)" "<interface type='ethernet'><target dev='svnet0'/><model type='virtio'/></interface>" > /tmp/e2e-net.xml
+virsh define /tmp/e2e-net.xml >/dev/null
+wait_for 30 isolated e2e-net
+netstart=$(virsh start e2e-net 2>&1); netstart_rc=$?
+label_net=$(field "$(query e2e-net)" '["label"]'); ps_net=$(qemu_label e2e-net)
+net_pid=$(cat /run/libvirt/qemu/e2e-net.pid 2>/dev/null)
+tap_fds=$(grep -l "^iff:[[:space:]]*svnet0" /proc/"${net_pid:-0}"/fdinfo/* 2>/dev/null | wc -l)
+result net_allowed "$([ $netstart_rc = 0 ] && [[ $ps_net == *:svirt_t:* ]] && [ "$ps_net" = "$label_net" ] && [ "$tap_fds" -gt 0 ] && ip link show svnet0 >/dev/null 2>&1; echo $?)" \
+    "start rc=$netstart_rc ps -Z $ps_net query $label_net; qemu holds $tap_fds fd(s) on tap svnet0: $(ip -br link show svnet0 2>&1) $netstart"
+
+GROUP_CAT=c1000
+GROUPS_CONF=/etc/svirt/svirtd.conf
+cp $GROUPS_CONF /tmp/svirtd.conf.groups
+printf '\n[groups.e2e]\ncategory = "%s"\nmembers = ["e2e-g1", "e2e-g2"]\n' $GROUP_CAT >> $GROUPS_CONF
+systemctl restart svirtd.service
+make_disk $IMAGES/group.img; restorecon $IMAGES/group.img
+group_disk="<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$IMAGES/group.img'><seclabel model='selinux' relabel='yes'><label>system_u:object_r:svirt_image_t:s0:$GROUP_CAT</label></seclabel></source><target dev='vdb' bus='virtio'/><shareable/></disk>"
+for g in e2e-g1 e2e-g2; do
+    make_disk $IMAGES/$g.img; restorecon $IMAGES/$g.img
+    domain $g "$(raw_disk $IMAGES/$g.img vda)$group_disk" > /tmp/$g.xml
+    virsh define /tmp/$g.xml >/dev/null
+done
+wait_for 30 isolated e2e-g1 && wait_for 30 isolated e2e-g2
+level_g1=$(field "$(query e2e-g1)" '["level"]'); level_g2=$(field "$(query e2e-g2)" '["level"]')
+gstart=$(virsh start e2e-g1 2>&1 && virsh start e2e-g2 2>&1); gstart_rc=$?
+group_label=$(label_of $IMAGES/group.img)
+g2_open=$(qmp_open e2e-g2 $IMAGES/group.img grp)
+outsider=$(qmp_open e2e-a $IMAGES/group.img grpevil)
+in_group() { [[ ,${1#s0:}, == *,$GROUP_CAT,* ]]; }
+result group_share "$([ $gstart_rc = 0 ] && in_group "$level_g1" && in_group "$level_g2" && [ "$level_g1" != "$level_g2" ] && [ "$group_label" = "system_u:object_r:svirt_image_t:s0:$GROUP_CAT" ] && [[ $g2_open == *'"return":{}'* ]] && [[ $outsider == *"Permission denied"* ]]; echo $?)" \
+    "start rc=$gstart_rc g1 $level_g1 g2 $level_g2 group.img $group_label; g2 opens it: $g2_open; e2e-a ($label_a) opens it: $outsider $gstart"
+svirtctl verify > /tmp/verify-17.txt; echo "verify after issue 17 (rc $?): $(tr '\n' ' ' < /tmp/verify-17.txt)"
+for g in e2e-x e2e-net e2e-g1 e2e-g2; do virsh destroy $g >/dev/null 2>&1; virsh undefine $g >/dev/null 2>&1; done
+cp /tmp/svirtd.conf.groups $GROUPS_CONF
+systemctl restart svirtd.service
+wait_for 30 systemctl is-active --quiet svirtd.service
+
 # --- svirtd under systemd (issue 14) ---------------------------------------------------------------
 CONF=/etc/svirt/svirtd.conf
 main_pid() { systemctl show -p MainPID --value svirtd.service; }

@@ -20,6 +20,7 @@ EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started
             "verify_ok", "labels_restored", "no_svirtd_denials",
             "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
             "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled",
+            "nonet_denied", "net_allowed", "group_share",
             "systemd_ready_after_reconcile", "status_line", "systemctl_reload", "sighup_survives", "stop_sticks",
             "watchdog", "journal_catalog")
 
