@@ -294,7 +294,9 @@ def test_sigkill_during_bursts_never_duplicates_leaks_or_forgets(bus: PrivateBus
                                                                 svirtd: StartSvirtd) -> None:
     gs = [guests.new() for _ in range(8)]
     uuids = {g.uuid for g in gs}
-    proc = svirtd()
+    # No isolation proof after each restart: it runs after READY, beside the burst, and would take the
+    # CPU the burst's calls need (this test is about the table under SIGKILL, not about Verify).
+    proc = svirtd(auto_verify_max_guests=0)
     rng = random.Random(20261125)
     kills = calls = 0
     outcomes: dict[str, int] = {}
@@ -308,7 +310,7 @@ def test_sigkill_during_bursts_never_duplicates_leaks_or_forgets(bus: PrivateBus
         calls += burst.calls
         for name, count in burst.outcomes.items():
             outcomes[name] = outcomes.get(name, 0) + count
-        proc = svirtd()
+        proc = svirtd(auto_verify_max_guests=0)
         wait_until(functools.partial(reconciled, proc), what="reconciliation after restart")
         assert_table_agrees(bus, guests, uuids)
     assert kills >= 50
