@@ -41,6 +41,7 @@ EXPECTED = (
     "hotunplug_restored",        # detach --live (virtio-scsi): the original label is back
     "snapshot_overlay",          # external disk-only snapshot: overlay private, old top kept private
     "blockcommit",               # commit back and pivot succeeds
+    "restorecon_repaired",       # restorecon -R resets running a's disk type: svirtd puts a's label back
     "backing_chain_unlisted",    # a backing file only in the qcow2 header: the guest starts and reads it
     "define_then_start",         # define + start at once: ps -Z == Query == the disk's pair
     "transient_guest",           # virsh create: confined with a pair in the table; destroy releases it
@@ -51,6 +52,7 @@ EXPECTED = (
     "nonet_denied",              # a nonet guest's qemu (svirt_nonet_t) opening /dev/net/tun: denied, AVC its
     "net_allowed",               # a default guest with <interface type='ethernet'> starts; qemu holds the tap
     "group_share",               # two group members open the s0:cG disk; a third guest is denied it
+    "verify_after_runtime_ops",  # the proof holds after hotplug, snapshots, restarts, groups (stopped guests too)
     # issue 14: svirtd as systemd runs it, installed from the .deb
     "systemd_ready_after_reconcile",  # `systemctl start` returns with guests defined meanwhile isolated
     "status_line",               # `systemctl status` shows svirtd's STATUS= text

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from . import labels, message_ids, relabel
+from . import label_drift, labels, message_ids, relabel
 from .allocator import PairAllocator
 from .config import Config
 from .converge import Converger
@@ -46,6 +46,7 @@ from .level_book import LevelBook
 from .level_claims import LevelSource, level_claims, pair_of
 from .logsetup import guest_fields
 from .models import (
+    Applier,
     Assignment,
     Context,
     GuestState,
@@ -244,6 +245,7 @@ class Manager:
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._unconfined: dict[str, str] = {}  # uuid -> name: libvirt's guests svirtd does not isolate
+        self._drift_reported: set[tuple[str, str | None]] = set()  # (path, label) warned about once
         self._reconcile_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self.last_verify: VerifyResult | None = None
@@ -891,7 +893,9 @@ class Manager:
                 except (OSError, UnsafePath, labels.LabelUnsupported):
                     continue
                 if label:
-                    objects.append(Object(a.uuid, a.name, claim.path, label, claim.rclass))
+                    at_rest = claim.applier is Applier.LIBVIRT and a.state is not GuestState.RUNNING
+                    objects.append(Object(a.uuid, a.name, claim.path, label, claim.rclass,
+                                          own_access_expected=not at_rest))
         return objects
 
     # -- reacting to libvirt ----------------------------------------------------------------------
@@ -1034,7 +1038,47 @@ class Manager:
             if self._domains.get(uuid) != fresh:
                 changed += 1
                 self.on_event(RescanEvent(uuid, name))
+            elif await self._repair_drift(uuid, name):
+                changed += 1
         return changed
+
+    async def _repair_drift(self, uuid: str, name: str) -> bool:
+        """Put back labels that drifted on a running guest's files (label_drift.py: an admin's
+        restorecon -R, a chcon). svirtd's own labels re-converge (the recorded original is kept);
+        libvirt's get the label rewritten in place. True when something was repaired."""
+        claims = [c for c in self.store.claims_for(uuid)
+                  if c.kind is not ResourceKind.TREE and c.phase == "applied" and c.expected]
+        hung = await self.storage.unresponsive(c.path for c in claims)
+        claims = [c for c in claims if c.path not in hung]
+        if not claims:
+            return False
+        found = await self.storage.read((c.path for c in claims), "checking labels", _labels_now, claims)
+        repair: list[Claim] = []
+        for claim, current in found:
+            drift = label_drift.classify(claim.expected, current, claim.applier)
+            if drift is label_drift.Drift.NONE:
+                continue
+            key = (claim.path, current)
+            if drift is label_drift.Drift.REPORT:
+                if key not in self._drift_reported:
+                    self._drift_reported.add(key)
+                    log.warning("%s of running guest %s carries %s, not %s; left as it is (libvirt labels it and "
+                                "may be changing it); if the guest cannot use it, restart the guest", claim.path,
+                                name, current or "no label", claim.expected, extra=guest_fields(uuid, name))
+                continue
+            log.warning("%s of running guest %s carries %s, not %s (a restorecon or chcon?): putting its label "
+                        "back", claim.path, name, current or "no label", claim.expected,
+                        extra=guest_fields(uuid, name, message_ids.LABEL_DRIFT_REPAIRED, SVIRT_PATH=claim.path))
+            repair.append(claim)
+        if not repair:
+            return False
+        if any(c.applier is Applier.SVIRTD for c in repair):
+            self.on_event(RescanEvent(uuid, name))
+        mine = [c for c in repair if c.applier is Applier.LIBVIRT]
+        if mine:
+            async with self._guest_locks[uuid]:
+                await self.storage.read((c.path for c in mine), "repairing labels", _rewrite_drifted, mine)
+        return True
 
     async def run_rescans(self, interval: float) -> None:
         """rescan_running every interval seconds, for as long as svirtd runs."""
@@ -1121,3 +1165,30 @@ class Manager:
             raise NoSuchGuest(f"guest {ref!r} is not isolated: it was released by an admin; "
                               f"`svirtctl isolate {ref}` confines it again")
         raise NoSuchGuest(f"guest {ref!r} is not isolated by svirtd (`svirtctl list` shows those that are)")
+
+
+def _labels_now(claims: Sequence[Claim]) -> list[tuple[Claim, str | None]]:
+    """Each claimed file's label now, for the files that are still the ones claimed (worker thread)."""
+    found: list[tuple[Claim, str | None]] = []
+    for claim in claims:
+        try:
+            with labels.open_resource(claim.path, claim.kind) as opened:
+                if (opened.st.st_dev, opened.st.st_ino) == (claim.dev, claim.ino):
+                    found.append((claim, labels.get_label(opened)))
+        except (OSError, UnsafePath, labels.LabelUnsupported):
+            continue  # gone or replaced: the next converge deals with it
+    return found
+
+
+def _rewrite_drifted(claims: Sequence[Claim]) -> None:
+    """Write each claim's label back where it still drifted the way label_drift repairs (worker thread)."""
+    for claim in claims:
+        try:
+            with labels.open_resource(claim.path, claim.kind) as opened:
+                if (opened.st.st_dev, opened.st.st_ino) != (claim.dev, claim.ino):
+                    continue
+                drift = label_drift.classify(claim.expected, labels.get_label(opened), claim.applier)
+                if drift is label_drift.Drift.REPAIR:
+                    labels.set_label(opened, claim.expected)
+        except (OSError, UnsafePath, labels.LabelUnsupported) as exc:
+            log.warning("could not put the label of %s back: %s", claim.path, exc)

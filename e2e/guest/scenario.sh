@@ -143,10 +143,21 @@ commit=$(virsh blockcommit e2e-a vda --active --pivot --wait 2>&1); commit_rc=$?
 result blockcommit "$([ $commit_rc = 0 ] && virsh domstate e2e-a | grep -q running; echo $?)" \
     "rc=$commit_rc top=$(label_of $IMAGES/e2e-a.img) $commit"
 
+# An admin's restorecon -R over the images while a runs resets its disk's type (the level stays; the
+# policy has no customizable svirt_image_t): a's qemu would lose its own disk. svirtd's rescan of running
+# guests (rescan_seconds, 30 s) puts a's label back and a's qemu opens its disk again.
+restorecon -R $IMAGES
+reset=$(label_of $IMAGES/e2e-a.img)
+repaired() { [ "$(label_of $IMAGES/e2e-a.img)" = "$image_a" ]; }
+wait_for 45 repaired
+own_again=$(qmp_open e2e-a $IMAGES/e2e-a.img ownagain)
+result restorecon_repaired "$(repaired && [[ $reset == *:virt_image_t:* ]] && [[ $own_again == *'"return":{}'* ]]; echo $?)" \
+    "after restorecon: $reset; now $(label_of $IMAGES/e2e-a.img); a opens it: $own_again; $(journalctl -u svirtd --no-pager -o cat MESSAGE_ID=0bc9f33c648c4fa784d657a69eec2d4f | head -2 | tr '\n' ' ')"
+
 # A qcow2 guest whose backing file is NOT in its definition: libvirt probes the chain and labels it.
 make_disk $IMAGES/base.img
 qemu-img create -q -f qcow2 -b base.img -F raw $IMAGES/c-top.qcow2
-restorecon -R $IMAGES
+restorecon $IMAGES/base.img $IMAGES/c-top.qcow2
 domain e2e-c "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='$IMAGES/c-top.qcow2'/><target dev='vda' bus='virtio'/></disk>" > /tmp/e2e-c.xml
 virsh define /tmp/e2e-c.xml >/dev/null
 wait_for 30 isolated e2e-c
@@ -205,7 +216,7 @@ fi
 virsh destroy e2e-s >/dev/null 2>&1
 
 # A directory tree shared with a guest (9p): libvirt does not label trees, svirtd does, with the pair.
-mkdir -p $IMAGES/share-f/sub; echo data > $IMAGES/share-f/sub/file; make_disk $IMAGES/e2e-f.img; restorecon -R $IMAGES
+mkdir -p $IMAGES/share-f/sub; echo data > $IMAGES/share-f/sub/file; make_disk $IMAGES/e2e-f.img; restorecon -R $IMAGES/share-f $IMAGES/e2e-f.img
 domain e2e-f "$(raw_disk $IMAGES/e2e-f.img vda)" "<filesystem type='mount' accessmode='mapped'><source dir='$IMAGES/share-f'/><target dir='share'/></filesystem>" > /tmp/e2e-f.xml
 virsh define /tmp/e2e-f.xml >/dev/null
 wait_for 30 isolated e2e-f
@@ -217,7 +228,7 @@ result tree_labeled "$([ $fstart_rc = 0 ] && [ -n "$image_f" ] && [ "$off" = 0 ]
 virsh destroy e2e-f >/dev/null 2>&1
 
 # A disk the definition marks <seclabel relabel='no'>: nobody relabels it.
-make_disk $IMAGES/e2e-n.img; make_disk $IMAGES/keep.img; restorecon -R $IMAGES
+make_disk $IMAGES/e2e-n.img; make_disk $IMAGES/keep.img; restorecon $IMAGES/e2e-n.img $IMAGES/keep.img
 chcon -t svirt_image_t -l s0 $IMAGES/keep.img   # shared: any guest may use it, as the admin decided
 keep_before=$(label_of $IMAGES/keep.img)
 domain e2e-n "$(raw_disk $IMAGES/e2e-n.img vda)<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$IMAGES/keep.img'><seclabel model='selinux' relabel='no'/></source><target dev='vdb' bus='virtio'/></disk>" > /tmp/e2e-n.xml
@@ -291,7 +302,8 @@ outsider=$(qmp_open e2e-a $IMAGES/group.img grpevil)
 in_group() { [[ ,${1#s0:}, == *,$GROUP_CAT,* ]]; }
 result group_share "$([ $gstart_rc = 0 ] && in_group "$level_g1" && in_group "$level_g2" && [ "$level_g1" != "$level_g2" ] && [ "$group_label" = "system_u:object_r:svirt_image_t:s0:$GROUP_CAT" ] && [[ $g2_open == *'"return":{}'* ]] && [[ $outsider == *"Permission denied"* ]]; echo $?)" \
     "start rc=$gstart_rc g1 $level_g1 g2 $level_g2 group.img $group_label; g2 opens it: $g2_open; e2e-a ($label_a) opens it: $outsider $gstart"
-svirtctl verify > /tmp/verify-17.txt; echo "verify after issue 17 (rc $?): $(tr '\n' ' ' < /tmp/verify-17.txt)"
+svirtctl verify > /tmp/verify-17.txt; status=$?
+result verify_after_runtime_ops "$status" "$(tr '\n' ' ' < /tmp/verify-17.txt)"
 for g in e2e-x e2e-net e2e-g1 e2e-g2; do virsh destroy $g >/dev/null 2>&1; virsh undefine $g >/dev/null 2>&1; done
 cp /tmp/svirtd.conf.groups $GROUPS_CONF
 systemctl restart svirtd.service

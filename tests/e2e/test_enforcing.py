@@ -18,9 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started", "qemu_label_a", "qemu_label_b",
             "cross_guest_open_denied", "own_disk_open_allowed", "kernel_avc", "denial_attributed", "journal_fields",
             "verify_ok", "labels_restored", "no_svirtd_denials",
-            "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "backing_chain_unlisted",
+            "hotplug_disk", "hotunplug_restored", "snapshot_overlay", "blockcommit", "restorecon_repaired",
+            "backing_chain_unlisted",
             "define_then_start", "transient_guest", "save_restore", "per_disk_norelabel", "tree_labeled",
-            "nonet_denied", "net_allowed", "group_share",
+            "nonet_denied", "net_allowed", "group_share", "verify_after_runtime_ops",
             "systemd_ready_after_reconcile", "status_line", "systemctl_reload", "sighup_survives", "stop_sticks",
             "watchdog", "journal_catalog")
 

@@ -169,6 +169,26 @@ def test_the_proof_fails_naming_the_pair_for_forged_labels(module_policy: Path) 
     assert ("cross-guest", "admin-vm", "mail03") in {(v.kind, v.subject_name, v.owner_name) for v in proof.violations}
 
 
+def test_a_stopped_guests_disk_libvirt_labels_at_start_is_not_judged_for_its_own_access(module_policy: Path) -> None:
+    """libvirt's driver labels a disk when qemu starts and restores what it remembered when qemu stops:
+    at rest the disk carries that original (virt_image_t:s0 here), which the guest's process type may
+    not read. That is no violation while the guest is stopped; other guests are still judged."""
+    judge = PolicyJudge(module_policy)
+    a = Subject("uuid-a", "web01", "system_u:system_r:svirt_t:s0:c1,c2")
+    b = Subject("uuid-b", "db02", "system_u:system_r:svirt_t:s0:c3,c4")
+    at_rest = "system_u:object_r:virt_image_t:s0"
+    stopped = Object("uuid-a", "web01", "/img/a", at_rest, ResourceClass.PRIVATE, own_access_expected=False)
+    proof = prove_isolation([a, b], [stopped], decide_with(judge))
+    assert proof.ok, [v.message for v in proof.violations]
+    running = Object("uuid-a", "web01", "/img/a", at_rest, ResourceClass.PRIVATE)
+    proof = prove_isolation([a, b], [running], decide_with(judge))
+    assert {(v.kind, v.subject_name) for v in proof.violations} == {("own-denied", "web01")}
+    # Still judged for the others: an at-rest label every guest may read is reported.
+    open_to_all = Object("uuid-a", "web01", "/img/a", IMAGE + "s0", ResourceClass.PRIVATE, own_access_expected=False)
+    proof = prove_isolation([a, b], [open_to_all], decide_with(judge))
+    assert ("cross-guest", "db02", "web01") in {(v.kind, v.subject_name, v.owner_name) for v in proof.violations}
+
+
 def test_verify_names_the_guests_of_a_forged_host(bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd,
                                                   module_policy: Path) -> None:
     a, b = guests.new(), guests.new()

@@ -338,3 +338,24 @@ def test_a_file_svirtds_sandbox_keeps_read_only_is_reported_with_the_fix_and_the
     assert f"ReadWritePaths=-{d / 'ro'}" in ro["note"]
     serial = resource(report, "/etc/svt-serial.log")  # optional, refused: reported, not fatal
     assert serial["status"] == "not-relabeled" and "system tree /etc" in serial["note"]
+
+
+def test_a_running_guests_disk_whose_label_drifted_gets_it_back_and_keeps_its_original(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    """RESULT restorecon_repaired, here: `restorecon -R` over the images directory while a guest runs
+    resets its disk's type (the level stays): the guest's qemu would lose its own disk. The rescan of
+    running guests puts the label back, and the original svirtd recorded is still what Release restores."""
+    svirtd(rescan_seconds=1)
+    g = guests.new(define=False)
+    original = xattr(g.disk)
+    guests.define(g)
+    level = wait_until(functools.partial(isolated, bus, g.uuid), what="isolated")
+    guests.virsh("start", g.name)
+    try:
+        for drifted in ("system_u:object_r:virt_image_t:" + str(level), VIRT_IMAGE):  # restorecon, then -F
+            setlabel(g.disk, drifted)
+            wait_until(lambda: xattr(g.disk) == IMAGE + str(level), what=f"{drifted} put right")
+    finally:
+        guests.virsh("destroy", g.name)
+    run(call(bus, "Release", "s", g.uuid))
+    assert xattr(g.disk) == original
