@@ -28,10 +28,10 @@ EXPECTED = ("enforcing", "svirtd_domain", "labeled", "static_seclabel", "started
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.timeout(50 * 60)  # a cold image build, then the boot and the scenario under TCG
+@pytest.mark.timeout(60 * 60)  # a cold image build, then the boot and the scenario under TCG
 def test_guest_a_is_denied_guest_b_disk_on_an_enforcing_kernel(as_root: None) -> None:
     out = subprocess.run([sys.executable, str(REPO / "e2e" / "run.py")], capture_output=True, text=True,
-                         timeout=45 * 60, cwd=REPO)
+                         timeout=55 * 60, cwd=REPO)
     print(out.stdout[-8000:])
     results = dict(re.findall(r"^RESULT (\S+) (PASS|FAIL|MISSING)", out.stdout, re.M))
     missing = [name for name in EXPECTED if name not in results]
