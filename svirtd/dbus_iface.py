@@ -147,7 +147,7 @@ class ManagerInterface(ServiceInterface):
         # caller named it, never after asking libvirt (a refused caller costs no libvirt call). The
         # call then acts on exactly the guest polkit was told about.
         details, target = await self._authorized(guest, Action.ISOLATE)
-        report = await self._in_job("isolate", target, Action.ISOLATE, details,
+        report = await self._in_job("isolate", await self._uuid_of(target), Action.ISOLATE, details,
                                     lambda: self._manager.isolate_report(target, profile))
         return self._report(report, raw=await self._may_read_audit(report))
 
@@ -156,7 +156,18 @@ class ManagerInterface(ServiceInterface):
     async def StartIsolate(self, guest: DBusStr, profile: DBusStr) -> Annotated[str, DBusSignature("o")]:
         resolve_profile(profile)  # a profile that can never be valid is this call's error, not the job's
         details, target = await self._authorized(guest, Action.ISOLATE)
-        return self._start("isolate", target, Action.ISOLATE, details, lambda: self._manager.isolate(target, profile))
+        return self._start("isolate", await self._uuid_of(target), Action.ISOLATE, details,
+                           lambda: self._manager.isolate(target, profile))
+
+    async def _uuid_of(self, guest: str) -> str:
+        """The UUID of a guest svirtd does not isolate yet, asked of libvirt (after authorization) for its
+        job's Guest; as named when libvirt cannot tell (the job then fails with libvirt's answer)."""
+        if looks_like_uuid(guest):
+            return guest
+        try:
+            return (await self._manager.hv.lookup(guest)).uuid
+        except errors.SvirtError:
+            return guest
 
     async def _authorized(self, guest: str, action: Action) -> tuple[dict[str, str], str]:
         """(polkit's details, the guest acted on): the caller is checked for exactly the guest it names."""
