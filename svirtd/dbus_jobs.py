@@ -209,8 +209,11 @@ class Jobs:
         finally:
             del self.objects[path]
             job = obj.job
-            self._removed(job.id, path, job.guest, result.value, name, text)
-            self._bus.unexport(path, obj)
+            try:
+                self._removed(job.id, path, job.guest, result.value, name, text)
+                self._bus.unexport(path, obj)
+            except Exception:  # the bus is gone (svirtd stopping): nobody left to tell
+                log.debug("job %d ended without a bus to say so", job.id, exc_info=True)
 
     async def cancel(self, obj: JobObject) -> None:
         """Job1.Cancel: authorized as the operation (an unprivileged caller cannot stop root's isolation)."""
