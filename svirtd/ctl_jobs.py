@@ -6,6 +6,7 @@ svirtd to cancel the job (an isolation rolls back what it labeled) and still wai
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
@@ -62,8 +63,6 @@ class Bar:
 
 
 def _columns(stream: TextIO) -> int:
-    import os  # noqa: PLC0415 - only when a bar is drawn
-
     try:
         columns = os.get_terminal_size(stream.fileno()).columns
     except OSError:

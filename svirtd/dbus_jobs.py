@@ -24,7 +24,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 from . import errors
 from .authz import Action, Authorizer
 from .dbus_errors import dbus_errors, error_name
-from .jobs import Job, JobControl, Result, State, Throttle, current_job
+from .jobs import Job, JobControl, Result, State, Throttle, current_job, fraction
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class JobObject(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Progress(self) -> DBusDouble:
-        return float(self.job.snapshot()["Progress"])  # type: ignore[arg-type]
+        return fraction(*self.job.control.counts())
 
     @dbus_property(access=PropertyAccess.READ)
     def FilesDone(self) -> DBusUInt64:

@@ -325,7 +325,8 @@ def _run_for_job(cmd: list[str], env: dict[str, str], fds: tuple[int, ...], job:
     and Cancelled raised. (stdout, stderr) when it ends by itself."""
     if cancellable and job.cancelled:
         raise Cancelled("cancelled before the tree was labeled")
-    walk = job.walk()
+    # The rollback of a cancelled job is not counted: its progress stays where the cancel stopped it.
+    walk = None if job.cancelled else job.walk()
     lines = ProgressLines()
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, os.fdopen(read_end, "rb", 0) as progress:
@@ -344,7 +345,8 @@ def _run_for_job(cmd: list[str], env: dict[str, str], fds: tuple[int, ...], job:
                 if not chunk:  # every process holding the write end (helper and workers) is gone
                     break
                 for what, number in lines.feed(chunk):
-                    job.add(walk, what, number)
+                    if walk is not None:
+                        job.add(walk, what, number)
         proc.wait()
         out.seek(0)
         err.seek(0)

@@ -89,6 +89,9 @@ def test_svirtctl_shows_progress_on_a_terminal_and_outlives_a_short_timeout(
     assert out.returncode == 0 and out.stderr == "", out
     assert "\r" not in out.stdout and "%" not in out.stdout, out.stdout
     assert xattr(share / "d7" / "e7" / "f7") == ORIGINALS[1]
+    out = svirtctl(bus, "--timeout", "1", "isolate", g.name)
+    assert out.returncode == 0 and out.stderr == "" and f"guest      {g.name}" in out.stdout, out
+    assert xattr(share / "d7" / "e7" / "f7") == run(call(bus, "Query", "s", g.uuid))["image_label"]
 
 
 async def _watch_isolate(address: str, guest: str) -> tuple[str, list[Any]]:
