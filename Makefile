@@ -130,7 +130,7 @@ install-files:
 	install -D -m 0644 data/svirtd.catalog $(DESTDIR)/usr/lib/systemd/catalog/svirtd.catalog
 	install -D -m 0644 data/completion/svirtctl.bash $(DESTDIR)/usr/share/bash-completion/completions/svirtctl
 	install -D -m 0644 -t $(DESTDIR)/usr/share/dbus-1/interfaces data/interfaces/org.svirt.Manager1.xml \
-	  data/interfaces/org.svirt.Guest1.xml
+	  data/interfaces/org.svirt.Guest1.xml data/interfaces/org.svirt.Job1.xml
 # The Cockpit page (cockpit-ws finds packages in /usr/share/cockpit).
 	install -D -m 0644 -t $(DESTDIR)/usr/share/cockpit/svirt cockpit/manifest.json cockpit/index.html \
 	  cockpit/svirt.js cockpit/svirt.css
@@ -143,7 +143,7 @@ uninstall:
 	rm -f /usr/share/polkit-1/actions/org.svirt.Manager.policy $(UNITDIR)/svirtd.service $(UNITDIR)/svirtd-audit.socket
 	rm -f /usr/share/selinux/packages/svirtd.pp /usr/share/selinux/devel/include/contrib/svirtd.if
 	rm -f /usr/lib/systemd/catalog/svirtd.catalog /usr/share/bash-completion/completions/svirtctl
-	rm -f /usr/share/dbus-1/interfaces/org.svirt.Manager1.xml /usr/share/dbus-1/interfaces/org.svirt.Guest1.xml
+	rm -f /usr/share/dbus-1/interfaces/org.svirt.Manager1.xml /usr/share/dbus-1/interfaces/org.svirt.Guest1.xml /usr/share/dbus-1/interfaces/org.svirt.Job1.xml
 	rm -rf /usr/share/cockpit/svirt
 	for m in $(MANPAGES); do rm -f /usr/share/man/man$${m##*.}/$${m##*/}; done
 	rm -rf $(DOCDIR)

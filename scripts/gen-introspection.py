@@ -1,4 +1,4 @@
-"""Write the introspection XML of org.svirt.Manager1 and org.svirt.Guest1, with their doc and
+"""Write the introspection XML of org.svirt.Manager1, org.svirt.Guest1 and org.svirt.Job1, with their doc and
 EmitsChangedSignal annotations, as served by svirtd, into data/interfaces/ (installed into
 /usr/share/dbus-1/interfaces/ for tools and bindings generators). `--check`: exit 1 if a file differs
 from what the code serves (tests run it, so the installed files cannot drift from the code)."""
@@ -14,6 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from svirtd.dbus_guests import GuestObject, GuestView
 from svirtd.dbus_iface import ManagerInterface
+from svirtd.dbus_jobs import JobObject
+from svirtd.jobs import Job, JobControl
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "interfaces"
 HEADER = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
@@ -33,7 +35,9 @@ def interfaces() -> dict[str, str]:
     view = GuestView(Name="", UUID="", Level="", Label="", ImageLabel="", Profile="", State="", Origin="",
                      Isolation="", Note="", Resources=())
     return {"org.svirt.Manager1.xml": rendered(manager),
-            "org.svirt.Guest1.xml": rendered(GuestObject(view, cast(Any, manager)))}
+            "org.svirt.Guest1.xml": rendered(GuestObject(view, cast(Any, manager))),
+            "org.svirt.Job1.xml": rendered(JobObject(Job(0, "", "", JobControl(cancellable=False)), cast(Any, None),
+                                                     cast(Any, None), {}))}
 
 
 class _Stub:

@@ -21,6 +21,7 @@ from . import __version__
 from .ctl_agent import PolkitAgent, may_ask_password
 from .ctl_cluster import add_cluster_parser, cmd_cluster
 from .ctl_exit import ExitCode, exit_code
+from .ctl_jobs import Bar, run_job
 from .ctl_output import dumps, list_json, list_lines, report_lines, status_lines, unwrap, verify_lines
 
 __all__ = ["main", "unwrap"]
@@ -30,18 +31,30 @@ OBJECT_PATH = "/org/svirt/Manager"
 INTERFACE = "org.svirt.Manager1"
 # Calls polkit may be asked about (for callers other than root); only these get the agent.
 AUTHORIZED = frozenset({"isolate", "release", "verify", "cluster"})
+# Seconds svirtd has to answer one call, as busctl's default; a polkit password prompt may take minutes.
+TIMEOUT = 25.0
+INTERACTIVE_TIMEOUT = 300.0
 
 
 class Client:
-    def __init__(self, bus: MessageBus, interactive: bool) -> None:
+    def __init__(self, bus: MessageBus, interactive: bool, timeout: float | None = None) -> None:
         self.bus = bus
         self.flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION if interactive else MessageFlag.NONE
+        self.timeout = timeout if timeout is not None else INTERACTIVE_TIMEOUT if interactive else TIMEOUT
 
     async def call(self, member: str, signature: str = "", body: list[Any] | None = None,
-                   interface: str = INTERFACE) -> list[Any]:
-        reply = await self.bus.call(Message(destination=BUS_NAME, path=OBJECT_PATH, interface=interface,
-                                            member=member, signature=signature, body=body or [],
-                                            flags=self.flags))
+                   interface: str = INTERFACE, path: str = OBJECT_PATH, destination: str = BUS_NAME,
+                   timeout: float | None = -1.0) -> list[Any]:
+        """One method call; DBusError for an error reply, or (Timeout) no reply within the client's timeout
+        (timeout=None: no limit)."""
+        limit = self.timeout if timeout == -1.0 else timeout
+        try:
+            reply = await asyncio.wait_for(self.bus.call(Message(
+                destination=destination, path=path, interface=interface, member=member, signature=signature,
+                body=body or [], flags=self.flags)), limit)
+        except TimeoutError:
+            raise DBusError("org.freedesktop.DBus.Error.Timeout",
+                            f"svirtd did not answer {member} within {limit:g} s (--timeout)") from None
         assert reply is not None
         if reply.message_type is MessageType.ERROR:
             raise DBusError(reply.error_name or "org.freedesktop.DBus.Error.Failed",
@@ -60,18 +73,24 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> ExitCode:
     return ExitCode.OK
 
 
+def progress_bar(args: argparse.Namespace) -> Bar:
+    """A bar on stderr when it is a terminal, unless --json or --no-progress."""
+    on = sys.stderr.isatty() and not args.json and not args.no_progress
+    return Bar(f"{args.command} {args.guest}", sys.stderr, on)
+
+
 async def cmd_query(client: Client, args: argparse.Namespace) -> ExitCode:
-    if args.command == "query":
-        (report,) = await client.call("Query", "s", [args.guest])
-    else:
-        (report,) = await client.call("Isolate", "ss", [args.guest, args.profile])
+    if args.command == "isolate":
+        # A job: a 100k-file share takes longer than any client waits for one answer.
+        await run_job(client, "StartIsolate", "ss", [args.guest, args.profile], progress_bar(args))
+    (report,) = await client.call("Query", "s", [args.guest])
     plain = unwrap(report)
     out([dumps(plain)] if args.json else report_lines(plain))
     return ExitCode.OK
 
 
 async def cmd_release(client: Client, args: argparse.Namespace) -> ExitCode:
-    await client.call("Release", "s", [args.guest])
+    await run_job(client, "StartRelease", "s", [args.guest], progress_bar(args))
     # Release returns nothing: the guest is named as the caller named it (a UUID or a name).
     out([dumps({"released": args.guest})] if args.json else [f"released {args.guest}"])
     return ExitCode.OK
@@ -85,7 +104,8 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> ExitCode:
 
 
 async def cmd_verify(client: Client, args: argparse.Namespace) -> ExitCode:
-    (result,) = await client.call("Verify")
+    # The proof is Verify's answer: waited for however long it takes (no file progress to show).
+    (result,) = await client.call("Verify", timeout=None)
     plain = unwrap(result)
     out([dumps(plain)] if args.json else verify_lines(plain))
     return ExitCode.OK if plain["ok"] else ExitCode.VIOLATED
@@ -123,7 +143,7 @@ async def run(args: argparse.Namespace, address: str | None) -> ExitCode:
     interactive = may_ask_password(args.no_ask_password)
     try:
         with PolkitAgent(address, enabled=interactive and args.command in AUTHORIZED):
-            return await COMMANDS[args.command](Client(bus, interactive), args)
+            return await COMMANDS[args.command](Client(bus, interactive, args.timeout), args)
     except DBusError as exc:
         code = exit_code(exc.type)
         print(explain(exc, code, interactive), file=sys.stderr)
@@ -146,6 +166,21 @@ def add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="list: no column headers and no footer")
     p.add_argument("--no-ask-password", action="store_true", default=default(False),
                    help="never let polkit ask for a password (fail with exit 5 instead)")
+    p.add_argument("--no-progress", action="store_true", default=default(False),
+                   help="isolate, release: no progress bar (there is none unless stderr is a terminal)")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS", default=default(None),
+                   help=f"how long svirtd may take to answer one call (default {TIMEOUT:g}, {INTERACTIVE_TIMEOUT:g} "
+                        "when polkit may ask for a password); an isolate's or release's job may take longer")
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:

@@ -30,6 +30,8 @@ class ExitCode(enum.IntEnum):
     RELABEL_FAILED = 13
     STORAGE_NOT_RESPONDING = 14
     CLUSTER_UNAVAILABLE = 15  # etcd unreachable or without quorum: new pairs are refused
+    CANCELLED = 16  # the job was cancelled (Ctrl-C, or Job1.Cancel by somebody else); rolled back
+    TIMEOUT = 17  # svirtd did not answer a call within --timeout (a job's own length never counts)
 
 
 # D-Bus error name -> exit code. svirtd's names are dbus_errors.ERROR_NAMES; the rest come from the bus.
@@ -45,6 +47,9 @@ ERROR_EXIT: dict[str, ExitCode] = {
     _SVIRT + "RelabelFailed": ExitCode.RELABEL_FAILED,
     _SVIRT + "StorageNotResponding": ExitCode.STORAGE_NOT_RESPONDING,
     _SVIRT + "ClusterUnavailable": ExitCode.CLUSTER_UNAVAILABLE,
+    _SVIRT + "Cancelled": ExitCode.CANCELLED,
+    _DBUS + "Timeout": ExitCode.TIMEOUT,
+    _DBUS + "NoReply": ExitCode.TIMEOUT,
     _DBUS + "AccessDenied": ExitCode.ACCESS_DENIED,  # svirtd's refusals and the bus policy's alike
     _DBUS + "InteractiveAuthorizationRequired": ExitCode.ACCESS_DENIED,
     _DBUS + "ServiceUnknown": ExitCode.NOT_RUNNING,  # nobody owns org.svirt.Manager

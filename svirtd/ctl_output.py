@@ -100,3 +100,23 @@ def verify_lines(result: dict[str, Any]) -> list[str]:
     ]
     kinds = table([(v["kind"], v["message"]) for v in result["violations"]])
     return lines + [f"  {line}" for line in kinds]
+
+
+def progress_line(label: str, fraction: float, done: int, total: int, state: str, width: int) -> str:
+    """A job's progress bar on one terminal line of `width` columns, e.g.
+    `isolate web1  [#########...........]  45%  22,500/50,000 files`; the bar takes what the text leaves
+    (none on a very narrow terminal), the label is shortened rather than the line wrapped."""
+    fraction = min(1.0, max(0.0, fraction))
+    if total > 0:
+        tail = f" {fraction * 100:3.0f}%  {done:,}/{total:,} files"
+    else:
+        tail = f"  {done:,} files" if done else "  working"
+    if state == "cancelling":
+        tail += "  (cancelling: rolling back)"
+    room = max(0, width - 1)  # the last column: a terminal may wrap when it is written
+    label = label if len(label) + len(tail) + 2 <= room else label[:max(0, room - len(tail) - 3)] + "…"
+    bar_width = room - len(label) - len(tail) - 4
+    if bar_width < 10 or total <= 0:
+        return (label + tail)[:room]
+    filled = int(bar_width * fraction)
+    return f"{label}  [{'#' * filled}{'.' * (bar_width - filled)}]{tail}"[:room]

@@ -22,6 +22,7 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.Unlabelable: ERROR_PREFIX + "Unlabelable",
     errors.LibvirtUnavailable: ERROR_PREFIX + "LibvirtUnavailable",
     errors.NotConfined: ERROR_PREFIX + "NotConfined",
+    errors.Cancelled: ERROR_PREFIX + "Cancelled",  # before RelabelFailed: the first match wins
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
     errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
     errors.ClusterUnavailable: ERROR_PREFIX + "ClusterUnavailable",
@@ -33,6 +34,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def error_name(exc: BaseException) -> tuple[str, str]:
+    """The D-Bus error name and message a failure is reported with (also in a job's JobRemoved)."""
+    if isinstance(exc, errors.SvirtError):
+        return next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR), str(exc)
+    if isinstance(exc, DBusError):
+        return exc.type, exc.text
+    return INTERNAL_ERROR, "failed on an internal error; see `journalctl -u svirtd` for details"
+
+
 def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Map domain errors to D-Bus errors; anything unexpected is logged and reported generically."""
 
@@ -41,8 +51,7 @@ def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except errors.SvirtError as exc:
-            name = next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR)
-            raise DBusError(name, str(exc)) from None
+            raise DBusError(*error_name(exc)) from None
         except DBusError:
             raise
         except Exception:

@@ -23,6 +23,7 @@ from dbus_fast.constants import PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from .dbus_errors import dbus_errors
+from .dbus_jobs import JOB_PREFIX, JobObject
 from .models import Assignment
 
 if TYPE_CHECKING:
@@ -203,6 +204,8 @@ class GuestObjects:
                 or msg.path != MANAGER_PATH or msg.interface not in (OBJECT_MANAGER, None)):
             return None
         body = {guest_path(uuid): {GUEST_INTERFACE: obj.variants} for uuid, obj in self._objects.items()}
+        if self._iface.jobs is not None:
+            body.update(self._iface.jobs.managed())
         return Message.new_method_return(msg, "a{oa{sa{sv}}}", [body])
 
     def path_of(self, uuid: str) -> str | None:
@@ -261,12 +264,12 @@ class GuestObjects:
 
 
 class ObjectManagerBus(MessageBus):
-    """InterfacesAdded / InterfacesRemoved of guest objects are sent from the object manager's path,
+    """InterfacesAdded / InterfacesRemoved of guest (and job) objects are sent from the object manager's path,
     as the ObjectManager specification says (dbus-fast sends them from the object's own path, where
     clients of /org/svirt/Manager do not listen)."""
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
-        if not (path.startswith(GUEST_PREFIX) and isinstance(interface, GuestObject)):
+        if not (path.startswith((GUEST_PREFIX, JOB_PREFIX)) and isinstance(interface, GuestObject | JobObject)):
             super()._emit_interface_added(path, interface)
             return
         if not self.connected:
@@ -275,7 +278,7 @@ class ObjectManagerBus(MessageBus):
                                      signature="oa{sa{sv}}", body=[path, {interface.name: interface.variants}]))
 
     def _emit_interface_removed(self, path: str, removed_interfaces: list[str]) -> None:
-        if not path.startswith(GUEST_PREFIX):
+        if not path.startswith((GUEST_PREFIX, JOB_PREFIX)):
             super()._emit_interface_removed(path, removed_interfaces)
             return
         if not self.connected:

@@ -6,9 +6,10 @@ exception decorator does it. Method docs live next to each method and are served
 introspection XML as org.freedesktop.DBus.Description annotations; docs/dbus-api.md documents the same.
 """
 
+import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
@@ -23,9 +24,11 @@ from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
 from .dbus_errors import dbus_errors
 from .dbus_guests import EMITS, GuestObjects
+from .dbus_jobs import Jobs
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
 from .models import Assignment, looks_like_uuid
+from .profiles import resolve_profile
 from .verify_gate import RECENT, VerifyGate
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,8 @@ DESCRIPTION = "org.freedesktop.DBus.Description"
 DOCS: dict[str, str] = {
     "Isolate": "Isolate a guest (UUID or libvirt name) under a containment profile ('' = default): give it "
                "a unique MCS category pair, bound to its UUID, and label its resources. Idempotent: a guest "
-               "keeps its pair. Returns the assignment (as Query).",
+               "keeps its pair. Returns the assignment (as Query). Runs as a job watchers see (StartIsolate: "
+               "the same without waiting, for a big tree that takes longer than a client waits).",
     "Release": "Restore the guest's resources to their original labels and free its pair. Automatic "
                "confinement leaves the guest alone until the next Isolate or until it is redefined.",
     "Query": "The guest's assignment: label, level, categories, profile, state, every resource with its "
@@ -61,6 +65,14 @@ DOCS: dict[str, str] = {
               "guests named. Query shows the last verdict per guest. Root, or as polkit decides "
               "(org.svirt.manager1.verify). Concurrent calls share one proof; callers other than root get a "
               f"proof younger than {RECENT:g} s as it is.",
+    "StartIsolate": "As Isolate, as a job: returns its object path (org.svirt.Job1) as soon as the caller is "
+                    "authorized. Watch the job's Progress; JobRemoved tells how it ended (result done, failed or "
+                    "canceled, with the error Isolate would have returned). Job1.Cancel rolls back what it labeled.",
+    "StartRelease": "As Release, as a job (see StartIsolate). A release cannot be cancelled.",
+    "StartVerify": "As Verify, as a job (see StartIsolate); the proof is then the guests' Isolation property "
+                   "and what Verify returns (a proof younger than a few seconds is shared).",
+    "JobRemoved": "A job ended and its object is going: id, object path, guest, result (done, failed, "
+                  "canceled), and the D-Bus error name and message of a failure ('' when done).",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
     "Released": "A guest's isolation was removed: uuid, name.",
     "Denied": "An SELinux denial involving a guest: source/target guest (uuid, name), permissions, class, path, "
@@ -123,6 +135,7 @@ class ManagerInterface(ServiceInterface):
         self._connected = connected
         self._verify = VerifyGate(manager.verify, lambda: manager.last_verify)
         self.guests: GuestObjects | None = None  # the per-guest objects, once exported
+        self.jobs: Jobs | None = None  # the job objects, once exported
         self._published: dict[str, Any] = {}  # last values of properties that change by themselves
 
     # -- methods -------------------------------------------------------------------------------
@@ -133,16 +146,63 @@ class ManagerInterface(ServiceInterface):
         # Authorized before anything else: polkit is told the guest from svirtd's own table, or as the
         # caller named it, never after asking libvirt (a refused caller costs no libvirt call). The
         # call then acts on exactly the guest polkit was told about.
-        details = as_named(await self._manager.identify(guest))
-        await self._authz.check(_sender(), Action.ISOLATE, details, _interactive())
-        target = details.get("guest_uuid", guest)
-        report = await self._manager.isolate_report(target, profile)
+        details, target = await self._authorized(guest, Action.ISOLATE)
+        report = await self._in_job("isolate", await self._uuid_of(target), Action.ISOLATE, details,
+                                    lambda: self._manager.isolate_report(target, profile))
         return self._report(report, raw=await self._may_read_audit(report))
+
+    @method()
+    @dbus_errors
+    async def StartIsolate(self, guest: DBusStr, profile: DBusStr) -> Annotated[str, DBusSignature("o")]:
+        resolve_profile(profile)  # a profile that can never be valid is this call's error, not the job's
+        details, target = await self._authorized(guest, Action.ISOLATE)
+        return self._start("isolate", await self._uuid_of(target), Action.ISOLATE, details,
+                           lambda: self._manager.isolate(target, profile))
+
+    async def _uuid_of(self, guest: str) -> str:
+        """The UUID of a guest svirtd does not isolate yet, asked of libvirt (after authorization) for its
+        job's Guest; as named when libvirt cannot tell (the job then fails with libvirt's answer)."""
+        if looks_like_uuid(guest):
+            return guest
+        try:
+            return (await self._manager.hv.lookup(guest)).uuid
+        except errors.SvirtError:
+            return guest
+
+    async def _authorized(self, guest: str, action: Action) -> tuple[dict[str, str], str]:
+        """(polkit's details, the guest acted on): the caller is checked for exactly the guest it names."""
+        details = as_named(await self._manager.identify(guest))
+        await self._authz.check(_sender(), action, details, _interactive())
+        return details, details.get("guest_uuid", guest)
+
+    async def _in_job(self, operation: str, guest: str, action: Action, details: dict[str, str],
+                      work: Callable[[], Awaitable[R]], cancellable: bool = True, cancel_task: bool = False) -> R:
+        """work() as a job that watchers see, awaited (a blocking call)."""
+        if self.jobs is None:
+            return await work()
+        _path, task = self.jobs.start(operation, guest, action, details, work, cancellable, cancel_task)
+        return await asyncio.shield(task)  # a call given up on does not cut the job short
+
+    def _start(self, operation: str, guest: str, action: Action, details: dict[str, str],
+               work: Callable[[], Awaitable[object]], cancellable: bool = True, cancel_task: bool = False) -> str:
+        if self.jobs is None:
+            raise errors.SvirtError("jobs are not served yet")
+        path, _task = self.jobs.start(operation, guest, action, details, work, cancellable, cancel_task)
+        return path
 
     @method()
     @dbus_errors
     async def Release(self, guest: DBusStr) -> None:
         await self.release_guest(guest)
+
+    @method()
+    @dbus_errors
+    async def StartRelease(self, guest: DBusStr) -> Annotated[str, DBusSignature("o")]:
+        details = await self._manager.identify(guest)
+        await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
+        target = details.get("guest_uuid", guest)
+        return self._start("release", target, Action.RELEASE, details, lambda: self._manager.release(target),
+                           cancellable=False)
 
     async def release_guest(self, guest: str) -> None:
         """Release, authorized for the caller of the message being handled (Manager1 or Guest1)."""
@@ -150,7 +210,9 @@ class ManagerInterface(ServiceInterface):
         await self._authz.check(_sender(), Action.RELEASE, details, _interactive())
         # The guest polkit was asked about, not whatever the name means after the check (which may
         # wait minutes for a password).
-        await self._manager.release(details.get("guest_uuid", guest))
+        target = details.get("guest_uuid", guest)
+        await self._in_job("release", target, Action.RELEASE, details, lambda: self._manager.release(target),
+                           cancellable=False)
 
     @method()
     @dbus_errors
@@ -227,12 +289,22 @@ class ManagerInterface(ServiceInterface):
     async def Verify(self) -> AssignmentDict:
         return verify_to_dbus(await self._verified())
 
+    @method()
+    @dbus_errors
+    async def StartVerify(self) -> Annotated[str, DBusSignature("o")]:
+        sender = _sender()
+        await self._authz.check(sender, Action.VERIFY, {}, _interactive())
+        new = await self._authz.is_root(sender)
+        return self._start("verify", "", Action.VERIFY, {}, lambda: self._verify.result(new=new), cancel_task=True)
+
     async def _verified(self) -> VerifyResult:
         sender = _sender()
         await self._authz.check(sender, Action.VERIFY, {}, _interactive())
         # Root (who may just have fixed a label) gets a new proof, or the one running; others may get
         # one up to a few seconds old: a loop of calls costs at most one proof every few seconds.
-        return await self._verify.result(new=await self._authz.is_root(sender))
+        new = await self._authz.is_root(sender)
+        return await self._in_job("verify", "", Action.VERIFY, {}, lambda: self._verify.result(new=new),
+                                  cancel_task=True)
 
     async def verify_guest(self, uuid: str) -> dict[str, Variant]:
         """Guest1.Verify: the proof, this guest's part of it."""
@@ -265,6 +337,11 @@ class ManagerInterface(ServiceInterface):
     @signal()
     def Released(self, uuid: str, name: str) -> Annotated[list[str], DBusSignature("ss")]:
         return [uuid, name]
+
+    @signal()
+    def JobRemoved(self, job_id: int, path: str, guest: str, result: str, error_name: str,
+                   error_message: str) -> Annotated[list[Any], DBusSignature("uossss")]:
+        return [job_id, path, guest, result, error_name, error_message]
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -432,6 +509,7 @@ async def export(bus: MessageBus, iface: ManagerInterface) -> None:
     """Serve the interface and own the well-known name (fail if somebody else owns it)."""
     bus.add_message_handler(capture_message)
     bus.export(OBJECT_PATH, iface)
+    iface.jobs = Jobs(bus, iface._authz, iface.JobRemoved, _sender, _interactive)
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
     if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
         raise RuntimeError(f"{BUS_NAME} is already owned by another process (is svirtd already running?)")

@@ -54,6 +54,10 @@ class RelabelFailed(SvirtError):
     restore everything (the guest keeps its pair until it can; the message says what failed)."""
 
 
+class Cancelled(RelabelFailed):
+    """The caller cancelled the job (svirtctl's Ctrl-C, Job1.Cancel): what it had labeled was rolled back."""
+
+
 class StorageNotResponding(SvirtError):
     """The storage a guest's files lie on does not answer (a dead NFS server, a stopped FUSE daemon)."""
 

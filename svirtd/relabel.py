@@ -11,19 +11,26 @@ treewalk helper process, which journals every original before changing it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import select
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from . import labels
-from .errors import RelabelFailed, ResourceConflict, UnsafePath
+from .errors import Cancelled, RelabelFailed, ResourceConflict, UnsafePath
 from .image_header import HEADER_BYTES, Backing, HeaderError, UnsafeBacking, qcow2_backing
+from .jobs import JobControl, ProgressLines, current_job
 from .label_plan import LabelDecision
 from .models import Applier, Level, Resource, ResourceClass, ResourceKind
 from .path_locks import inode_key, path_key
@@ -293,15 +300,68 @@ def run_treewalk(action: str, root: str, target: str, journal: Path | None = Non
     if sweep:
         cmd.append("--sweep")
     pythonpath = os.pathsep.join(filter(None, (IMPORT_ROOT, os.environ.get("PYTHONPATH"))))
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env={**os.environ, "PYTHONPATH": pythonpath},
-                          pass_fds=() if root_fd is None else (root_fd,))
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    fds = () if root_fd is None else (root_fd,)
+    job = current_job.get()
+    if job is None:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd="/", env=env, pass_fds=fds)
+        stdout, stderr = proc.stdout, proc.stderr
+    else:
+        # Only a label run stops on a cancel: a restore (the rollback of that very cancel) runs to its end.
+        stdout, stderr = _run_for_job(cmd, env, fds, job, cancellable=action == "label")
     try:
-        result: dict[str, int | str | float] = json.loads(proc.stdout.strip().splitlines()[-1])
+        result: dict[str, int | str | float] = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
-        raise RelabelFailed(f"the tree helper failed on {root}: {proc.stderr.strip()[-400:] or 'no output'}") from None
+        raise RelabelFailed(f"the tree helper failed on {root}: {stderr.strip()[-400:] or 'no output'}") from None
     if "fatal" in result:
         raise RelabelFailed(f"tree {root}: {result['fatal']}")
     return result
+
+
+def _run_for_job(cmd: list[str], env: dict[str, str], fds: tuple[int, ...], job: JobControl,
+                 cancellable: bool) -> tuple[str, str]:
+    """The helper, for a job: its progress lines counted into the job as they come; on the job's cancel
+    it is killed (its journal is durable before any label it wrote: the caller's rollback restores it)
+    and Cancelled raised. (stdout, stderr) when it ends by itself."""
+    if cancellable and job.cancelled:
+        raise Cancelled("cancelled before the tree was labeled")
+    # The rollback of a cancelled job is not counted: its progress stays where the cancel stopped it.
+    walk = None if job.cancelled else job.walk()
+    lines = ProgressLines()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, os.fdopen(read_end, "rb", 0) as progress:
+        try:
+            # Its own process group: a cancel kills the helper and every worker it forked at once.
+            proc = subprocess.Popen([*cmd, "--progress-fd", str(write_end)], stdout=out, stderr=err, cwd="/",
+                                    env=env, pass_fds=(*fds, write_end), start_new_session=True)
+        finally:
+            os.close(write_end)
+        while True:
+            if cancellable and job.cancelled:
+                _kill_helper(proc, progress)
+                raise Cancelled("cancelled: the tree's labels were rolled back")
+            if select.select([progress], [], [], 0.1)[0]:
+                chunk = progress.read(65536)
+                if not chunk:  # every process holding the write end (helper and workers) is gone
+                    break
+                for what, number in lines.feed(chunk):
+                    if walk is not None:
+                        job.add(walk, what, number)
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return out.read().decode(errors="replace"), err.read().decode(errors="replace")
+
+
+def _kill_helper(proc: subprocess.Popen[bytes], progress: io.FileIO) -> None:
+    """SIGKILL the helper's process group, and return once none of its processes can write a label any
+    more: each holds the progress pipe's write end until it is gone, so that is end of file."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and select.select([progress], [], [], 1)[0] and progress.read(65536):
+        pass
 
 
 def label_tree(item: Probed, journal: Path, run: int | None = None) -> dict[str, int | str | float]:

@@ -167,6 +167,7 @@ def walk_tree(rfd: int, visit: Visit, stats: Stats, moved_is_error: bool) -> Non
                 far.fd = -1
             os.fchdir(child)
             stack[-1].todo = _visit(visit, child, rel, stats)
+        progress_tick(stats, final=True)
     finally:
         for d in stack[1:]:
             if d.fd >= 0:
@@ -185,6 +186,8 @@ def _visit(visit: Visit, dfd: int, rel: bytes, stats: Stats) -> list[tuple[str, 
     except Exception as exc:  # e.g. scandir of a directory removed meanwhile: that directory only
         stats.error(show(rel) or ".", exc)
         return []
+    finally:
+        progress_tick(stats)
 
 
 def _reopen(stack: list[_Dir], stats: Stats, moved_is_error: bool) -> int:
@@ -397,6 +400,7 @@ def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int, run:
     stats.add(root_labeler.stats.as_dict())
     workers_started = [_fork_worker(rfd, share, target, _journal(journal_prefix, run, str(index)), root_st.st_dev)
                        for index, share in enumerate(shares) if share]
+    progress_total(rfd)  # while the workers label (this process only waits for them)
     for pid, read_end in workers_started:
         data = b""
         while chunk := os.read(read_end, 65536):
@@ -507,6 +511,7 @@ def restore_tree(rfd: int, root: str, target: bytes, journal_prefix: Path, sweep
     originals = read_journals(journal_prefix, run)
     root_dev = os.fstat(rfd).st_dev
     lookup = _default_lookup()
+    progress_total(rfd, extra=1)  # the root itself is restored too
 
     def visit(dfd: int, rel: bytes) -> list[tuple[str, Ident]]:
         names = ["."] if rel == b"" else []
@@ -626,6 +631,94 @@ def check_tree(rfd: int, target: bytes) -> Summary:
     return result
 
 
+# -- progress, for a daemon showing a long walk (--progress-fd) ------------------------------------
+
+
+PROGRESS_INTERVAL = 0.1  # seconds between two 'done' lines of one process
+COUNT_DEPTH = 32  # directories below this depth are not counted: the total is an estimate anyway
+
+
+@dataclass
+class _Progress:
+    fd: int | None = None
+    sent: int = 0  # entries of the current walk's Stats already reported
+    at: float = 0.0
+    stats: int = 0  # id() of the Stats those belong to
+
+
+_progress = _Progress()
+
+
+def _progress_write(line: str) -> None:
+    """One line, written whole (shorter than PIPE_BUF: the workers' lines never interleave)."""
+    if _progress.fd is None:
+        return
+    try:
+        os.write(_progress.fd, line.encode())
+    except OSError:  # nobody reads any more: the walk itself goes on
+        _progress.fd = None
+
+
+def progress_tick(stats: Stats, final: bool = False) -> None:
+    """Report the entries this process walked since its last report; called per directory, throttled."""
+    if _progress.fd is None:
+        return
+    if _progress.stats != id(stats):
+        _progress.stats, _progress.sent = id(stats), 0
+    now = time.monotonic()
+    if stats.entries == _progress.sent or (not final and now - _progress.at < PROGRESS_INTERVAL):
+        return
+    delta, _progress.sent, _progress.at = stats.entries - _progress.sent, stats.entries, now
+    _progress_write(f"done {delta}\n")
+
+
+def progress_total(rfd: int, extra: int = 0) -> None:
+    if _progress.fd is not None:
+        _progress_write(f"total {count_entries(rfd) + extra}\n")
+
+
+def count_entries(rfd: int) -> int:
+    """The entries a walk below rfd will scan: names only (a stat for directories alone, to stay on rfd's
+    filesystem as the walk does), each directory opened by its bare name with O_NOFOLLOW. Holds one fd
+    per level (COUNT_DEPTH at most); an entry that vanishes or fails is simply not counted."""
+    root_dev = os.fstat(rfd).st_dev
+
+    def scan(fd: int, depth: int) -> int:
+        found, subdirs = 0, []
+        with os.scandir(fd) as it:
+            for entry in it:
+                found += 1
+                try:
+                    if depth < COUNT_DEPTH and entry.is_dir(follow_symlinks=False) \
+                            and entry.stat(follow_symlinks=False).st_dev == root_dev:
+                        subdirs.append(entry.name)
+                except OSError:
+                    continue
+        for name in subdirs:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                found += scan(child, depth + 1)
+            except OSError:
+                pass
+            finally:
+                os.close(child)
+        return found
+
+    try:
+        own = os.open(".", _DIR_FLAGS, dir_fd=rfd)  # its own read offset: rfd's is the walk's
+    except OSError:
+        return 0
+    try:
+        return scan(own, 0)
+    except OSError:
+        return 0
+    finally:
+        os.close(own)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="svirtd-treewalk")
     p.add_argument("action", choices=["label", "restore", "check"])
@@ -639,8 +732,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", type=int, help="label: the journal run to write; restore: the only run to read")
     p.add_argument("--sweep", action="store_true",
                    help="restore: entries carrying the target without a record lose it (private trees)")
+    p.add_argument("--progress-fd", type=int, help="an inherited fd (a pipe) to write progress lines to: "
+                   "'total N' (entries counted), 'done N' (N more walked), at most 10 a second per process")
     args = p.parse_args(argv)
     die_with_parent()
+    _progress.fd = args.progress_fd
     target = args.target.encode()
     try:
         rfd = checked_root(args.root, args.root_fd, args.inode)

@@ -22,7 +22,7 @@ _svirtctl()
     local cur=${COMP_WORDS[COMP_CWORD]} prev=''
     ((${#words[@]} > 1)) && prev=${words[-2]}
     local commands='list status verify query isolate release cluster'
-    local options='--help --version --json --no-legend --no-ask-password --bus-address'
+    local options='--help --version --json --no-legend --no-ask-password --no-progress --timeout --bus-address'
     local profiles='default nosmtp nonet'
     local command='' address='' positional=0 i word
 
@@ -31,14 +31,14 @@ _svirtctl()
         case $word in
             --bus-address) address=${words[i + 1]}; ((i++)) ;;
             --bus-address=*) address=${word#--bus-address=} ;;
-            --profile) ((i++)) ;;
+            --profile | --timeout) ((i++)) ;;
             -*) ;;
             *) if [[ -z $command ]]; then command=$word; else ((positional++)); fi ;;
         esac
     done
 
     case $prev in
-        --bus-address) return ;;
+        --bus-address | --timeout) return ;;
         --profile) COMPREPLY=($(compgen -W "$profiles" -- "$cur")); return ;;
     esac
 

@@ -40,6 +40,7 @@ SVIRTD_PATHS = (
     "usr/share/man/man5/org.svirt.Manager.5.gz", "usr/share/man/man1/svirtctl.1.gz",
     "usr/lib/systemd/catalog/svirtd.catalog", "usr/share/bash-completion/completions/svirtctl",
     "usr/share/dbus-1/interfaces/org.svirt.Manager1.xml", "usr/share/dbus-1/interfaces/org.svirt.Guest1.xml",
+    "usr/share/dbus-1/interfaces/org.svirt.Job1.xml",
     "usr/share/cockpit/svirt/manifest.json", "usr/share/cockpit/svirt/index.html",
     "usr/share/cockpit/svirt/svirt.js", "usr/share/cockpit/svirt/svirt.css",
 )

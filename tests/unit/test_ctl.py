@@ -32,7 +32,7 @@ def test_every_error_svirtd_returns_has_its_own_exit_code() -> None:
 
 
 def test_exit_codes_keep_their_documented_numbers() -> None:
-    assert [int(c) for c in ExitCode] == list(range(16))
+    assert [int(c) for c in ExitCode] == list(range(18))
     assert (ExitCode.USAGE, ExitCode.VIOLATED, ExitCode.NO_SUCH_GUEST, ExitCode.NOT_RUNNING) == (2, 3, 4, 7)
     assert exit_code("org.freedesktop.DBus.Error.AccessDenied") is ExitCode.ACCESS_DENIED
     assert exit_code("org.freedesktop.DBus.Error.ServiceUnknown") is ExitCode.NOT_RUNNING
@@ -102,7 +102,8 @@ def test_completion_offers_the_commands_options_and_profiles() -> None:
     assert set(complete("svirtctl ")) == commands
     assert set(complete("svirtctl --json --no-legend ")) == commands
     assert complete("svirtctl is") == ["isolate"]
-    assert set(complete("svirtctl list --no-")) == {"--no-legend", "--no-ask-password"}
+    assert set(complete("svirtctl list --no-")) == {"--no-legend", "--no-ask-password", "--no-progress"}
+    assert set(complete("svirtctl --timeout 5 ")) == commands
     assert "--profile" in complete("svirtctl isolate web01 --") and "--profile" not in complete("svirtctl list --")
     assert set(complete("svirtctl isolate web01 --profile ")) == set(PROFILES)
     assert complete("svirtctl --bus-address unix:path=/run/x st") == ["status"]
@@ -112,3 +113,11 @@ def test_completion_of_guests_gives_up_quickly_without_svirtd(tmp_path: Path) ->
     started = time.monotonic()
     assert complete("svirtctl query ", env={"SVIRT_BUS_ADDRESS": f"unix:path={tmp_path}/none"}) == []
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "abc", "nan"])
+def test_a_timeout_must_be_seconds_above_zero(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        parser().parse_args(["--timeout", bad, "list"])
+    assert exc.value.code == 2 and "is not a number of seconds above 0" in capsys.readouterr().err
+    assert parser().parse_args(["list", "--timeout", "2.5"]).timeout == 2.5
