@@ -28,8 +28,18 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }
 INTERNAL_ERROR = ERROR_PREFIX + "Failed"
+# An error message quotes what the caller passed: never more of it than this (a caller's 8 MiB
+# argument must not come back as an 8 MiB error).
+MAX_ERROR_TEXT = 1024
 
 P = ParamSpec("P")
+
+
+def bounded(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    cut = len(text) - MAX_ERROR_TEXT
+    return f"{text[:MAX_ERROR_TEXT // 2]}...[{cut} characters cut]...{text[-MAX_ERROR_TEXT // 2:]}"
 R = TypeVar("R")
 
 
@@ -42,7 +52,7 @@ def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             return await fn(*args, **kwargs)
         except errors.SvirtError as exc:
             name = next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR)
-            raise DBusError(name, str(exc)) from None
+            raise DBusError(name, bounded(str(exc))) from None
         except DBusError:
             raise
         except Exception:

@@ -19,7 +19,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr
-from dbus_fast.constants import PropertyAccess
+from dbus_fast.constants import ErrorType, PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from .dbus_errors import dbus_errors
@@ -202,6 +202,9 @@ class GuestObjects:
         if (msg.message_type is not MessageType.METHOD_CALL or msg.member != "GetManagedObjects"
                 or msg.path != MANAGER_PATH or msg.interface not in (OBJECT_MANAGER, None)):
             return None
+        if msg.signature:  # as dbus-fast answers any other method called with a wrong signature
+            return Message.new_error(msg, ErrorType.UNKNOWN_METHOD, f"{OBJECT_MANAGER}.GetManagedObjects with "
+                                     f'signature "{msg.signature}" could not be found')
         body = {guest_path(uuid): {GUEST_INTERFACE: obj.variants} for uuid, obj in self._objects.items()}
         return Message.new_method_return(msg, "a{oa{sa{sv}}}", [body])
 

@@ -14,57 +14,10 @@ from svirtd import identity, xml_limits
 from svirtd.errors import InvalidArgument
 from svirtd.models import Level
 from svirtd.resources import parse_domain
+from tests.hostile_docs import HEAD, HOSTILE_DOCS, HOSTILE_UUID, disks, huge
 
-UUID = "0a6f7c1e-2b3d-4e5f-8a9b-0c1d2e3f4a5b"
-HEAD = f"<domain type='kvm'><name>web01</name><uuid>{UUID}</uuid>"
+UUID = HOSTILE_UUID
 
-
-def billion_laughs() -> str:
-    ents = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 10}">' for i in range(1, 10))
-    dtd = f'<!DOCTYPE domain [<!ENTITY l0 "lol">{ents}]>'
-    return f'<?xml version="1.0"?>{dtd}{HEAD}<description>&l9;</description></domain>'
-
-
-def external_entity() -> str:
-    return f'<!DOCTYPE domain [<!ENTITY x SYSTEM "file:///etc/shadow">]>{HEAD}<description>&x;</description></domain>'
-
-
-def internal_entity() -> str:  # harmless by itself: refused because libvirt never writes a DTD
-    return f'<!DOCTYPE domain [<!ENTITY n "web02">]>{HEAD}<description>&n;</description></domain>'
-
-
-def bare_doctype() -> str:
-    return f"<!DOCTYPE domain>{HEAD}</domain>"
-
-
-def parameter_entity() -> str:
-    return f'<!DOCTYPE domain [<!ENTITY % p SYSTEM "file:///etc/passwd"> %p;]>{HEAD}</domain>'
-
-
-def disks(n: int) -> str:
-    one = ("<disk type='file' device='disk'><source file='/var/lib/libvirt/images/d{i}.img'/>"
-           "<target dev='vd{i}'/></disk>")
-    return HEAD + "<devices>" + "".join(one.format(i=i) for i in range(n)) + "</devices></domain>"
-
-
-def huge(size: int = 10 * 1024 * 1024) -> str:
-    return HEAD + "<description>" + "x" * size + "</description></domain>"
-
-
-def deep(depth: int = 10_000) -> str:
-    return HEAD + "<metadata>" + "<a>" * depth + "</a>" * depth + "</metadata></domain>"
-
-
-HOSTILE: dict[str, Callable[[], str]] = {
-    "billion laughs": billion_laughs,
-    "external entity": external_entity,
-    "parameter entity": parameter_entity,
-    "internal entity": internal_entity,
-    "bare DOCTYPE": bare_doctype,
-    "10 MiB": huge,
-    "10,000 disks": lambda: disks(10_000),
-    "10,000 deep": deep,
-}
 
 UNTRUSTED: dict[str, Callable[[str], object]] = {
     "parse_domain": parse_domain,
@@ -76,9 +29,9 @@ UNTRUSTED: dict[str, Callable[[str], object]] = {
 
 
 @pytest.mark.parametrize("entry", UNTRUSTED)
-@pytest.mark.parametrize("doc", HOSTILE)
+@pytest.mark.parametrize("doc", HOSTILE_DOCS)
 def test_hostile_definition_refused(doc: str, entry: str) -> None:
-    text = HOSTILE[doc]()
+    text = HOSTILE_DOCS[doc]()
     tracemalloc.start()
     started = time.monotonic()
     try:
