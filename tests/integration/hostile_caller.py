@@ -5,12 +5,19 @@ Protocol on stdin/stdout: a 4-byte big-endian length, then a pickled request dic
 member, signature, body, flags); the answer is pickled the same way: kind (return, error, unsendable:
 the client library refused to build it, disconnected: the bus dropped us for it, timeout), error name,
 text, body and elapsed seconds. Pickle is fine here: both ends are the test's own processes.
+
+A request with "patch": (old, new) is sent on a connection of its own, authenticated by hand, with
+`old` replaced by `new` in its marshalled bytes: what no client library would send (a NUL or invalid
+UTF-8 in a string, a header whose signature does not match the body). The answer is "disconnected"
+when the bus dropped that connection without delivering it, else "answered".
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
+import socket
 import struct
 import sys
 import time
@@ -67,6 +74,33 @@ async def one(bus: MessageBus, req: dict[str, Any]) -> dict[str, Any]:
     return {"kind": "return", "signature": reply.signature, "body": reply.body, "elapsed": elapsed}
 
 
+def raw(address: str, req: dict[str, Any]) -> dict[str, Any]:
+    old, new = req["patch"]
+    hello = Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus", member="Hello", serial=1)
+    msg = Message(destination=DEST, path=req["path"], interface=req["interface"], member=req["member"],
+                  signature=req["signature"], body=req["body"], serial=2)
+    data = msg._marshall(False)
+    assert data.count(old) == 1 and len(old) == len(new), "the patch must hit one place and keep the length"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(2)  # the bus drops a malformed sender at once; a delivered message is left open
+    started = time.monotonic()
+    try:
+        sock.connect(address.removeprefix("unix:path=").split(",")[0])
+        sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        assert sock.recv(4096).startswith(b"OK"), "EXTERNAL authentication refused"
+        sock.sendall(b"BEGIN\r\n" + hello._marshall(False) + data.replace(old, new))
+        received = b""
+        while chunk := sock.recv(65536):  # the Hello reply, NameAcquired, then EOF (or the answer: timeout)
+            received += chunk
+        return {"kind": "disconnected", "text": f"{len(received)} bytes before EOF",
+                "elapsed": time.monotonic() - started}
+    except TimeoutError:
+        return {"kind": "answered", "text": "the bus kept the connection open", "elapsed": time.monotonic() - started}
+    finally:
+        sock.close()
+
+
 async def serve(address: str) -> None:
     bus = await connect(address)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
@@ -75,7 +109,7 @@ async def serve(address: str) -> None:
         req = await loop.run_in_executor(None, read_frame, stdin)
         if req is None:
             break
-        answer = await one(bus, req)
+        answer = raw(address, req) if "patch" in req else await one(bus, req)
         if not bus.connected:
             answer["kind"] = "disconnected"
             bus = await connect(address)

@@ -392,3 +392,39 @@ def test_huge_arguments_are_not_echoed_back(bus: PrivateBus, world: tuple[World,
     finally:
         caller.close()
     assert len(text) < 1 << 20, f"svirtd's log grew to {len(text)} chars"
+
+
+WIRE = {  # what dbus-fast refuses to send, forced onto the wire: (method, signature, body, old bytes, new bytes)
+    "NUL in a string": ("Query", "s", ["ab\x01cd"], b"ab\x01cd", b"ab\x00cd"),
+    "invalid UTF-8": ("Query", "s", ["ab\u00e9cd"], b"ab\xc3\xa9cd", b"ab\xff\xfecd"),
+    "overlong UTF-8 '/'": ("Isolate", "ss", ["x\u00e9y", ""], b"x\xc3\xa9y", b"x\xc0\xafy"),
+    "string longer than the body": ("Query", "s", ["wxyz"], b"\x04\x00\x00\x00wxyz", b"\xff\xff\xff\x7fwxyz"),
+    "signature not matching the body": ("Query", "s", ["qwerty"], b"\x08\x01g\x00\x01s\x00",
+                                        b"\x08\x01g\x00\x01u\x00"),
+    "invalid object path": ("Query", "s", ["x"], b"/org/svirt/Manager\x00", b"/org/svirt//anager\x00"),
+    # The control: a patch that leaves the message valid is delivered and answered (the test can tell).
+    "valid (control)": ("Query", "s", ["ab\x01cd"], b"ab\x01cd", b"ab\x02cd"),
+}
+
+
+def test_malformed_wire_messages_never_reach_svirtd(bus: PrivateBus, world: tuple[World, SvirtdProcess]) -> None:
+    """D-Bus forbids NULs and invalid UTF-8 in strings and requires the body to match the signature:
+    dbus-daemon validates every message and drops the sender's connection. svirtd never sees it and
+    stays as it was."""
+    w, proc = world
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    callers = {"nobody": Caller(bus.address, NOBODY), "root": Caller(bus.address, None)}
+    try:
+        before = snapshot(w)
+        for who, caller in callers.items():
+            for case, (member, sig, body, old, new) in WIRE.items():
+                answer = caller.call({"path": MANAGER, "interface": M1, "member": member, "signature": sig,
+                                      "body": body, "patch": (old, new)})
+                want = "answered" if case == "valid (control)" else "disconnected"
+                assert answer["kind"] == want, f"{who}, {case}: {answer}"
+                assert snapshot(w) == before, f"{who}, {case}"
+                alive(proc, pid, callers["root"])
+    finally:
+        for caller in callers.values():
+            caller.close()
