@@ -265,11 +265,13 @@ class Tally:
     slowest: float = 0.0
     slowest_call: str = ""
     samples: dict[str, str] = field(default_factory=dict)  # one call per kind of answer, for the summary
+    polkit_said_no: int = 0  # refusals polkit decided (svirtd asked it), not the bus or "polkit is not running"
 
     def add(self, req: dict[str, Any], answer: dict[str, Any]) -> None:
         self.examples += 1
         key = answer["kind"] + (":" + answer["error"] if answer["kind"] == "error" else "")
         self.kinds[key] = self.kinds.get(key, 0) + 1
+        self.polkit_said_no += "(polkit action org.svirt." in answer.get("text", "")
         self.samples.setdefault(key, f"{describe(req)[:150]} -> {answer.get('text', '')[:150]}")
         if answer["elapsed"] > self.slowest:
             self.slowest, self.slowest_call = answer["elapsed"], f"{req['interface']}.{req['member']}"
@@ -359,10 +361,12 @@ def test_every_method_fuzzed(bus: PrivateBus, world: tuple[World, SvirtdProcess]
     took = time.monotonic() - started
     who = ("nobody" + (" (polkitd running)" if polkit else "")) if user else "root"
     print(f"\nfuzzed {tally.examples} calls as {who} in {took:.1f}s; slowest "
-          f"{tally.slowest:.3f}s ({tally.slowest_call}); answers: {dict(sorted(tally.kinds.items()))}")
+          f"{tally.slowest:.3f}s ({tally.slowest_call}); answers: {dict(sorted(tally.kinds.items()))}; "
+          f"refused by polkit: {tally.polkit_said_no}")
     if os.environ.get("SVIRTD_FUZZ_VERBOSE"):
         print("\n".join(f"  {k}: {v}" for k, v in sorted(tally.samples.items())))
     assert tally.examples >= min(EXAMPLES, 50)
+    assert (tally.polkit_said_no > 0) == polkit, f"{tally.polkit_said_no} refusals by polkit"
     assert "Traceback" not in proc.log_text(), proc.log_tail(80)
 
 
