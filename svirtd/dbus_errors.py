@@ -33,14 +33,15 @@ INTERNAL_ERROR = ERROR_PREFIX + "Failed"
 MAX_ERROR_TEXT = 1024
 
 P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def bounded(text: str) -> str:
+    """The message, or its head and tail when it is longer than MAX_ERROR_TEXT."""
     if len(text) <= MAX_ERROR_TEXT:
         return text
     cut = len(text) - MAX_ERROR_TEXT
     return f"{text[:MAX_ERROR_TEXT // 2]}...[{cut} characters cut]...{text[-MAX_ERROR_TEXT // 2:]}"
-R = TypeVar("R")
 
 
 def dbus_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:

@@ -16,12 +16,13 @@ from xml.parsers import expat
 
 from .errors import InvalidArgument
 
-# The largest definition accepted: MAX_DEVICES disks with long paths stay well below it.
+# The largest definition accepted: MAX_DEVICES disks with long paths fit.
 MAX_XML_BYTES = 4 * 1024 * 1024
 # Devices (children of <devices>) per guest: a PCI topology of qemu runs out far earlier.
 MAX_DEVICES = 4096
-# Element nesting: libvirt's deepest (a disk's backing chain) is a few dozen levels.
-MAX_DEPTH = 128
+# Element nesting: libxml2's own default limit, so whatever libvirt can parse, svirtd can (a disk's
+# backing chain nests two levels per image).
+MAX_DEPTH = 256
 
 
 class _Refused(Exception):
