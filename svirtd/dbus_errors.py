@@ -29,17 +29,29 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }
 INTERNAL_ERROR = ERROR_PREFIX + "Failed"
+# An error message quotes what the caller passed: never more of it than this (a caller's 8 MiB
+# argument must not come back as an 8 MiB error).
+MAX_ERROR_TEXT = 1024
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def bounded(text: str) -> str:
+    """The message, or its head and tail when it is longer than MAX_ERROR_TEXT."""
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    cut = len(text) - MAX_ERROR_TEXT
+    return f"{text[:MAX_ERROR_TEXT // 2]}...[{cut} characters cut]...{text[-MAX_ERROR_TEXT // 2:]}"
+
+
 def error_name(exc: BaseException) -> tuple[str, str]:
-    """The D-Bus error name and message a failure is reported with (also in a job's JobRemoved)."""
+    """The D-Bus error name and (bounded) message a failure is reported with (also in a job's JobRemoved)."""
     if isinstance(exc, errors.SvirtError):
-        return next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR), str(exc)
+        name = next((n for cls, n in ERROR_NAMES.items() if isinstance(exc, cls)), INTERNAL_ERROR)
+        return name, bounded(str(exc))
     if isinstance(exc, DBusError):
-        return exc.type, exc.text
+        return exc.type, bounded(exc.text)
     return INTERNAL_ERROR, "failed on an internal error; see `journalctl -u svirtd` for details"
 
 

@@ -19,7 +19,7 @@ from dbus_fast import Message, MessageType, Variant
 from dbus_fast import introspection as intr
 from dbus_fast.aio import MessageBus
 from dbus_fast.annotations import DBusSignature, DBusStr
-from dbus_fast.constants import PropertyAccess
+from dbus_fast.constants import ErrorType, PropertyAccess
 from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from .dbus_errors import dbus_errors
@@ -199,9 +199,15 @@ class GuestObjects:
 
     def managed_objects(self, msg: Message) -> Message | None:
         """Bus message handler: GetManagedObjects on the manager's path, answered from the objects'
-        prebuilt variants (dbus-fast's own handler asks every property of every object again)."""
+        prebuilt variants (dbus-fast's own handler asks every property of every object again); with a
+        wrong signature, on any path, refused as any other method would be."""
         if (msg.message_type is not MessageType.METHOD_CALL or msg.member != "GetManagedObjects"
-                or msg.path != MANAGER_PATH or msg.interface not in (OBJECT_MANAGER, None)):
+                or msg.interface not in (OBJECT_MANAGER, None)):
+            return None
+        if msg.signature:  # on any path: dbus-fast's own handler (other paths) ignores the signature too
+            return Message.new_error(msg, ErrorType.UNKNOWN_METHOD, f"{OBJECT_MANAGER}.GetManagedObjects with "
+                                     f'signature "{msg.signature}" could not be found')
+        if msg.path != MANAGER_PATH:
             return None
         body = {guest_path(uuid): {GUEST_INTERFACE: obj.variants} for uuid, obj in self._objects.items()}
         if self._iface.jobs is not None:

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 
 from .errors import InvalidArgument
-from .resources import MAX_XML_BYTES
+from .xml_limits import MAX_XML_BYTES
 
 
 def spool_dir(hook_env_file: str) -> Path | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+from . import xml_limits
 from .models import Level
 from .resources import SVIRT_XMLNS
 
@@ -25,7 +26,7 @@ ET.register_namespace("svirt", SVIRT_XMLNS)
 def rewrite_definition(xml: str, uuid: str, level: Level, profile: str, seclabel: str | None,
                        nwfilter: str | None) -> str | None:
     """The definition with svirtd's identity, label and filters; None when nothing needs to change."""
-    root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML of a domain svirtd already parsed
+    root = xml_limits.parse(xml)
     changed = _set_metadata(root, uuid, level, profile)
     if seclabel is not None:
         changed |= _set_seclabel(root, seclabel)
@@ -65,7 +66,7 @@ def strip_identity(xml: str, level: Level) -> str | None:
     """The definition without svirtd's binding and without a static seclabel at `level` (a released
     guest must not keep running in, or hand a copy of its XML, a pair svirtd may give to another
     guest); None when it carries neither."""
-    root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML of a domain svirtd isolated
+    root = xml_limits.parse(xml)
     changed = False
     metadata = root.find("metadata")
     if metadata is not None:
@@ -100,7 +101,7 @@ def _set_filters(root: ET.Element, nwfilter: str) -> bool:
 
 def chained_filters(xml: str, nwfilter: str) -> list[str]:
     """The filters an interface of this definition chains with the profile's (to be defined first)."""
-    root = ET.fromstring(xml)  # noqa: S314
+    root = xml_limits.parse(xml)
     names = {ref.get("filter", "") for ref in root.findall("devices/interface/filterref")}
     return sorted(n for n in names if n.startswith(nwfilter + "-and-"))
 
@@ -113,7 +114,7 @@ def chain_filter_xml(name: str) -> str:
 
 def without_selinux_labels(xml: str) -> str:
     """The definition without any domain-level <seclabel model='selinux'> (static or dynamic)."""
-    root = ET.fromstring(xml)  # noqa: S314 - a definition libvirt handed the hook
+    root = xml_limits.parse(xml)
     for el in root.findall("seclabel"):
         if el.get("model", "selinux") == "selinux":
             root.remove(el)
