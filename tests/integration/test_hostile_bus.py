@@ -31,6 +31,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,9 +66,23 @@ MANAGER = "/org/svirt/Manager"
 M1, G1 = "org.svirt.Manager1", "org.svirt.Guest1"
 PROPS, OM = "org.freedesktop.DBus.Properties", "org.freedesktop.DBus.ObjectManager"
 INTRO, PEER = "org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer"
-MANAGER_METHODS = {"Isolate": "ss", "Release": "s", "Query": "s", "List": "", "PrepareStart": "s",
-                   "HookEvent": "ss", "GuestStopped": "s", "Verify": "", "GetGuest": "s", "ForgetHost": "s"}
-GUEST_METHODS = {"Release": "", "Verify": ""}
+INTERFACES = Path(__file__).resolve().parents[2] / "data" / "interfaces"
+
+
+def methods_of(interface: str) -> dict[str, str]:
+    """Every method of one of svirtd's interfaces with its in-signature, from the installed introspection
+    XML (kept equal to the code by a test): a method added later is fuzzed too."""
+    root = ET.parse(INTERFACES / f"{interface}.xml").getroot()
+    node = root.find(f"interface[@name='{interface}']")
+    assert node is not None
+    return {m.attrib["name"]: "".join(a.attrib["type"] for a in m.findall("arg") if a.get("direction", "in") == "in")
+            for m in node.findall("method")}
+
+
+J1 = "org.svirt.Job1"
+MANAGER_METHODS = methods_of(M1)
+GUEST_METHODS = methods_of(G1)
+JOB_METHODS = methods_of(J1)
 STANDARD = {(PROPS, "Get"): "ss", (PROPS, "GetAll"): "s", (PROPS, "Set"): "ssv", (OM, "GetManagedObjects"): "",
             (INTRO, "Introspect"): "", (PEER, "Ping"): "", (PEER, "GetMachineId"): ""}
 # What nobody may succeed at: reading. Everything else needs root (polkitd is not running).
@@ -162,7 +177,7 @@ def complete_types(sig: str) -> list[str]:
 
 @st.composite
 def requests(draw: st.DrawFn, world: World) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["manager", "manager", "manager", "guest", "standard"]))
+    kind = draw(st.sampled_from(["manager", "manager", "manager", "guest", "job", "standard"]))
     interface: str | None
     if kind == "manager":
         path, interface = MANAGER, M1
@@ -170,6 +185,9 @@ def requests(draw: st.DrawFn, world: World) -> dict[str, Any]:
     elif kind == "guest":
         path, interface = draw(st.sampled_from(world.paths)), G1
         member, sig = draw(st.sampled_from(sorted(GUEST_METHODS.items())))
+    elif kind == "job":  # jobs live only while they run: mostly paths of none, sometimes a guest's
+        path, interface = draw(st.sampled_from([f"{MANAGER}/job/{n}" for n in (0, 1, 2, 4294967295)] + world.paths)), J1
+        member, sig = draw(st.sampled_from(sorted(JOB_METHODS.items())))
     else:
         (interface, member), sig = draw(st.sampled_from(sorted(STANDARD.items())))
         path = draw(st.sampled_from(world.paths))
@@ -299,7 +317,8 @@ def check(req: dict[str, Any], answer: dict[str, Any], user: int | None) -> None
 def declared(interface: str | None, member: str) -> set[str]:
     """The signatures a member takes (of any interface when the call names none)."""
     table = {**{(M1, m): sig for m, sig in MANAGER_METHODS.items()},
-             **{(G1, m): sig for m, sig in GUEST_METHODS.items()}, **STANDARD}
+             **{(G1, m): sig for m, sig in GUEST_METHODS.items()},
+             **{(J1, m): sig for m, sig in JOB_METHODS.items()}, **STANDARD}
     return {sig for (i, m), sig in table.items() if m == member and interface in (i, None)}
 
 
