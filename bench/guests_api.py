@@ -19,7 +19,6 @@ import statistics
 import sys
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from dbus_fast import Message, MessageType
 
 from svirtd.dbus_guests import guest_path
 from testbed.client import SvirtClient
-from testbed.guests import domain_xml
+from testbed.guests import define_diskless
 from testbed.stack import private_stack
 from tests.helpers import SignalRecorder
 
@@ -42,16 +41,7 @@ PREFIX = "svb-api"
 
 
 def define_guests(uri: str, count: int) -> list[str]:
-    conn = libvirt.open(uri)
-    try:
-        uuids = []
-        for i in range(count):
-            uid = str(uuidlib.uuid4())
-            conn.defineXML(domain_xml(f"{PREFIX}-{i}", uid, []))
-            uuids.append(uid)
-        return uuids
-    finally:
-        conn.close()
+    return define_diskless(uri, PREFIX, count)
 
 
 async def list_count(address: str) -> int:

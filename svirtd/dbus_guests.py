@@ -24,6 +24,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from .dbus_errors import dbus_errors
 from .dbus_jobs import JOB_PREFIX, JobObject
+from .dbus_socket import make_patient
 from .models import Assignment
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ GUEST_PREFIX = f"{MANAGER_PATH}/guest/"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
 DESCRIPTION = "org.freedesktop.DBus.Description"
 EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
+
+EXPORT_CHUNK = 100  # guest objects exported per turn of the event loop at start
 
 ResourceRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
 
@@ -186,16 +189,35 @@ class GuestObjects:
         self._pending: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.get_ident()
+        self._exporting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Export every guest in the table, then follow the table's changes."""
+        """Follow the table's changes, and export every guest in it: the first EXPORT_CHUNK now, the others
+        a chunk per turn of the loop (1,000 objects take ~0.5 s: the bus answers and the reconcile with
+        libvirt go on meanwhile; a guest that changes first is exported by its change)."""
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()
         self._bus.add_message_handler(self.managed_objects)
-        for a in self._manager.store.assignments():
-            self._sync(a.uuid, a)
         self._manager.store.observer = self.changed
         self._manager.on_verified = self.all_changed
+        uuids = [row[0] for row in self._manager.store.summary_rows()]
+        self._export(uuids[:EXPORT_CHUNK])
+        if len(uuids) > EXPORT_CHUNK:
+            self._exporting = asyncio.create_task(self._export_rest(uuids[EXPORT_CHUNK:]), name="export-guests")
+
+    async def _export_rest(self, uuids: list[str]) -> None:
+        for i in range(0, len(uuids), EXPORT_CHUNK):
+            await asyncio.sleep(0)
+            self._export(uuids[i:i + EXPORT_CHUNK])
+
+    def _export(self, uuids: list[str]) -> None:
+        for uuid in uuids:
+            if uuid in self._objects:  # exported meanwhile by a change
+                continue
+            try:
+                self._sync(uuid)
+            except Exception:  # one guest's object must not stop the others'
+                log.exception("cannot export the bus object of guest %s", uuid)
 
     def managed_objects(self, msg: Message) -> Message | None:
         """Bus message handler: GetManagedObjects on the manager's path, answered from the objects'
@@ -272,7 +294,12 @@ class GuestObjects:
 class ObjectManagerBus(MessageBus):
     """InterfacesAdded / InterfacesRemoved of guest (and job) objects are sent from the object manager's path,
     as the ObjectManager specification says (dbus-fast sends them from the object's own path, where
-    clients of /org/svirt/Manager do not listen)."""
+    clients of /org/svirt/Manager do not listen). Its socket survives a burst that fills it (dbus_socket)."""
+
+    async def connect(self) -> "ObjectManagerBus":
+        await super().connect()
+        make_patient(self)
+        return self
 
     def _emit_interface_added(self, path: str, interface: ServiceInterface) -> None:
         if not (path.startswith((GUEST_PREFIX, JOB_PREFIX)) and isinstance(interface, GuestObject | JobObject)):

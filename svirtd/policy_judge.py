@@ -8,12 +8,14 @@ issue) to prove that the labels svirtd hands out are really isolated.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import enum
 import logging
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,11 +87,21 @@ def host_policy_file() -> Path | None:
     return candidates[-1] if candidates else None
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the system: audit2why.finish() frees the policydb (~11 MB), but glibc keeps
+    the pages mapped until asked."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the next load reuses the memory instead
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
 class PolicyJudge:
-    """One compiled policy, loaded once. audit2why keeps global state, hence the lock."""
+    """One compiled policy, loaded when a question needs it and let go when none came for a while
+    (release_if_idle): an idle svirtd does not keep ~11 MB of policydb. audit2why keeps global state,
+    hence the lock."""
 
     _lock = threading.Lock()
     _loaded: str | None = None
+    _last_used = 0.0  # time.monotonic() of the last question (class-wide, as the state it guards)
 
     def __init__(self, policy_file: Path | None) -> None:
         self.policy_file = policy_file
@@ -112,6 +124,22 @@ class PolicyJudge:
                 raise ValueError(f"{self.policy_file} is not a binary SELinux policy audit2why can read "
                                  f"({exc})") from None
             PolicyJudge._loaded = str(self.policy_file)
+        PolicyJudge._last_used = time.monotonic()
+
+    @property
+    def loaded(self) -> bool:
+        return PolicyJudge._loaded is not None
+
+    def release_if_idle(self, idle_seconds: float) -> bool:
+        """Let the policy go if no question came for idle_seconds (the next one loads it again, 0.2 s).
+        True if it was let go."""
+        with PolicyJudge._lock:
+            if PolicyJudge._loaded is None or time.monotonic() - PolicyJudge._last_used < idle_seconds:
+                return False
+            audit2why.finish()
+            PolicyJudge._loaded = None
+        _trim_heap()
+        return True
 
     def load(self) -> None:
         """Read the policy now (tens of milliseconds), e.g. in a worker thread at start: not on the

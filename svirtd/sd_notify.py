@@ -38,16 +38,21 @@ def _get(name: str) -> str:
     return _ENV.get(name) or os.environ.get(name, "")
 
 
-def notify(state: str) -> None:
+def notify(state: str) -> bool:
+    """Send one datagram; True if it was taken. Never waits: it is sent from the event loop, and a reader
+    that lags (the socket's queue holds net.unix.max_dgram_qlen datagrams, 10 unless systemd raised it)
+    must not stop svirtd's bus answers and libvirt keepalives. A datagram that did not fit is dropped."""
     address = _get("NOTIFY_SOCKET")
     if not address:
-        return
+        return True
     target = "\0" + address[1:] if address.startswith("@") else address  # abstract namespace
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendto(state.encode(), target)
-    except OSError as exc:  # the manager went away: nothing to tell, nothing to fix
+            sock.sendto(state.encode(), socket.MSG_DONTWAIT, target)
+        return True
+    except OSError as exc:  # the manager is busy or went away: nothing to fix here
         log.debug("sd_notify(%s) failed: %s", state, exc)
+        return False
 
 
 def watchdog_seconds() -> float:
@@ -64,18 +69,19 @@ class Notifier:
 
     def __init__(self, status: Callable[[], str]) -> None:
         self._status = status
-        self._last = ""
+        self._last = ""  # the status line systemd has
+        self._ready = False  # READY=1 is due (sent again with the status until it is taken)
         self._task: asyncio.Task[None] | None = None
 
     def ready(self) -> None:
-        self._last = self._status()
-        notify(f"READY=1\nSTATUS={self._last}")
+        self._ready = True
+        self.status_now()
 
     def status_now(self) -> None:
         text = self._status()
-        if text != self._last:
-            self._last = text
-            notify(f"STATUS={text}")
+        due = text != self._last or self._ready
+        if due and notify(f"READY=1\nSTATUS={text}" if self._ready else f"STATUS={text}"):
+            self._last, self._ready = text, False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sd-notify")

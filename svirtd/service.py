@@ -55,6 +55,9 @@ EX_CONFIG = 78
 READY_WAIT_SECONDS = 60.0
 # How often properties that change by themselves (LibvirtConnected, Enforcing, AuditStats) are looked at.
 PUBLISH_SECONDS = 1.0
+# The compiled policy (~11 MB in memory) is let go after this long without a question (a proof, a denial to
+# explain); the next question reads it again (0.2 s).
+POLICY_IDLE_SECONDS = 30.0
 
 
 async def connect_bus(config: Config) -> MessageBus:
@@ -144,13 +147,14 @@ class Daemon:
             # After, not inside, the reconcile: readiness waits for guests to be confined, not proven.
             self._verify = asyncio.create_task(self._verify_now(), name="verify-after-connect")
 
-    @staticmethod
-    async def _publish_changes(iface: ManagerInterface) -> None:
+    async def _publish_changes(self, iface: ManagerInterface) -> None:
         while True:
             try:
                 iface.publish_changes()
             except Exception:  # said, and tried again: a stale property is no reason to stop
                 log.exception("publishing property changes failed")
+            if self.judge.loaded and await asyncio.to_thread(self.judge.release_if_idle, POLICY_IDLE_SECONDS):
+                log.debug("the compiled policy is let go until the next question")
             await asyncio.sleep(PUBLISH_SECONDS)
 
     async def _verify_now(self) -> None:

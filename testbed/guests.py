@@ -63,6 +63,20 @@ def domain_xml(name: str, uuid: str, disks: list[Disk], extra_devices: str = "",
 </domain>"""
 
 
+def define_diskless(uri: str, prefix: str, count: int, start: int = 0) -> list[str]:
+    """Define count guests without disks, named prefix-start...; their UUIDs (benches at scale)."""
+    conn = libvirt.open(uri)
+    try:
+        uuids = []
+        for i in range(start, start + count):
+            uid = str(uuidlib.uuid4())
+            conn.defineXML(domain_xml(f"{prefix}-{i}", uid, []))
+            uuids.append(uid)
+        return uuids
+    finally:
+        conn.close()
+
+
 @dataclass
 class Guest:
     name: str
