@@ -17,6 +17,7 @@ from typing import NamedTuple
 from pydantic import BaseModel, ConfigDict
 
 from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
+from .state_db import UnusableStateDatabase, open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,18 @@ class Claim(BaseModel):
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._upgrade(path)
+        self._db = open_state_db(path)  # UnusableStateDatabase: never replaced by a new, empty table
+        try:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._upgrade(path)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise UnusableStateDatabase(path, f"cannot be brought to schema {SCHEMA_VERSION} ({exc})") from exc
+        except BaseException:
+            self._db.close()
+            raise
         path.chmod(0o600)
         # Called with a guest's UUID after each committed change to its row or claims (any thread).
         self.observer: Callable[[str], None] | None = None
@@ -125,7 +131,10 @@ class Store:
         with self._tx():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
+                raise UnusableStateDatabase(path, f"was written by a newer svirtd (schema {version}, this one knows "
+                                                  f"{SCHEMA_VERSION})", "Install that svirtd version (or newer) "
+                                                  "again; a downgrade cannot read its table, and svirtd never "
+                                                  "starts a new one over it")
             # Schema 1: a claims table without `real` ('' until the next relabel records it). Asked of the
             # table, not of user_version: an older svirtd killed mid-upgrade left the column and version 1.
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
