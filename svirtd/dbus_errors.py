@@ -24,6 +24,7 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.NotConfined: ERROR_PREFIX + "NotConfined",
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
     errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
+    errors.StateNotWritable: ERROR_PREFIX + "StateNotWritable",
     errors.ClusterUnavailable: ERROR_PREFIX + "ClusterUnavailable",
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }

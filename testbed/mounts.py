@@ -53,10 +53,11 @@ class Mounts:
             time.sleep(0.01)
         return daemon
 
-    def fs(self, fstype: str, target: Path) -> None:
-        """A ramfs or tmpfs at target."""
+    def fs(self, fstype: str, target: Path, options: str = "") -> None:
+        """A ramfs or tmpfs at target (options: e.g. "size=1m" for a small one that fills up)."""
         target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", fstype, "none", str(target)], check=True)
+        subprocess.run(["mount", "-t", fstype, *(["-o", options] if options else []), "none", str(target)],
+                       check=True)
         self._mounts.append(_Mount(target, fuse=False))
 
     def bind_read_only(self, source: Path, target: Path) -> None:
