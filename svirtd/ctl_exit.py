@@ -31,6 +31,7 @@ class ExitCode(enum.IntEnum):
     STORAGE_NOT_RESPONDING = 14
     CLUSTER_UNAVAILABLE = 15  # etcd unreachable or without quorum: new pairs are refused
     STATE_NOT_WRITABLE = 16  # svirtd's state directory is full or failing: the change was not made
+    STORAGE_FAILED = 17  # a guest's storage answered with an I/O error: the guest was refused
 
 
 # D-Bus error name -> exit code. svirtd's names are dbus_errors.ERROR_NAMES; the rest come from the bus.
@@ -47,6 +48,7 @@ ERROR_EXIT: dict[str, ExitCode] = {
     _SVIRT + "StorageNotResponding": ExitCode.STORAGE_NOT_RESPONDING,
     _SVIRT + "ClusterUnavailable": ExitCode.CLUSTER_UNAVAILABLE,
     _SVIRT + "StateNotWritable": ExitCode.STATE_NOT_WRITABLE,
+    _SVIRT + "StorageFailed": ExitCode.STORAGE_FAILED,
     _DBUS + "AccessDenied": ExitCode.ACCESS_DENIED,  # svirtd's refusals and the bus policy's alike
     _DBUS + "InteractiveAuthorizationRequired": ExitCode.ACCESS_DENIED,
     _DBUS + "ServiceUnknown": ExitCode.NOT_RUNNING,  # nobody owns org.svirt.Manager

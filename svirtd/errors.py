@@ -54,6 +54,11 @@ class RelabelFailed(SvirtError):
     restore everything (the guest keeps its pair until it can; the message says what failed)."""
 
 
+class StorageFailed(SvirtError):
+    """The storage a guest's files lie on answered with an error (EIO: a failing disk, a broken network
+    mount): the guest is refused and nothing of it is labeled."""
+
+
 class StateNotWritable(SvirtError):
     """svirtd could not record a change in its state database (its disk is full, or failing): the change
     was not made. It goes through once the state directory can be written again, without a restart."""

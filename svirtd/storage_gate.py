@@ -15,6 +15,7 @@ A question to a live mount is one round trip on a pipe (tens of microseconds).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import StorageNotResponding
+from .errors import StorageFailed, StorageNotResponding
 from .mount_table import TABLE, MountTable
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ T = TypeVar("T")
 
 # Read-only work in threads after the mount answered gets this many io_timeouts (several lookups).
 READ_DEADLINE_FACTOR = 3
+# What storage answers when it fails rather than hangs: read-only work that meets one refuses the guest
+# with StorageFailed (never an internal error, never half a guest).
+FAILING_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.EREMOTEIO,
+                                    errno.EBADMSG, errno.EUCLEAN})
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
 MAX_RETRY_SECONDS = 60.0
 # The helper: stdlib only, no site packages (starts in ~15 ms); paths NUL-separated, one request a line.
@@ -113,6 +118,12 @@ class StorageGate:
             where = ", ".join(sorted(points)) or "?"
             raise StorageNotResponding(f"{what}: its files on {where} did not answer within "
                                        f"{self.timeout * READ_DEADLINE_FACTOR:g} s; nothing was changed") from None
+        except OSError as exc:
+            if exc.errno not in FAILING_STORAGE_ERRNOS:
+                raise
+            raise StorageFailed(f"{what}: {exc.filename or 'one of its files'}: the storage answered with an "
+                                f"error ({exc.strerror}: a failing disk, a broken network mount?); nothing was "
+                                "changed. Mend the storage and isolate the guest again") from exc
 
     def _point(self, path: str) -> str:
         mount = self._table.mount_of(path)
