@@ -28,7 +28,7 @@ from tests.integration.test_relabel import fuse_waiters
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
 
-HUNG_GUESTS = 200
+HUNG_GUESTS = int(os.environ.get("SVIRTD_FAULTS_GUESTS", "200"))  # `make soak` may ask for more
 IO_TIMEOUT = 2.0
 HEALTHY_BOUND = 10.0  # seconds one healthy guest's isolation (or release) may take meanwhile
 IMAGE = "system_u:object_r:svirt_image_t:"
@@ -50,9 +50,11 @@ def children(pid: int) -> int:
     return count
 
 
-async def isolate_all(address: str, uuids: list[str], per_connection: int = 50) -> list[tuple[float, str]]:
+async def isolate_all(address: str, uuids: list[str], per_connection: int = 50,
+                      answered: list[str] | None = None) -> list[tuple[float, str]]:
     """Isolate every guest at once (all calls in flight together, a few connections: the bus limits
-    pending replies per connection): (seconds, error name and text) per guest."""
+    pending replies per connection): (seconds, error name and text) per guest; `answered` gets each
+    guest's UUID as its answer comes."""
     async def one(client: SvirtClient, uuid: str) -> tuple[float, str]:
         t0 = time.monotonic()
         try:
@@ -60,6 +62,9 @@ async def isolate_all(address: str, uuids: list[str], per_connection: int = 50) 
             return time.monotonic() - t0, ""
         except CallFailed as exc:
             return time.monotonic() - t0, f"{exc.name}: {exc.text}"
+        finally:
+            if answered is not None:
+                answered.append(uuid)
 
     async def batch(part: list[str]) -> list[tuple[float, str]]:
         async with SvirtClient(address) as client:
@@ -123,3 +128,63 @@ def test_200_guests_on_hung_storage_hold_up_no_other_guest(bus: PrivateBus, gues
     assert peak_threads <= IO_THREADS + 8, f"{peak_threads} threads"
     assert peak_children <= 4, f"{peak_children} child processes"
 
+
+def test_storage_dying_under_200_isolations_in_flight_starves_no_other_guest(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd, tmp_path: Path, mounts: Mounts) -> None:
+    """The harder case: the storage answers the gate, then dies while 200 isolations on it are under
+    way (lookups, probes, label reads in worker threads). Each thread that touched it waits in the
+    kernel for good; that must cost neither the other guests nor the answers to the stuck ones. It did
+    on the old code, whatever the number of threads: a label read through libselinux's binding kept the
+    GIL while it waited on the dead server, so one such thread froze all of svirtd (no D-Bus answer,
+    libvirt's keepalive lapsed and libvirtd dropped svirtd)."""
+    d = guests.image_dir
+    src, hung = tmp_path / "hang-src", d / "hang"
+    server = mounts.bindfs(src, hung)  # xattrs pass through: labels are written on it
+    for i in range(HUNG_GUESTS):
+        make_disk(src / f"{i}.img")
+    # Names outside auto_confine_names: svirtd leaves them alone until asked.
+    stuck = [guests.new(name=f"{guests.prefix}x{i}", disk_specs=[Disk(hung / f"{i}.img", "vda")])
+             for i in range(HUNG_GUESTS)]
+    proc = svirtd(io_timeout_seconds=IO_TIMEOUT)
+    assert proc.proc is not None
+    pid = proc.proc.pid
+    peak_threads = peak_children = 0
+
+    async def scenario() -> tuple[list[tuple[float, str]], list[float]]:
+        nonlocal peak_threads, peak_children
+        answered: list[str] = []
+        flood = asyncio.create_task(isolate_all(bus.address, [g.uuid for g in stuck], answered=answered))
+        # Stop the server once the first isolations went through: the others are in flight.
+        while len(answered) < 5:
+            assert not flood.done(), "every isolation finished before the storage could die: the test proves nothing"
+            await asyncio.sleep(0.01)
+        os.kill(server.pid, signal.SIGSTOP)
+        # Every request is answered (done before the storage died, or refused): none waits for good.
+        answers = await asyncio.wait_for(flood, 120)
+        healthy_times: list[float] = []
+        for _ in range(3):
+            g = guests.new(define=False)
+            await asyncio.to_thread(guests.define, g)
+            t1 = time.monotonic()
+            await asyncio.wait_for(call(bus, "Isolate", "ss", g.uuid, ""), HEALTHY_BOUND)
+            assert (xattr(g.disk) or "").startswith(IMAGE)
+            await asyncio.wait_for(call(bus, "Release", "s", g.uuid), HEALTHY_BOUND)
+            assert xattr(g.disk) is None
+            healthy_times.append(time.monotonic() - t1)
+            peak_threads, peak_children = max(peak_threads, threads(pid)), max(peak_children, children(pid))
+        return answers, healthy_times
+
+    try:
+        answers, healthy_times = run(scenario())
+        waiting = fuse_waiters(pid)
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    done = sum(not error for _, error in answers)
+    refused = [error for _, error in answers if error]
+    print(f"storage died under {HUNG_GUESTS} isolations: {done} finished, {len(refused)} refused, slowest answer "
+          f"{max(t for t, _ in answers):.1f}s; healthy isolate+release {max(healthy_times):.2f}s at most; "
+          f"{waiting} threads left waiting on the storage; peak {peak_threads} threads, {peak_children} children")
+    for error in refused:
+        assert error.startswith("org.svirt.Manager1.Error.StorageNotResponding"), error
+    assert waiting <= 8, f"{waiting} svirtd threads wait on the hung storage"
+    assert peak_threads <= IO_THREADS + 8, f"{peak_threads} threads"
