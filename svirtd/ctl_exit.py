@@ -32,6 +32,8 @@ class ExitCode(enum.IntEnum):
     CLUSTER_UNAVAILABLE = 15  # etcd unreachable or without quorum: new pairs are refused
     CANCELLED = 16  # the job was cancelled (Ctrl-C, or Job1.Cancel by somebody else); rolled back
     TIMEOUT = 17  # svirtd did not answer a call within --timeout (a job's own length never counts)
+    STATE_NOT_WRITABLE = 18  # svirtd's state directory is full or failing: the change was not made
+    STORAGE_FAILED = 19  # a guest's storage answered with an I/O error: the guest was refused
 
 
 # D-Bus error name -> exit code. svirtd's names are dbus_errors.ERROR_NAMES; the rest come from the bus.
@@ -50,6 +52,8 @@ ERROR_EXIT: dict[str, ExitCode] = {
     _SVIRT + "Cancelled": ExitCode.CANCELLED,
     _DBUS + "Timeout": ExitCode.TIMEOUT,
     _DBUS + "NoReply": ExitCode.TIMEOUT,
+    _SVIRT + "StateNotWritable": ExitCode.STATE_NOT_WRITABLE,
+    _SVIRT + "StorageFailed": ExitCode.STORAGE_FAILED,
     _DBUS + "AccessDenied": ExitCode.ACCESS_DENIED,  # svirtd's refusals and the bus policy's alike
     _DBUS + "InteractiveAuthorizationRequired": ExitCode.ACCESS_DENIED,
     _DBUS + "ServiceUnknown": ExitCode.NOT_RUNNING,  # nobody owns org.svirt.Manager

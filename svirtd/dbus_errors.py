@@ -25,6 +25,8 @@ ERROR_NAMES: dict[type[errors.SvirtError], str] = {
     errors.Cancelled: ERROR_PREFIX + "Cancelled",  # before RelabelFailed: the first match wins
     errors.RelabelFailed: ERROR_PREFIX + "RelabelFailed",
     errors.StorageNotResponding: ERROR_PREFIX + "StorageNotResponding",
+    errors.StateNotWritable: ERROR_PREFIX + "StateNotWritable",
+    errors.StorageFailed: ERROR_PREFIX + "StorageFailed",
     errors.ClusterUnavailable: ERROR_PREFIX + "ClusterUnavailable",
     errors.AccessDenied: "org.freedesktop.DBus.Error.AccessDenied",
 }

@@ -58,6 +58,16 @@ class Cancelled(RelabelFailed):
     """The caller cancelled the job (svirtctl's Ctrl-C, Job1.Cancel): what it had labeled was rolled back."""
 
 
+class StorageFailed(SvirtError):
+    """The storage a guest's files lie on answered with an error (EIO: a failing disk, a broken network
+    mount): the guest is refused and nothing of it is labeled."""
+
+
+class StateNotWritable(SvirtError):
+    """svirtd could not record a change in its state database (its disk is full, or failing): the change
+    was not made. It goes through once the state directory can be written again, without a restart."""
+
+
 class StorageNotResponding(SvirtError):
     """The storage a guest's files lie on does not answer (a dead NFS server, a stopped FUSE daemon)."""
 

@@ -17,8 +17,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import selinux
-
 from .errors import UnsafePath
 from .models import ResourceKind
 from .mount_table import TABLE
@@ -326,22 +324,29 @@ def read_head(opened: Opened, size: int) -> bytes:
         os.close(fd)
 
 
+# Labels are read and written with os.getxattr/os.setxattr, not libselinux's getfilecon_raw/setfilecon_raw:
+# its Python binding keeps the GIL while the call waits in the kernel, so ONE worker thread reading a label
+# on storage that died (a stopped FUSE server, a dead NFS server) froze every thread of svirtd, the event
+# loop included (no D-Bus answers, libvirt's keepalive lapsed). os.* release the GIL around the syscall.
+# The raw label is the xattr's value; libselinux stores it with a trailing NUL and so do we.
+
+
 def get_label(opened: Opened) -> str | None:
     """The raw label, or None when the file carries none."""
     try:
-        _, context = selinux.getfilecon_raw(opened.proc_path)
+        context = os.getxattr(opened.proc_path, XATTR).rstrip(b"\0").decode()
     except OSError as exc:
         if exc.errno == errno.ENODATA:
             return None
         if exc.errno in (errno.EOPNOTSUPP, errno.ENOTSUP):
             raise LabelUnsupported(opened.path, fstype_of(opened.st), "filesystem does not support labels") from exc
         raise
-    return str(context).rstrip("\0")
+    return context
 
 
 def set_label(opened: Opened, context: str) -> None:
     try:
-        selinux.setfilecon_raw(opened.proc_path, context)
+        os.setxattr(opened.proc_path, XATTR, context.encode() + b"\0")
     except OSError as exc:
         if exc.errno == errno.EROFS:
             mount_point, sandboxed = readonly_mount(opened.path, opened.st)

@@ -190,6 +190,8 @@ def probe(plan: RelabelPlan, denied_trees: Sequence[str] = ()) -> ProbeResult:
             except FileNotFoundError:
                 result.absent.append(item)
                 continue
+            except OSError as exc:  # the storage failed (EIO...): name the resource, not a path component
+                raise OSError(exc.errno, exc.strerror, item.resource.path) from exc
             probed = Probed(planned=item, opened=opened)
             if opened.path != item.resource.path:
                 # A symlinked parent or a /dev/disk link: judge the place it really lives in.

@@ -44,12 +44,14 @@ from .policy_judge import PolicyJudge, host_policy_file
 from .reload import ReloadPlan, plan_reload
 from .sd_notify import Notifier, notify
 from .setrans import TranslationFile, write_atomically
+from .state_db import UnusableStateDatabase
 from .store import Store
 
 log = logging.getLogger("svirtd")
 
-# sysexits.h EX_CONFIG: a configuration error. The unit's RestartPreventExitStatus= names it, so a bad
-# config is not restarted in a loop: it waits for the admin (svirtd --check-config says what is wrong).
+# sysexits.h EX_CONFIG: a configuration error, or a state database svirtd cannot trust (state_db.py). The
+# unit's RestartPreventExitStatus= names it, so neither is restarted in a loop: it waits for the admin
+# (svirtd --check-config says what is wrong with the config; the journal names the database and the remedy).
 EX_CONFIG = 78
 # How long `systemctl start svirtd` may wait for the first reconcile with a running libvirt.
 READY_WAIT_SECONDS = 60.0
@@ -421,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.log_level)
     try:
         return asyncio.run(run(config, args.config, overrides))
+    except UnusableStateDatabase as exc:  # the admin's to mend; a restart would only fail again
+        log.critical("svirtd cannot run: %s", exc)
+        notify(f"STATUS=State database unusable: {exc.path} (see the journal)")
+        return EX_CONFIG
     except Exception as exc:
         log.critical("svirtd cannot run: %s", exc, exc_info=config.log_level == "debug")
         notify(f"STATUS=Failed: {exc}")

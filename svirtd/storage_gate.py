@@ -15,6 +15,7 @@ A question to a live mount is one round trip on a pipe (tens of microseconds).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import subprocess
@@ -24,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import StorageNotResponding
+from .errors import StorageFailed, StorageNotResponding
 from .mount_table import TABLE, MountTable
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,16 @@ T = TypeVar("T")
 
 # Read-only work in threads after the mount answered gets this many io_timeouts (several lookups).
 READ_DEADLINE_FACTOR = 3
+# What storage answers when it fails rather than hangs: read-only work that meets one refuses the guest
+# with StorageFailed (never an internal error, never half a guest).
+FAILING_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.EREMOTEIO,
+                                    errno.EBADMSG, errno.EUCLEAN})
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
 MAX_RETRY_SECONDS = 60.0
+# Worker threads that may do read-only work on one mount at a time. Storage that dies with work in flight
+# keeps those threads in the kernel until it answers again: this caps what one dead mount can hold,
+# whatever the number of guests on it (the I/O pool has service.IO_THREADS for everything else).
+THREADS_PER_MOUNT = 8
 # The helper: stdlib only, no site packages (starts in ~15 ms); paths NUL-separated, one request a line.
 # statx(AT_STATX_FORCE_SYNC) asks the server itself: a plain stat() is answered from the kernel's
 # attribute cache (FUSE attr_timeout, NFS actimeo) for a while after the server stopped, so a gate that
@@ -63,6 +72,7 @@ class _Mount:
     retry_at: float = 0.0  # monotonic
     backoff: float = RETRY_SECONDS
     lock: asyncio.Lock | None = None  # created on the loop that uses it
+    threads: asyncio.Semaphore | None = None  # THREADS_PER_MOUNT, on the same loop
 
 
 class StorageGate:
@@ -103,16 +113,60 @@ class StorageGate:
         deadline: storage that dies between the question above and this work (a request in flight when
         the NFS server goes) costs that one thread, and the caller is answered StorageNotResponding at
         the deadline, its locks released, the mount marked hung for everyone after it."""
-        paths = list(paths)
+        points = sorted({self._point(p) for p in paths if p.startswith("/")})
         try:
-            return await asyncio.wait_for(asyncio.to_thread(fn, *args), self.timeout * READ_DEADLINE_FACTOR)
+            return await asyncio.wait_for(self._in_thread(points, fn, *args),
+                                          self.timeout * READ_DEADLINE_FACTOR)
         except TimeoutError:
-            points = {self._point(p) for p in paths if p.startswith("/")}
             for point in points:
                 self._mark_hung(self._mounts.setdefault(point, _Mount(point)))
             where = ", ".join(sorted(points)) or "?"
             raise StorageNotResponding(f"{what}: its files on {where} did not answer within "
                                        f"{self.timeout * READ_DEADLINE_FACTOR:g} s; nothing was changed") from None
+        except OSError as exc:
+            if exc.errno not in FAILING_STORAGE_ERRNOS:
+                raise
+            raise StorageFailed(f"{what}: {exc.filename or 'one of its files'}: the storage answered with an "
+                                f"error ({exc.strerror}: a failing disk, a broken network mount?); nothing was "
+                                "changed. Mend the storage and isolate the guest again") from exc
+
+    async def _in_thread(self, points: list[str], fn: Callable[..., T], *args: Any) -> T:
+        """fn in a worker thread holding a slot of each mount it reads (taken in order: no deadlock). A
+        slot is given back when the THREAD ends, not when the caller stops waiting for it."""
+        held: list[asyncio.Semaphore] = []
+        try:
+            for point in points:
+                m = self._mount(point)
+                if m.hung_since and time.monotonic() < m.retry_at:
+                    continue  # known hung: callers asked unresponsive() first and leave its files alone
+                assert m.threads is not None
+                await m.threads.acquire()
+                held.append(m.threads)
+        except BaseException:
+            for sem in held:
+                sem.release()
+            raise
+        def give_back(_done: object) -> None:
+            for sem in held:
+                sem.release()
+
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+        work.add_done_callback(give_back)
+        return await asyncio.shield(work)
+
+    def _mount(self, point: str) -> _Mount:
+        """The mount's record, with its lock and thread slots on the running loop."""
+        m = self._mounts.setdefault(point, _Mount(point))
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # locks belong to one event loop (svirtd has one; tests several)
+            for other in self._mounts.values():
+                other.lock, other.threads = None, None
+            self._loop = loop
+        if m.lock is None:
+            m.lock = asyncio.Lock()
+        if m.threads is None:
+            m.threads = asyncio.Semaphore(THREADS_PER_MOUNT)
+        return m
 
     def _point(self, path: str) -> str:
         mount = self._table.mount_of(path)
@@ -124,16 +178,10 @@ class StorageGate:
         self._reap()
 
     async def _answers(self, point: str, paths: list[str]) -> bool:
-        m = self._mounts.setdefault(point, _Mount(point))
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # locks belong to one event loop (svirtd has one; tests several)
-            for other in self._mounts.values():
-                other.lock = None
-            self._loop = loop
-        if m.lock is None:
-            m.lock = asyncio.Lock()
+        m = self._mount(point)
         if m.hung_since and time.monotonic() < m.retry_at:
             return False
+        assert m.lock is not None
         async with m.lock:  # one question at a time per mount; later askers see its verdict
             if m.hung_since and time.monotonic() < m.retry_at:
                 return False

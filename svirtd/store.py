@@ -7,6 +7,7 @@ duplicate level and a private inode claimed twice, even if the code above has a 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
@@ -16,7 +17,9 @@ from typing import NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import StateNotWritable
 from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
+from .state_db import UnusableStateDatabase, open_state_db
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +111,18 @@ class Claim(BaseModel):
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._upgrade(path)
+        self._db = open_state_db(path)  # UnusableStateDatabase: never replaced by a new, empty table
+        try:
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._upgrade(path)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise UnusableStateDatabase(path, f"cannot be brought to schema {SCHEMA_VERSION} ({exc})") from exc
+        except BaseException:
+            self._db.close()
+            raise
         path.chmod(0o600)
         # Called with a guest's UUID after each committed change to its row or claims (any thread).
         self.observer: Callable[[str], None] | None = None
@@ -125,7 +133,10 @@ class Store:
         with self._tx():
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{path} was written by a newer svirtd (schema {version}); upgrade svirtd")
+                raise UnusableStateDatabase(path, f"was written by a newer svirtd (schema {version}, this one knows "
+                                                  f"{SCHEMA_VERSION})", "Install that svirtd version (or newer) "
+                                                  "again; a downgrade cannot read its table, and svirtd never "
+                                                  "starts a new one over it")
             # Schema 1: a claims table without `real` ('' until the next relabel records it). Asked of the
             # table, not of user_version: an older svirtd killed mid-upgrade left the column and version 1.
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(claims)")}
@@ -153,7 +164,7 @@ class Store:
 
     def _tx(self) -> _Transaction:
         # isolation_level=None + explicit BEGIN IMMEDIATE: one writer, committed on exit.
-        return _Transaction(self._db)
+        return _Transaction(self._db, self.path)
 
     # -- assignments ---------------------------------------------------------------------------
 
@@ -368,14 +379,47 @@ def _claim(row: tuple[str, str, str, str, str, int, int, str, str | None, str, s
                  applier=Applier(applier))
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+# SQLite's primary result codes that mean "the state directory cannot take this write" (a full disk,
+# a failing one, a read-only remount): the change is not made, and the caller is told so.
+_UNWRITABLE = {8: "read-only", 10: "I/O error", 13: "full", 14: "cannot open a file"}
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+
+def _unwritable(path: Path, exc: sqlite3.Error) -> StateNotWritable | None:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code not in _UNWRITABLE:
+        return None
+    return StateNotWritable(f"svirtd could not record the change in {path} ({_UNWRITABLE[code]}: {exc}); "
+                            f"nothing was changed. Free space in {path.parent} (or mend its disk) and try "
+                            "again: svirtd needs no restart")
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error. A write the state directory cannot take (full,
+    failing) is rolled back and raised as StateNotWritable: the caller makes no change on disk."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
+        self._path = path
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise (_unwritable(self._path, exc) or exc) from exc
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as failed:
+                self._rollback()
+                raise (_unwritable(self._path, failed) or failed) from failed
+        self._rollback()
+        if isinstance(exc, sqlite3.Error) and (typed := _unwritable(self._path, exc)) is not None:
+            raise typed from exc
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # a failed COMMIT may have ended it already
+                self._db.execute("ROLLBACK")

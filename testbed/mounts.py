@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,23 +41,34 @@ class Mounts:
     def bindfs(self, source: Path, target: Path, *options: str) -> subprocess.Popen[bytes]:
         """A FUSE view of source at target (bindfs in the foreground: its pid is ours, no pgrep).
         Pass "--xattr-none" for storage that cannot carry labels, as NFS without security labels."""
+        return self._fuse(["bindfs", "-f", *options, str(source), str(target)], source, target)
+
+    def eiofs(self, source: Path, target: Path, control: Path) -> subprocess.Popen[bytes]:
+        """A FUSE view of source at target whose operations listed in control fail with EIO
+        (testbed/eiofs.py: storage returning I/O errors)."""
+        return self._fuse([sys.executable, "-m", "testbed.eiofs", str(source), str(target), str(control)],
+                          source, target)
+
+    def _fuse(self, cmd: list[str], source: Path, target: Path) -> subprocess.Popen[bytes]:
+        """A FUSE daemon in the foreground (its pid is ours, no pgrep), registered before it mounts."""
         source.mkdir(parents=True, exist_ok=True)
         target.mkdir(parents=True, exist_ok=True)
-        daemon = subprocess.Popen(["bindfs", "-f", *options, str(source), str(target)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        daemon = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  cwd=Path(__file__).resolve().parent.parent)
         self._mounts.append(_Mount(target, fuse=True, daemon=daemon))
         deadline = time.monotonic() + 10
         while not mounted(target):
             if daemon.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"bindfs did not mount {target}: "
+                raise RuntimeError(f"{cmd[0]} did not mount {target}: "
                                    f"{daemon.stderr.read().decode() if daemon.stderr else ''}")
             time.sleep(0.01)
         return daemon
 
-    def fs(self, fstype: str, target: Path) -> None:
-        """A ramfs or tmpfs at target."""
+    def fs(self, fstype: str, target: Path, options: str = "") -> None:
+        """A ramfs or tmpfs at target (options: e.g. "size=1m" for a small one that fills up)."""
         target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", fstype, "none", str(target)], check=True)
+        subprocess.run(["mount", "-t", fstype, *(["-o", options] if options else []), "none", str(target)],
+                       check=True)
         self._mounts.append(_Mount(target, fuse=False))
 
     def bind_read_only(self, source: Path, target: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from svirtd.models import Applier, Assignment, Level, Origin, ResourceClass, ResourceKind
+from svirtd.state_db import UnusableStateDatabase
 from svirtd.store import Claim, Store
 
 
@@ -60,7 +61,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     s = Store(tmp_path / "state.db")
     s._db.execute("PRAGMA user_version=99")
     s.close()
-    with pytest.raises(RuntimeError, match="newer svirtd"):
+    with pytest.raises(UnusableStateDatabase, match="newer svirtd"):
         Store(tmp_path / "state.db")
 
 
