@@ -204,7 +204,6 @@ async def restart_at_scale(daemon: SvirtdProcess, address: str, uri: str) -> tup
             except BaseException as exc:  # said below
                 failed.append(exc)
 
-        daemon.notifications.clear()  # the last start's READY=1 is not this one's
         t0 = time.monotonic()
         thread = threading.Thread(target=start)
         thread.start()

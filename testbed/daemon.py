@@ -62,6 +62,7 @@ class SvirtdProcess:
         sock.settimeout(0.1)
         self._close_notify()
         self._notify = sock
+        self.notifications = []  # this start's own: a READY=1 of the last start says nothing about this one
         full_env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM")}
         full_env.update({"NOTIFY_SOCKET": str(notify_path), **(env or {})})
         self.proc = subprocess.Popen([*wrapper, str(SVIRTD), "--config", str(self.config_path)], env=full_env,

@@ -324,3 +324,18 @@ def test_demo_runs_end_to_end(libvirtd: object, as_root: None) -> None:
     assert r.stdout.count("security.selinux") >= 2
     assert "svirt_image_t:s0:c" in r.stdout
     assert "demo OK" in r.stdout
+
+
+def test_the_harness_waits_for_each_starts_own_ready(bus: PrivateBus, svirtd: StartSvirtd) -> None:
+    """A second start of the same SvirtdProcess must wait for that start's READY=1, not return on the
+    first start's (the harness said "ready" for a svirtd that was not yet on the bus)."""
+    proc = svirtd()
+    proc.stop()
+    wrapper = ["sh", "-c", "sleep 30", "--"]  # never execs svirtd: no READY=1 can come from this start
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            proc.start(timeout=2, wrapper=wrapper)
+    finally:
+        proc.kill()
+    assert time.monotonic() - t0 >= 2
