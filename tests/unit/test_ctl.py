@@ -32,7 +32,7 @@ def test_every_error_svirtd_returns_has_its_own_exit_code() -> None:
 
 
 def test_exit_codes_keep_their_documented_numbers() -> None:
-    assert [int(c) for c in ExitCode] == list(range(18))
+    assert [int(c) for c in ExitCode] == list(range(20))
     assert (ExitCode.USAGE, ExitCode.VIOLATED, ExitCode.NO_SUCH_GUEST, ExitCode.NOT_RUNNING) == (2, 3, 4, 7)
     assert exit_code("org.freedesktop.DBus.Error.AccessDenied") is ExitCode.ACCESS_DENIED
     assert exit_code("org.freedesktop.DBus.Error.ServiceUnknown") is ExitCode.NOT_RUNNING
