@@ -25,7 +25,7 @@ from .dbus_errors import dbus_errors
 from .dbus_guests import EMITS, GuestObjects
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
-from .models import Assignment, looks_like_uuid
+from .models import Assignment, ResourceState, looks_like_uuid
 from .verify_gate import RECENT, VerifyGate
 
 log = logging.getLogger(__name__)
@@ -336,8 +336,49 @@ class ManagerInterface(ServiceInterface):
 
 def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
     a = report.assignment
-    resources = [
-        {
+    return {
+        **_head(a, report.process_label, report.image_label),
+        "resources": Variant("aa{sv}", [_resource(r) for r in report.resources]),
+        "isolation": Variant("s", report.isolation),
+    }
+
+
+# Query's variants, built once per distinct value (the models are frozen: a value is its own key, so
+# nothing is ever stale; a changed row, label or state is a new key). Bounded: cleared when full.
+_VARIANTS_KEPT = 4096
+_heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
+_resources: dict[ResourceState, dict[str, Variant]] = {}
+
+
+def _head(a: Assignment, process_label: str, image_label: str) -> dict[str, Variant]:
+    key = (a, process_label, image_label)
+    head = _heads.get(key)
+    if head is None:
+        if len(_heads) >= _VARIANTS_KEPT:
+            _heads.clear()
+        head = _heads[key] = {
+            "uuid": Variant("s", a.uuid),
+            "name": Variant("s", a.name),
+            "label": Variant("s", process_label),
+            "image_label": Variant("s", image_label),
+            "level": Variant("s", str(a.level)),
+            "categories": Variant("au", list(a.level.pair)),
+            "profile": Variant("s", a.profile),
+            "state": Variant("s", a.state.value),
+            "origin": Variant("s", a.origin.value),
+            "note": Variant("s", a.note),
+            "created": Variant("t", int(a.created)),
+            "updated": Variant("t", int(a.updated)),
+        }
+    return head
+
+
+def _resource(r: ResourceState) -> dict[str, Variant]:
+    out = _resources.get(r)
+    if out is None:
+        if len(_resources) >= _VARIANTS_KEPT:
+            _resources.clear()
+        out = _resources[r] = {
             "path": Variant("s", r.path),
             "device": Variant("s", r.device),
             "kind": Variant("s", r.kind.value),
@@ -348,24 +389,7 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
             "note": Variant("s", r.note),
             "applier": Variant("s", r.applier.value),
         }
-        for r in report.resources
-    ]
-    return {
-        "uuid": Variant("s", a.uuid),
-        "name": Variant("s", a.name),
-        "label": Variant("s", report.process_label),
-        "image_label": Variant("s", report.image_label),
-        "level": Variant("s", str(a.level)),
-        "categories": Variant("au", list(a.level.pair)),
-        "profile": Variant("s", a.profile),
-        "state": Variant("s", a.state.value),
-        "origin": Variant("s", a.origin.value),
-        "note": Variant("s", a.note),
-        "created": Variant("t", int(a.created)),
-        "updated": Variant("t", int(a.updated)),
-        "resources": Variant("aa{sv}", resources),
-        "isolation": Variant("s", report.isolation),
-    }
+    return out
 
 
 def as_named(details: dict[str, str]) -> dict[str, str]:
