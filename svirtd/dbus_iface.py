@@ -86,6 +86,7 @@ current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+K = TypeVar("K")
 AssignmentDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 GuestRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
 
@@ -350,46 +351,44 @@ _heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
 _resources: dict[ResourceState, dict[str, Variant]] = {}
 
 
+def _kept(kept: dict[K, dict[str, Variant]], key: K, build: Callable[[], dict[str, Variant]]) -> dict[str, Variant]:
+    out = kept.get(key)
+    if out is None:
+        if len(kept) >= _VARIANTS_KEPT:
+            kept.clear()
+        out = kept[key] = build()
+    return out
+
+
 def _head(a: Assignment, process_label: str, image_label: str) -> dict[str, Variant]:
-    key = (a, process_label, image_label)
-    head = _heads.get(key)
-    if head is None:
-        if len(_heads) >= _VARIANTS_KEPT:
-            _heads.clear()
-        head = _heads[key] = {
-            "uuid": Variant("s", a.uuid),
-            "name": Variant("s", a.name),
-            "label": Variant("s", process_label),
-            "image_label": Variant("s", image_label),
-            "level": Variant("s", str(a.level)),
-            "categories": Variant("au", list(a.level.pair)),
-            "profile": Variant("s", a.profile),
-            "state": Variant("s", a.state.value),
-            "origin": Variant("s", a.origin.value),
-            "note": Variant("s", a.note),
-            "created": Variant("t", int(a.created)),
-            "updated": Variant("t", int(a.updated)),
-        }
-    return head
+    return _kept(_heads, (a, process_label, image_label), lambda: {
+        "uuid": Variant("s", a.uuid),
+        "name": Variant("s", a.name),
+        "label": Variant("s", process_label),
+        "image_label": Variant("s", image_label),
+        "level": Variant("s", str(a.level)),
+        "categories": Variant("au", list(a.level.pair)),
+        "profile": Variant("s", a.profile),
+        "state": Variant("s", a.state.value),
+        "origin": Variant("s", a.origin.value),
+        "note": Variant("s", a.note),
+        "created": Variant("t", int(a.created)),
+        "updated": Variant("t", int(a.updated)),
+    })
 
 
 def _resource(r: ResourceState) -> dict[str, Variant]:
-    out = _resources.get(r)
-    if out is None:
-        if len(_resources) >= _VARIANTS_KEPT:
-            _resources.clear()
-        out = _resources[r] = {
-            "path": Variant("s", r.path),
-            "device": Variant("s", r.device),
-            "kind": Variant("s", r.kind.value),
-            "class": Variant("s", r.rclass.value),
-            "expected": Variant("s", r.expected),
-            "actual": Variant("s", r.actual),
-            "status": Variant("s", r.status.value),
-            "note": Variant("s", r.note),
-            "applier": Variant("s", r.applier.value),
-        }
-    return out
+    return _kept(_resources, r, lambda: {
+        "path": Variant("s", r.path),
+        "device": Variant("s", r.device),
+        "kind": Variant("s", r.kind.value),
+        "class": Variant("s", r.rclass.value),
+        "expected": Variant("s", r.expected),
+        "actual": Variant("s", r.actual),
+        "status": Variant("s", r.status.value),
+        "note": Variant("s", r.note),
+        "applier": Variant("s", r.applier.value),
+    })
 
 
 def as_named(details: dict[str, str]) -> dict[str, str]:
