@@ -1,12 +1,16 @@
 """What svirtd's D-Bus methods cost, against the bus's own GetId on the same bus, side by side.
 
-Real dbus-daemon (our policy file), real libvirtd, svirtd as a process, one guest with 4 disks:
-- in-process (one dbus-fast connection, raw messages timed from send to raw reply, nothing unwrapped
-  for any of them): Query and PrepareStart (a guest start whose resources are all in place, as the
-  libvirt hook sends it) against GetId; the difference is the daemon's own cost (*_daemon_ms); and
-  Peer.Ping to svirtd, the floor of any call a Python process answers;
-- over busctl (a new process and connection per call, as the hook and admins do): the same.
-Calls alternate with GetId, medians of ROUNDS; the ratios are the numbers to watch.
+Real dbus-daemon (our policy file), real libvirtd, svirtd as a process, three guests with 1, 4 and 16
+disks (one resource each):
+- in-process (one dbus-fast connection in this bench's process, raw messages timed from send to raw
+  reply, nothing unwrapped for any of them): Query and PrepareStart (a guest start whose resources are
+  all in place, as the libvirt hook sends it) of each guest against GetId; the difference is the
+  daemon's own cost (*_daemon_ms); and Peer.Ping to svirtd, the floor of any call a Python process
+  answers (query_vs_ping says how far above that floor Query is). Every call still crosses the bus:
+  "in-process" is about the client, not the daemon;
+- over busctl (a new process and connection per call, as the hook and admins do): the 4-disk guest.
+Calls alternate with GetId, medians of ROUNDS; the ratios are the numbers to watch. Unsuffixed keys
+are the 1-disk guest's; *4_* and *16_* the others'.
 
 The LAST line printed is one JSON object.
 """
@@ -32,11 +36,13 @@ from testbed.stack import private_stack
 ROUNDS = 300
 BUSCTL_ROUNDS = 60
 PREFIX = "svb-dbus"
+DISKS = (1, 4, 16)  # resources per guest
 
 
-async def in_process(address: str, uuid: str, xml: str) -> dict[str, float]:
+async def in_process(address: str, guests: dict[int, tuple[str, str]]) -> dict[str, float]:
     """Each call timed the same way: one raw message out, its raw reply in, nothing unwrapped (GetId
-    has nothing to unwrap; Query's a{sv} would cost the client, not the daemon)."""
+    has nothing to unwrap; Query's a{sv} would cost the client, not the daemon). guests: disks ->
+    (uuid, definition)."""
     async with SvirtClient(address) as client:
         assert client.bus is not None
         bus = client.bus
@@ -52,9 +58,11 @@ async def in_process(address: str, uuid: str, xml: str) -> dict[str, float]:
             # process (GetId is answered by dbus-daemon in C).
             "ping": lambda: Message(destination="org.svirt.Manager", path="/org/svirt/Manager",
                                     interface="org.freedesktop.DBus.Peer", member="Ping"),
-            "query": lambda: svirt("Query", "s", uuid),
-            "prepare_start": lambda: svirt("PrepareStart", "s", xml),
         }
+        for disks, (uuid, xml) in guests.items():
+            suffix = "" if disks == 1 else str(disks)
+            messages[f"query{suffix}"] = lambda uuid=uuid: svirt("Query", "s", uuid)  # type: ignore[misc]
+            messages[f"prepare_start{suffix}"] = lambda xml=xml: svirt("PrepareStart", "s", xml)  # type: ignore[misc]
         times: dict[str, list[float]] = {name: [] for name in messages}
         for _ in range(ROUNDS):
             for name, make in messages.items():
@@ -87,35 +95,41 @@ def over_busctl(address: str, uuid: str, xml: str) -> dict[str, float]:
 
 def main() -> None:
     with private_stack(PREFIX) as stack:
-        bus, guests, libvirtd = stack.bus, stack.guests, stack.libvirtd
-        guest = guests.new(disks=4)
-        deadline = time.monotonic() + 30
-        while asyncio.run(_isolated(bus.address, guest.uuid)) is False:
-            if time.monotonic() > deadline:
-                raise TimeoutError("the guest was never isolated")
-            time.sleep(0.05)
-        xml = subprocess.run(["virsh", "-c", libvirtd.uri, "dumpxml", guest.name], check=True,
-                             capture_output=True, text=True).stdout
-        inproc = asyncio.run(in_process(bus.address, guest.uuid, xml))
-        busctl = over_busctl(bus.address, guest.uuid, xml)
+        bus, libvirtd = stack.bus, stack.libvirtd
+        made = {disks: stack.guests.new(disks=disks) for disks in DISKS}
+        guests: dict[int, tuple[str, str]] = {}
+        for disks, guest in made.items():
+            deadline = time.monotonic() + 30
+            while asyncio.run(_isolated(bus.address, guest.uuid)) is False:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the guest was never isolated")
+                time.sleep(0.05)
+            xml = subprocess.run(["virsh", "-c", libvirtd.uri, "dumpxml", guest.name], check=True,
+                                 capture_output=True, text=True).stdout
+            guests[disks] = (guest.uuid, xml)
+        inproc = asyncio.run(in_process(bus.address, guests))
+        busctl = over_busctl(bus.address, *guests[4])
         print(f"in-process medians of {ROUNDS} (ms): {', '.join(f'{k} {v:.3f}' for k, v in inproc.items())}")
-        print(f"busctl medians of {BUSCTL_ROUNDS} (ms): {', '.join(f'{k} {v:.2f}' for k, v in busctl.items())}")
-        print(json.dumps({
-            "getid_ms": round(inproc["getid"], 3),
-            "query_ms": round(inproc["query"], 3),
-            "prepare_start_ms": round(inproc["prepare_start"], 3),
-            "ping_ms": round(inproc["ping"], 3),
-            "ping_vs_getid": round(inproc["ping"] / inproc["getid"], 2),
-            "query_vs_getid": round(inproc["query"] / inproc["getid"], 2),
-            "query_vs_ping": round(inproc["query"] / inproc["ping"], 2),
-            "query_daemon_ms": round(inproc["query"] - inproc["getid"], 3),
-            "prepare_start_daemon_ms": round(inproc["prepare_start"] - inproc["getid"], 3),
-            "prepare_start_vs_getid": round(inproc["prepare_start"] / inproc["getid"], 2),
+        print(f"busctl medians of {BUSCTL_ROUNDS} (ms), 4 disks: "
+              f"{', '.join(f'{k} {v:.2f}' for k, v in busctl.items())}")
+        getid = inproc["getid"]
+        out: dict[str, float] = {"getid_ms": round(getid, 3), "ping_ms": round(inproc["ping"], 3),
+                                 "ping_vs_getid": round(inproc["ping"] / getid, 2)}
+        for disks in DISKS:
+            suffix = "" if disks == 1 else str(disks)
+            for call in ("query", "prepare_start"):
+                ms = inproc[f"{call}{suffix}"]
+                out[f"{call}{suffix}_ms"] = round(ms, 3)
+                out[f"{call}{suffix}_vs_getid"] = round(ms / getid, 2)
+                out[f"{call}{suffix}_daemon_ms"] = round(ms - getid, 3)
+            out[f"query{suffix}_vs_ping"] = round(inproc[f"query{suffix}"] / inproc["ping"], 2)
+        out.update({
             "busctl_getid_ms": round(busctl["getid"], 2),
-            "busctl_query_ms": round(busctl["query"], 2),
-            "busctl_prepare_start_ms": round(busctl["prepare_start"], 2),
-            "busctl_prepare_start_vs_getid": round(busctl["prepare_start"] / busctl["getid"], 2),
-        }))
+            "busctl_query4_ms": round(busctl["query"], 2),
+            "busctl_prepare_start4_ms": round(busctl["prepare_start"], 2),
+            "busctl_prepare_start4_vs_getid": round(busctl["prepare_start"] / busctl["getid"], 2),
+        })
+        print(json.dumps(out))
 
 
 async def _isolated(address: str, uuid: str) -> bool:

@@ -27,7 +27,7 @@ from .dbus_guests import EMITS, GuestObjects
 from .dbus_jobs import Jobs
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult
-from .models import Assignment, looks_like_uuid
+from .models import Assignment, ResourceState, looks_like_uuid
 from .profiles import resolve_profile
 from .verify_gate import RECENT, VerifyGate
 
@@ -98,6 +98,7 @@ current_message: contextvars.ContextVar[Message | None] = contextvars.ContextVar
 
 P = ParamSpec("P")
 R = TypeVar("R")
+K = TypeVar("K")
 AssignmentDict = Annotated[dict[str, Variant], DBusSignature("a{sv}")]
 GuestRows = Annotated[list[list[str]], DBusSignature("a(sssss)")]
 
@@ -251,7 +252,9 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def PrepareStart(self, domain_xml: DBusStr) -> AssignmentDict:
-        await require_root(self._authz.bus, _sender(), "PrepareStart")
+        # The bus policy lets only root send it; the uid is asked of the bus once per connection.
+        if not await self._authz.is_root(_sender()):
+            raise errors.AccessDenied("only root (the libvirt hook) may call PrepareStart")
         assignment = await self._manager.prepare_start(domain_xml)
         if assignment is None:
             return {"confined": Variant("b", False)}
@@ -413,25 +416,35 @@ class ManagerInterface(ServiceInterface):
 
 def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
     a = report.assignment
-    resources = [
-        {
-            "path": Variant("s", r.path),
-            "device": Variant("s", r.device),
-            "kind": Variant("s", r.kind.value),
-            "class": Variant("s", r.rclass.value),
-            "expected": Variant("s", r.expected),
-            "actual": Variant("s", r.actual),
-            "status": Variant("s", r.status.value),
-            "note": Variant("s", r.note),
-            "applier": Variant("s", r.applier.value),
-        }
-        for r in report.resources
-    ]
     return {
+        **_head(a, report.process_label, report.image_label),
+        "resources": Variant("aa{sv}", [_resource(r) for r in report.resources]),
+        "isolation": Variant("s", report.isolation),
+    }
+
+
+# Query's variants, built once per distinct value (the models are frozen: a value is its own key, so
+# nothing is ever stale; a changed row, label or state is a new key). Bounded: cleared when full.
+_VARIANTS_KEPT = 4096
+_heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
+_resources: dict[ResourceState, dict[str, Variant]] = {}
+
+
+def _kept(kept: dict[K, dict[str, Variant]], key: K, build: Callable[[], dict[str, Variant]]) -> dict[str, Variant]:
+    out = kept.get(key)
+    if out is None:
+        if len(kept) >= _VARIANTS_KEPT:
+            kept.clear()
+        out = kept[key] = build()
+    return out
+
+
+def _head(a: Assignment, process_label: str, image_label: str) -> dict[str, Variant]:
+    return _kept(_heads, (a, process_label, image_label), lambda: {
         "uuid": Variant("s", a.uuid),
         "name": Variant("s", a.name),
-        "label": Variant("s", report.process_label),
-        "image_label": Variant("s", report.image_label),
+        "label": Variant("s", process_label),
+        "image_label": Variant("s", image_label),
         "level": Variant("s", str(a.level)),
         "categories": Variant("au", list(a.level.pair)),
         "profile": Variant("s", a.profile),
@@ -440,9 +453,21 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
         "note": Variant("s", a.note),
         "created": Variant("t", int(a.created)),
         "updated": Variant("t", int(a.updated)),
-        "resources": Variant("aa{sv}", resources),
-        "isolation": Variant("s", report.isolation),
-    }
+    })
+
+
+def _resource(r: ResourceState) -> dict[str, Variant]:
+    return _kept(_resources, r, lambda: {
+        "path": Variant("s", r.path),
+        "device": Variant("s", r.device),
+        "kind": Variant("s", r.kind.value),
+        "class": Variant("s", r.rclass.value),
+        "expected": Variant("s", r.expected),
+        "actual": Variant("s", r.actual),
+        "status": Variant("s", r.status.value),
+        "note": Variant("s", r.note),
+        "applier": Variant("s", r.applier.value),
+    })
 
 
 def as_named(details: dict[str, str]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import posixpath
 import pwd
 import stat
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from pathlib import Path
 from .errors import UnsafePath
 from .models import ResourceKind
 from .mount_table import TABLE
+from .openat2 import open_no_symlinks
 from .path_policy import check_path_text
 
 XATTR = "security.selinux"
@@ -111,13 +113,21 @@ MAX_SYMLINKS = 40  # as the kernel's path walk (ELOOP)
 def resolve(path: str, follow_last: bool = False) -> tuple[int, str, bool]:
     """(O_PATH fd, real path, whether the last component was a link followed) of an absolute path.
 
-    One component at a time with O_NOFOLLOW. A symlink is followed only when root owns it AND the
+    A path with no symlink at all: one openat2 call that refuses any. Else one component at a time
+    with O_NOFOLLOW. A symlink is followed only when root owns it AND the
     directory holding it is writable by nobody but root: otherwise whoever owns the link or can write
     its directory could point it elsewhere (another guest's files) between two relabels, or after the
     checks. UnsafePath names such a link and its owner. Never follows a magic link: targets are read
     as text and walked again under the same rule. The last component is returned as is (a symlink
     included) unless follow_last.
     """
+    fd = None if follow_last else _open_plain(path)
+    if fd is not None:
+        return fd, path, False
+    return _walk(path, follow_last)
+
+
+def _walk(path: str, follow_last: bool) -> tuple[int, str, bool]:
     todo = [p for p in reversed(path.split("/")) if p]
     walked: list[tuple[str, int]] = []  # (name, O_PATH fd) from / down to the current directory
     root = os.open("/", _O_PATH | os.O_DIRECTORY)
@@ -162,6 +172,18 @@ def resolve(path: str, follow_last: bool = False) -> tuple[int, str, bool]:
         for _, held in walked:
             os.close(held)
         os.close(root)
+
+
+def _open_plain(path: str) -> int | None:
+    """What resolve() ends with for a normalized path with no symlink anywhere on the way: the kernel's
+    one-call lookup (openat2, refusing symlinks); None for any other path, or any failure (the walk
+    then answers, with its own errors)."""
+    if not path.startswith("/") or path.startswith("//") or posixpath.normpath(path) != path:
+        return None
+    try:
+        return open_no_symlinks(path, _O_PATH)
+    except OSError:
+        return None
 
 
 def _trusted_link(parent: int, name: str, st: os.stat_result, where: str) -> str:

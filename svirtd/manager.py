@@ -62,6 +62,7 @@ from .observe import observe
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
+from .report_cache import ReportBasis, ReportCache
 from .resources import DomainSpec, parse_domain
 from .storage_gate import StorageGate
 from .store import Claim, Store
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_GUEST_REF = 256
+PARSED_KEPT = 64  # hook definitions kept parsed (a few per guest starting at once)
 # Failures that have a journal MESSAGE_ID (and catalog entry) of their own.
 FAILURE_MESSAGE_IDS: dict[type[SvirtError], str] = {
     LabelSpaceExhausted: message_ids.LABEL_SPACE_EXHAUSTED,
@@ -244,6 +246,9 @@ class Manager:
         self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
+        self._reports = ReportCache(store)  # what Query compares the files with, while the table holds
+        # The hook hands the same definition at every start: parsed once (DomainSpec is immutable).
+        self._parsed: dict[tuple[str, str], DomainSpec] = {}
         self._unconfined: dict[str, str] = {}  # uuid -> name: libvirt's guests svirtd does not isolate
         self._drift_reported: set[tuple[str, str | None]] = set()  # (path, label) warned about once
         self._reconcile_lock = asyncio.Lock()
@@ -449,7 +454,7 @@ class Manager:
         unconfined (released by an admin, or not covered by automatic confinement) and
         require_confined allows that.
         """
-        domain = parse_domain(xml, self.config.swtpm_dir)
+        domain = self._parse_hooked(xml)
         self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks[domain.uuid]:
@@ -466,6 +471,17 @@ class Manager:
                 return None
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
             return await self._isolate_locked(info, "", Origin.AUTO, domain)
+
+    def _parse_hooked(self, xml: str) -> DomainSpec:
+        """The definition the hook handed over, parsed once per text (the same one at every start)."""
+        key = (xml, str(self.config.swtpm_dir))
+        domain = self._parsed.get(key)
+        if domain is None:
+            domain = parse_domain(xml, self.config.swtpm_dir)
+            if len(self._parsed) >= PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[key] = domain
+        return domain
 
     def _confines(self, domain: DomainSpec) -> bool:
         """Is a guest svirtd does not isolate yet to be confined now? NotConfined when it is not and
@@ -489,7 +505,7 @@ class Manager:
         transient `virsh create` -- svirtd adopts the label that is about to run, if no other guest
         holds it, so that process, files and table agree. Otherwise the start is refused: two guests
         must never share a pair."""
-        domain = parse_domain(xml, self.config.swtpm_dir)
+        domain = self._parse_hooked(xml)
         label = domain.running_label
         if label is None and not any(s.type == "none" for s in domain.seclabels):
             return None  # no SELinux label: nothing runs confined by libvirt's driver here
@@ -753,8 +769,10 @@ class Manager:
 
     async def query(self, guest: str) -> GuestReport:
         ref = check_guest_ref(guest)
-        uuid = self._resolve_assigned(ref)
-        a = self.store.get(uuid)
+        uuid = ref if looks_like_uuid(ref) else self._resolve_assigned(ref)
+        a = self._reports.assignment(uuid)
+        if a is None and uuid == ref:
+            self._not_isolated(ref)
         if a is None:
             raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
         domain = self._domains.get(uuid)
@@ -766,21 +784,34 @@ class Manager:
         return await self._report(a, domain)
 
     async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
-        claims = self.store.claims_for(a.uuid)
-        decisions = self.converger.decisions(domain, a, self._libvirt_relabels(domain)) if domain is not None else ()
+        relabels = self._libvirt_relabels(domain) if domain is not None else False
+        basis = self._reports.basis(a.uuid, (a, domain, self.config, self.spec, relabels),
+                                    lambda: self._report_basis(a, domain, relabels))
+        claims, decisions = basis.claims, basis.decisions
         running = a.state is GuestState.RUNNING
         paths = [*(d.path for d in decisions), *(c.path for c in claims)]
-        hung = await self.storage.unresponsive(paths)
 
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
-        states = await self.storage.read(paths, a.name, observe,
-                                         decisions, claims, running, self.denied, note, hung)
+        # Files proven local are read in one thread hop; any other is asked first (storage_gate.py).
+        local, states = await self.storage.read_local(paths, a.name, observe,
+                                                      decisions, claims, running, self.denied, note)
+        if not local or states is None:
+            hung = await self.storage.unresponsive(paths)
+            states = await self.storage.read(paths, a.name, observe,
+                                             decisions, claims, running, self.denied, note, hung)
+        return GuestReport(assignment=a, process_label=basis.process_label, image_label=basis.image_label,
+                           resources=tuple(states), isolation=self.isolation_status(a.uuid))
+
+    def _report_basis(self, a: Assignment, domain: DomainSpec | None, relabels: bool) -> ReportBasis:
+        """What a report compares the files with: from the table and the definition only."""
+        decisions = self.converger.decisions(domain, a, relabels) if domain is not None else ()
         tcg = domain.is_tcg if domain is not None else False
-        return GuestReport(assignment=a, process_label=str(self.process_label(a, tcg)),
-                           image_label=str(self.spec.image_label(a.level)), resources=tuple(states),
-                           isolation=self.isolation_status(a.uuid))
+        return ReportBasis(depends_on=(a, domain, self.config, self.spec, relabels),
+                           claims=tuple(self.store.claims_for(a.uuid)), decisions=decisions,
+                           process_label=str(self.process_label(a, tcg)),
+                           image_label=str(self.spec.image_label(a.level)))
 
     def process_label(self, a: Assignment, tcg: bool = False) -> Context:
         """The label the guest's qemu runs with: its level, and its profile's process type."""

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 MOUNTINFO = "/proc/self/mountinfo"
+ALONG_KEPT = 4096  # paths whose mounts are remembered (the files of the guests being asked about)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class MountTable:
         self._poll = select.poll()
         self._mounts: list[Mount] = []
         self._by_device: dict[str, Mount] = {}
+        self._along: dict[str, tuple[Mount, ...]] = {}  # path -> along(path), for this table only
 
     def mounts(self) -> list[Mount]:
         with self._lock:
@@ -74,6 +76,19 @@ class MountTable:
                 best = m
         return best
 
+    def along(self, path: str) -> tuple[Mount, ...]:
+        """Every mount on a path's text: each one whose point is the path or a parent of it (hidden
+        ones under a later mount on the same point included)."""
+        with self._lock:
+            self._refresh()
+            along = self._along.get(path)
+            if along is None:
+                if len(self._along) >= ALONG_KEPT:
+                    self._along.clear()
+                along = self._along[path] = tuple(
+                    m for m in self._mounts if path == m.point or path.startswith(m.point.rstrip("/") + "/"))
+            return along
+
     def _refresh(self) -> None:
         if self._fd is not None and not self._poll.poll(0):
             return  # unchanged since the last read
@@ -88,6 +103,7 @@ class MountTable:
         self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
         self._mounts = parse_mountinfo(b"".join(chunks).decode(errors="replace"))
         self._by_device = {m.device: m for m in self._mounts}
+        self._along = {}
 
 
 TABLE = MountTable()

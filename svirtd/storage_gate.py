@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import StorageFailed, StorageNotResponding
+from .local_proof import provably_local, text_is_local
 from .mount_table import TABLE, MountTable
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,17 @@ class StorageGate:
 
     async def unresponsive(self, paths: Iterable[str]) -> dict[str, str]:
         """path -> why, for the paths whose storage does not answer (never raises)."""
+        files = _files(paths)
+        if any(text_is_local(p, self._table) for p in files):
+            # Proven local (local_proof.py): no helper question, one thread hop for all of them. A
+            # local disk that does not answer the proof in time: everything is asked the slow way.
+            try:
+                proven = await asyncio.wait_for(asyncio.to_thread(self._proven, files), self.timeout)
+            except TimeoutError:
+                proven = set()
+            files = [p for p in files if p not in proven]
         groups: dict[str, list[str]] = {}
-        for path in paths:
-            if not path.startswith("/") or "\n" in path or "\0" in path:
-                continue  # not a file (a network disk, a hostdev address...), or refused by the path policy
+        for path in files:
             groups.setdefault(self._point(path), []).append(path)
         verdicts = await asyncio.gather(*(self._answers(point, members) for point, members in groups.items()))
         out: dict[str, str] = {}
@@ -168,6 +176,27 @@ class StorageGate:
             m.threads = asyncio.Semaphore(THREADS_PER_MOUNT)
         return m
 
+    async def read_local(self, paths: Iterable[str], what: str, fn: Callable[..., T],
+                         *args: Any) -> tuple[bool, T | None]:
+        """The fast path of read() after ensure(): (True, fn(*args)) in ONE worker-thread hop, without
+        the helper's question, when every path is provably on local storage (local_proof.py) -- decided
+        in that thread, right before fn runs; (False, None), fn not run, when one is not (then ensure()
+        and read() as usual). The same deadline as read()."""
+        files = _files(paths)
+        if not all(text_is_local(p, self._table) for p in files):
+            return False, None  # decided on the table alone: no thread
+
+        def proven_then_fn() -> tuple[bool, T | None]:
+            if len(self._proven(files)) != len(files):
+                return False, None
+            return True, fn(*args)
+
+        return await self.read(files, what, proven_then_fn)
+
+    def _proven(self, files: list[str]) -> set[str]:
+        """In a worker thread: the paths proven local (local_proof.py)."""
+        return {p for p in files if provably_local(p, self._table)}
+
     def _point(self, path: str) -> str:
         mount = self._table.mount_of(path)
         return mount.point if mount is not None else "/"
@@ -234,6 +263,12 @@ class StorageGate:
 
     def _reap(self) -> None:
         self._killed = [p for p in self._killed if p.poll() is None]
+
+
+def _files(paths: Iterable[str]) -> list[str]:
+    """The paths that name files: not a network disk or a hostdev address, nothing the path policy
+    refuses anyway (newline, NUL)."""
+    return [p for p in paths if p.startswith("/") and "\n" not in p and "\0" not in p]
 
 
 CHUNK_BYTES = 32 * 1024  # half a pipe

@@ -8,6 +8,7 @@ duplicate level and a private inode claimed twice, even if the code above has a 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sqlite3
 import time
@@ -126,6 +127,10 @@ class Store:
         path.chmod(0o600)
         # Called with a guest's UUID after each committed change to its row or claims (any thread).
         self.observer: Callable[[str], None] | None = None
+        # A new value after each committed change to any row or claim: what is read at generation g is
+        # still true while generation == g (read it BEFORE the rows). next() of a count is atomic.
+        self._generations = itertools.count(1)
+        self.generation = 0
 
     def _upgrade(self, path: Path) -> None:
         """Bring the schema to SCHEMA_VERSION in ONE transaction (ALTER, DDL and user_version): a crash
@@ -156,6 +161,7 @@ class Store:
     def _changed(self, uuid: str) -> None:
         """After the commit: an observer's failure must not look like a failed write to the caller (which
         would undo what is committed, e.g. give a recorded pair back)."""
+        self.generation = next(self._generations)
         if self.observer is not None:
             try:
                 self.observer(uuid)

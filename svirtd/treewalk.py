@@ -52,6 +52,7 @@ BATCH = 4096  # entries journaled per fdatasync
 MAX_PENDING_DIRS = 64  # directory fds held while a batch is pending
 CACHED_DIRS = 16  # directory fds a walk keeps open on its way down (the root apart)
 PR_SET_PDEATHSIG = 1
+PROC_FDS = "/proc/self/fd"  # this process's descriptors by number (fork: the child's own, looked up anew)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Journal format 2: this header, then (relpath, original, "dev:ino") records, each field NUL-terminated.
@@ -325,10 +326,12 @@ class Labeler:
             self._records.clear()
         cwd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
+            # In /proc/self/fd while labeling: "N" names descriptor N's inode in a one-component lookup
+            # (the full /proc/self/fd/N costs four, `self` a magic link among them, twice per entry).
+            os.chdir(PROC_FDS)
             for _scan, dfd, rel, items in self._pending:
-                os.fchdir(dfd)
                 for name, ident, original in items:
-                    self._label(rel, name, ident, original)
+                    self._label(dfd, rel, name, ident, original)
             os.fchdir(cwd)
         finally:
             for _scan, dfd, _rel, _items in self._pending:
@@ -337,10 +340,10 @@ class Labeler:
             self._pending.clear()
             self._pending_count = 0
 
-    def _label(self, rel: bytes, name: str, ident: Ident, original: bytes) -> None:
-        """Label the inode the scan saw under this name (cwd: its directory), through a descriptor of it."""
+    def _label(self, dfd: int, rel: bytes, name: str, ident: Ident, original: bytes) -> None:
+        """Label the inode the scan saw under this name in dfd, through a descriptor of it (cwd: PROC_FDS)."""
         try:
-            fd = os.open(name, _PATH_FLAGS)
+            fd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
         except FileNotFoundError:
             self.stats.raced += 1
             return
@@ -349,7 +352,7 @@ class Labeler:
             return
         try:
             st = os.fstat(fd)
-            proc = f"/proc/self/fd/{fd}"
+            proc = str(fd)  # in PROC_FDS
             if (st.st_dev, st.st_ino) != ident or not labelable(st, self.root_dev) \
                     or (get_label(proc, follow=True) or b"") != original:
                 self.stats.raced += 1  # swapped, linked or relabeled since its original was journaled

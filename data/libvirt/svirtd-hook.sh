@@ -84,10 +84,10 @@ if [ "$rc" = 0 ]; then
             echo "svirtd: not starting $guest: $reason" >&2
             exit 1 ;;
     esac
-    if [ -s "$spooled.out" ]; then
-        cat "$spooled.out"  # the definition to use (migrate/restore), with svirtd's label in it
+    if [ -e "$spooled.out" ]; then  # only migrate/restore: a test is a built-in, rm is a process
+        [ -s "$spooled.out" ] && cat "$spooled.out"  # the definition to use, with svirtd's label in it
+        rm -f "$spooled.out"
     fi
-    rm -f "$spooled.out"
     [ "$2" = prepare ] && [ -e "$markers/$guest" ] && rm -f "$markers/$guest"
     exit 0
 fi

@@ -23,8 +23,9 @@ from svirtd.service import EX_CONFIG
 from testbed.bus import PrivateBus
 from testbed.client import CallFailed, SvirtClient
 from testbed.daemon import SVIRTD, SvirtdProcess
-from testbed.guests import GuestFactory
+from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.libvirtd import Libvirtd
+from testbed.mounts import Mounts
 from tests.conftest import clear_hook_env, wait_until
 from tests.helpers import call, run, xattr
 
@@ -202,9 +203,13 @@ def test_a_sighup_during_the_start_is_a_reload_after_it(bus: PrivateBus, libvirt
         clear_hook_env(libvirtd)
 
 
-def test_helper_processes_do_not_inherit_the_channel_to_systemd(guests: GuestFactory, daemon: StartDaemon) -> None:
-    """The storage prober (and the tree walker) must not be able to speak for svirtd to systemd."""
-    guests.new()
+def test_helper_processes_do_not_inherit_the_channel_to_systemd(guests: GuestFactory, mounts: Mounts,
+                                                               daemon: StartDaemon) -> None:
+    """The storage prober (and the tree walker) must not be able to speak for svirtd to systemd. The
+    disk is on FUSE: files proven local are read without asking a prober (local_proof.py)."""
+    fuse = guests.image_dir / "fuse"
+    mounts.bindfs(guests.image_dir / "fuse-src", fuse)
+    guests.new(disk_specs=[Disk(make_disk(fuse / "disk.img"), "vda")])
     proc = daemon(env={"WATCHDOG_USEC": "30000000"})
     assert proc.proc is not None
     pid = proc.proc.pid

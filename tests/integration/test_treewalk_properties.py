@@ -46,13 +46,13 @@ from svirtd import treewalk
 swaps = [(bytes.fromhex(victim), bytes.fromhex(outside)) for victim, outside in json.loads(sys.argv[1])]
 real_label = treewalk.Labeler._label
 done = []
-def label(self, rel, name, ident, original):
-    if not done and name != ".":
+def label(self, *args):  # (..., name, ident, original)
+    if not done and args[-3] != ".":
         done.append(True)
         for victim, outside in swaps:
             os.link(outside, victim + b".swap")
             os.rename(victim + b".swap", victim)
-    return real_label(self, rel, name, ident, original)
+    return real_label(self, *args)
 treewalk.Labeler._label = label
 sys.exit(treewalk.main(sys.argv[2:]))
 """
