@@ -455,7 +455,6 @@ class Manager:
         require_confined allows that.
         """
         domain = self._parse_hooked(xml)
-        self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks[domain.uuid]:
             if self.store.is_releasing(domain.uuid):
@@ -468,7 +467,8 @@ class Manager:
                     domain.uuid, domain.name, message_ids.GUEST_UNCONFINED, SVIRT_REASON="release pending"))
                 return None
             if self.store.get(domain.uuid) is None and not self._confines(domain):
-                return None
+                return None  # not kept: a transient guest's UUID passes once (test_definition_cache)
+            self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
             return await self._isolate_locked(info, "", Origin.AUTO, domain)
 
@@ -1002,6 +1002,7 @@ class Manager:
     async def _forget(self, uuid: str) -> None:
         """The guest no longer exists in libvirt: release it, and drop any opt-out."""
         self._unconfined.pop(uuid, None)
+        self._domains.pop(uuid, None)
         self.store.remove_optout(uuid)
         self.levels.release_foreign(uuid)
         a = self.store.get(uuid)
