@@ -20,11 +20,20 @@ from __future__ import annotations
 import enum
 import json
 import random
+import re
 from array import array
 from dataclasses import dataclass, field
 
 from .allocator import CategorySpace, PairAllocator
 from .models import Level
+
+HOST_ID_RULE = "letters, digits, '.', '_' and '-' only, starting with a letter or digit, at most 63"
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def is_host_id(value: str) -> bool:
+    """A host's id as svirtd.conf's [cluster] host_id allows it (an etcd key component)."""
+    return _HOST_ID.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

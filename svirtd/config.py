@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -10,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .cluster_model import HOST_ID_RULE, is_host_id
 from .errors import ConfigError
 from .models import format_categories, parse_categories
 
@@ -69,8 +69,8 @@ class ClusterConfig(BaseModel):
     @field_validator("host_id")
     @classmethod
     def _host_id(cls, value: str) -> str:
-        if value and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
-            raise ValueError(f"{value!r}: letters, digits, '.', '_' and '-' only (at most 63)")
+        if value and not is_host_id(value):
+            raise ValueError(f"{value!r}: {HOST_ID_RULE}")
         return value
 
     @model_validator(mode="after")

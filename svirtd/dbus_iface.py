@@ -22,6 +22,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
+from .cluster_model import HOST_ID_RULE, is_host_id
 from .dbus_errors import dbus_errors
 from .dbus_guests import EMITS, GuestObjects
 from .dbus_jobs import Jobs
@@ -324,6 +325,8 @@ class ManagerInterface(ServiceInterface):
     @method()
     @dbus_errors
     async def ForgetHost(self, host: DBusStr) -> DBusUInt32:
+        if not is_host_id(host):  # checked first: a caller's megabytes are no polkit action detail
+            raise errors.InvalidArgument(f"{host[:80]!r} is not a host id: {HOST_ID_RULE}")
         await self._authz.check(_sender(), Action.CLUSTER, {"host": host}, _interactive())
         return await self._manager.forget_host(host)
 

@@ -283,6 +283,17 @@ def test_local_backend_needs_no_etcd(svirtd: StartSvirtd, guests: GuestFactory, 
     assert exc.value.name == ERROR + "InvalidArgument"
 
 
+def test_a_host_id_that_cannot_be_one_is_refused_before_anything_is_asked(svirtd: StartSvirtd,
+                                                                          bus: PrivateBus) -> None:
+    """ForgetHost checks its argument as svirtd.conf checks host_id, before polkit is asked (a caller's
+    megabytes are no action detail) and before the backend is."""
+    svirtd()
+    for bad in ("", "../host", "host b", "h" * 64, "x\u00e9"):
+        with pytest.raises(CallFailed) as exc:
+            run(call(bus, "ForgetHost", "s", bad))
+        assert exc.value.name == ERROR + "InvalidArgument" and "not a host id" in exc.value.text, (bad, exc.value)
+
+
 def test_pending_releases_and_lost_rows_survive_a_crash_of_svirtd(
         etcd: EtcdCluster, prefix: str, svirtd: StartSvirtd, guests: GuestFactory, bus: PrivateBus) -> None:
     """svirtd killed (SIGKILL) while etcd has no quorum and a release waits for it; its cache row of another
