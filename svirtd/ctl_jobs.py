@@ -1,4 +1,4 @@
-"""svirtctl's side of svirtd's jobs: start one (Manager1.StartIsolate/StartRelease), follow its object's
+"""svirtctl's side of svirtd's jobs: start one (Manager1.StartIsolate/StartRelease/StartVerify), follow its object's
 PropertiesChanged for the progress bar, and wait for its JobRemoved however long it takes: no method
 call is open meanwhile, so no client timeout applies to the job, only to each short call. Ctrl-C asks
 svirtd to cancel the job (an isolation rolls back what it labeled) and still waits for its end."""
@@ -147,5 +147,8 @@ def _cancel(client: Client, path: str, props: dict[str, Any], bar: Bar) -> async
     if not props.get("Cancellable", True):
         bar.say("svirtctl: a release cannot be cancelled; waiting for it to finish (Ctrl-C again to stop waiting)")
         return asyncio.ensure_future(asyncio.sleep(0))
-    bar.say("svirtctl: cancelling: svirtd rolls back what the job labeled (Ctrl-C again to stop waiting)")
+    if props.get("Operation") == "verify":  # labels nothing: the job just stops waiting for the proof
+        bar.say("svirtctl: cancelling the verify (Ctrl-C again to stop waiting)")
+    else:
+        bar.say("svirtctl: cancelling: svirtd rolls back what the job labeled (Ctrl-C again to stop waiting)")
     return asyncio.ensure_future(client.call("Cancel", "", [], interface=JOB_INTERFACE, path=path))

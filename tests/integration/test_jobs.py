@@ -253,3 +253,50 @@ def test_ctrl_c_cancels_an_isolation_on_a_terminal(bus: PrivateBus, guests: Gues
     assert code == ExitCode.CANCELLED and "cancelling" in shown and "Cancelled" in shown, shown
     assert labels_below(share) == before
     assert not isolated(bus, g.uuid)
+
+
+# Guests that make the proof outlast a 1 s client timeout: it judges every guest against every other's
+# image and sockets (4 checks per ordered pair) and every host control plane.
+MANY = 20
+
+
+def test_svirtctl_verify_is_a_job_that_outlives_a_short_timeout_and_ctrl_c_cancels_it(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    with_disk = guests.new()
+    for _ in range(MANY - 1):
+        guests.new(disks=0)
+    svirtd(auto_verify_max_guests=0)  # no proof of svirtd's own running beside the ones asked for
+    wait_until(lambda: len(run(call(bus, "List"))) == MANY, timeout=300, what=f"{MANY} guests isolated")
+    env = {"PATH": os.environ["PATH"], "SVIRT_BUS_ADDRESS": bus.address, "TERM": "xterm", "LC_ALL": "C.UTF-8"}
+    started = time.monotonic()
+    code, shown = in_pty([str(SVIRTCTL), "--timeout", "1", "verify"], env, lambda _: None, timeout=300)
+    took = time.monotonic() - started
+    print(f"verify of {MANY} guests through svirtctl on a terminal: {took:.1f} s")
+    assert code == ExitCode.OK, shown
+    # The precondition that makes this test mean something: the proof outlasted the client's timeout.
+    assert took > 1, f"the proof took {took:.2f} s, within the 1 s timeout: nothing was proven"
+    assert "\rverify  working" in shown, shown  # the line on the terminal while the proof runs ...
+    assert f"guests        {MANY}   resources" in shown and "isolation     OK" in shown, shown  # ... then the report
+
+    # Piped: no line, nothing on stderr; a violation found by the job is exit 3 with its finding.
+    os.setxattr(with_disk.disk, "security.selinux", b"system_u:object_r:shadow_t:s0")  # out of the guest's reach
+    started = time.monotonic()
+    out = subprocess.run([str(SVIRTCTL), "--timeout", "1", "verify"], capture_output=True, text=True, timeout=300,
+                         env=env, stdin=subprocess.DEVNULL)
+    print(f"the same, piped: {time.monotonic() - started:.1f} s")
+    assert out.returncode == ExitCode.VIOLATED and out.stderr == "", out
+    assert re.search(r"isolation     VIOLATED \(\d+ findings\)", out.stdout) and str(with_disk.disk) in out.stdout, out
+
+    # Ctrl-C while the proof runs cancels the job.
+    typed: list[float] = []
+
+    def interrupt(seen: str) -> bytes | None:
+        if not typed and "verify  working" in seen:
+            typed.append(time.monotonic())
+            return b"\x03"
+        return None
+
+    code, shown = in_pty([str(SVIRTCTL), "verify"], env, interrupt, timeout=300)
+    assert typed, shown
+    assert code == ExitCode.CANCELLED and "cancelling the verify" in shown and "Cancelled" in shown, shown
+    assert managed_jobs(bus.address) == []
