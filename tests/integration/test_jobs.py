@@ -278,7 +278,8 @@ def test_svirtctl_verify_is_a_job_that_outlives_a_short_timeout_and_ctrl_c_cance
     assert code == ExitCode.OK, shown
     # The precondition that makes this test mean something: the proof outlasted the client's timeout.
     assert took > 1, f"the proof took {took:.2f} s, within the 1 s timeout: nothing was proven"
-    assert "\rverify  working" in shown, shown  # the line on the terminal while the proof runs ...
+    assert "\rverify  working" in shown, shown  # the line on the terminal while the proof runs, its seconds ...
+    assert re.search(r"\rverify  working  [1-9]\d* s", shown), shown
     assert f"guests        {MANY}   resources" in shown and "isolation     OK" in shown, shown  # ... then the report
     # The proof, read again, is the same one; nobody but root may read it (no polkit on this bus).
     error, body = run(_last_verify(bus.address))
