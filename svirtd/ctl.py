@@ -76,7 +76,8 @@ async def cmd_list(client: Client, args: argparse.Namespace) -> ExitCode:
 def progress_bar(args: argparse.Namespace) -> Bar:
     """A bar on stderr when it is a terminal, unless --json or --no-progress."""
     on = sys.stderr.isatty() and not args.json and not args.no_progress
-    return Bar(f"{args.command} {args.guest}", sys.stderr, on)
+    label = f"{args.command} {args.guest}" if "guest" in args else args.command
+    return Bar(label, sys.stderr, on)
 
 
 async def cmd_query(client: Client, args: argparse.Namespace) -> ExitCode:
@@ -104,8 +105,10 @@ async def cmd_status(client: Client, args: argparse.Namespace) -> ExitCode:
 
 
 async def cmd_verify(client: Client, args: argparse.Namespace) -> ExitCode:
-    # The proof is Verify's answer: waited for however long it takes (no file progress to show).
-    (result,) = await client.call("Verify", timeout=None)
+    # A job: a big host's proof takes longer than any client waits for one answer; its result is then
+    # the last proof (LastVerify: a short call, no new proof).
+    await run_job(client, "StartVerify", "", [], progress_bar(args))
+    (result,) = await client.call("LastVerify")
     plain = unwrap(result)
     out([dumps(plain)] if args.json else verify_lines(plain))
     return ExitCode.OK if plain["ok"] else ExitCode.VIOLATED
@@ -167,10 +170,10 @@ def add_common(p: argparse.ArgumentParser, defaults: bool) -> None:
     p.add_argument("--no-ask-password", action="store_true", default=default(False),
                    help="never let polkit ask for a password (fail with exit 5 instead)")
     p.add_argument("--no-progress", action="store_true", default=default(False),
-                   help="isolate, release: no progress bar (there is none unless stderr is a terminal)")
+                   help="isolate, release, verify: no progress bar (there is none unless stderr is a terminal)")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS", default=default(None),
                    help=f"how long svirtd may take to answer one call (default {TIMEOUT:g}, {INTERACTIVE_TIMEOUT:g} "
-                        "when polkit may ask for a password); an isolate's or release's job may take longer")
+                        "when polkit may ask for a password); an isolate's, release's or verify's job may take longer")
 
 
 def _seconds(text: str) -> float:

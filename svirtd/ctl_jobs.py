@@ -1,4 +1,4 @@
-"""svirtctl's side of svirtd's jobs: start one (Manager1.StartIsolate/StartRelease), follow its object's
+"""svirtctl's side of svirtd's jobs: start one (Manager1.StartIsolate/StartRelease/StartVerify), follow its object's
 PropertiesChanged for the progress bar, and wait for its JobRemoved however long it takes: no method
 call is open meanwhile, so no client timeout applies to the job, only to each short call. Ctrl-C asks
 svirtd to cancel the job (an isolation rolls back what it labeled) and still waits for its end."""
@@ -6,9 +6,11 @@ svirtd to cancel the job (an isolation rolls back what it labeled) and still wai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Any, TextIO
 
 from dbus_fast import DBusError, Message, MessageType
@@ -39,13 +41,15 @@ class Bar:
         self.stream = stream
         self.on = on
         self.shown = False
+        self.started = time.monotonic()
 
     def draw(self, props: dict[str, Any]) -> None:
         if not self.on:
             return
         width = _columns(self.stream)
         line = progress_line(self.label, float(props.get("Progress", 0.0)), int(props.get("FilesDone", 0)),
-                             int(props.get("FilesTotal", 0)), str(props.get("State", "running")), width)
+                             int(props.get("FilesTotal", 0)), str(props.get("State", "running")), width,
+                             time.monotonic() - self.started)
         self.stream.write("\r" + line + "\x1b[K")
         self.stream.flush()
         self.shown = True
@@ -128,7 +132,9 @@ async def run_job(client: Client, member: str, signature: str, body: list[Any], 
                 cancel_calls.append(_cancel(client, path, watch.props.get(path, {}), bar))
             bar.draw(watch.props.get(path, {}))
             watch.changed.clear()
-            await watch.changed.wait()
+            # Redrawn every second as well: a job that counts nothing (a verify) shows its seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(watch.changed.wait(), 1.0 if bar.on else None)
     finally:
         loop.remove_signal_handler(signal.SIGINT)
         bar.clear()
@@ -147,5 +153,8 @@ def _cancel(client: Client, path: str, props: dict[str, Any], bar: Bar) -> async
     if not props.get("Cancellable", True):
         bar.say("svirtctl: a release cannot be cancelled; waiting for it to finish (Ctrl-C again to stop waiting)")
         return asyncio.ensure_future(asyncio.sleep(0))
-    bar.say("svirtctl: cancelling: svirtd rolls back what the job labeled (Ctrl-C again to stop waiting)")
+    if props.get("Operation") == "verify":  # labels nothing: the job just stops waiting for the proof
+        bar.say("svirtctl: cancelling the verify (Ctrl-C again to stop waiting)")
+    else:
+        bar.say("svirtctl: cancelling: svirtd rolls back what the job labeled (Ctrl-C again to stop waiting)")
     return asyncio.ensure_future(client.call("Cancel", "", [], interface=JOB_INTERFACE, path=path))

@@ -102,15 +102,17 @@ def verify_lines(result: dict[str, Any]) -> list[str]:
     return lines + [f"  {line}" for line in kinds]
 
 
-def progress_line(label: str, fraction: float, done: int, total: int, state: str, width: int) -> str:
+def progress_line(label: str, fraction: float, done: int, total: int, state: str, width: int,
+                  elapsed: float = 0.0) -> str:
     """A job's progress bar on one terminal line of `width` columns, e.g.
     `isolate web1  [#########...........]  45%  22,500/50,000 files`; the bar takes what the text leaves
-    (none on a very narrow terminal), the label is shortened rather than the line wrapped."""
+    (none on a very narrow terminal), the label is shortened rather than the line wrapped. A job that
+    counts nothing (a verify) says `working` and the seconds it has run, so the line still moves."""
     fraction = min(1.0, max(0.0, fraction))
     if total > 0:
         tail = f" {fraction * 100:3.0f}%  {done:,}/{total:,} files"
     else:
-        tail = f"  {done:,} files" if done else "  working"
+        tail = f"  {done:,} files" if done else "  working" + (f"  {elapsed:.0f} s" if elapsed >= 1 else "")
     if state == "cancelling":
         tail += "  (cancelling: rolling back)"
     room = max(0, width - 1)  # the last column: a terminal may wrap when it is written

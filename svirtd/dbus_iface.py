@@ -72,6 +72,8 @@ DOCS: dict[str, str] = {
     "StartRelease": "As Release, as a job (see StartIsolate). A release cannot be cancelled.",
     "StartVerify": "As Verify, as a job (see StartIsolate); the proof is then the guests' Isolation property "
                    "and what Verify returns (a proof younger than a few seconds is shared).",
+    "LastVerify": "The last proof, as Verify returned it (after a StartVerify job: its result), without making "
+                  "one; authorized as Verify. Failed while no proof was made since svirtd started.",
     "JobRemoved": "A job ended and its object is going: id, object path, guest, result (done, failed, "
                   "canceled), and the D-Bus error name and message of a failure ('' when done).",
     "Isolated": "A guest received (or changed) its isolation: uuid, name, process label.",
@@ -300,6 +302,15 @@ class ManagerInterface(ServiceInterface):
         await self._authz.check(sender, Action.VERIFY, {}, _interactive())
         new = await self._authz.is_root(sender)
         return self._start("verify", "", Action.VERIFY, {}, lambda: self._verify.result(new=new), cancel_task=True)
+
+    @method()
+    @dbus_errors
+    async def LastVerify(self) -> AssignmentDict:
+        await self._authz.check(_sender(), Action.VERIFY, {}, _interactive())
+        last = self._manager.last_verify
+        if last is None:
+            raise errors.SvirtError("no proof was made since svirtd started (StartVerify makes one)")
+        return verify_to_dbus(last)
 
     async def _verified(self) -> VerifyResult:
         sender = _sender()

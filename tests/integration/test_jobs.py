@@ -147,17 +147,19 @@ def managed_jobs(address: str) -> list[str]:
     return jobs
 
 
-# Job1.Cancel from whoever runs it: prints the error name and message, or "cancelled".
-CANCEL_AS_ANYBODY = """
+# A call from whoever runs it (ADDRESS PATH [INTERFACE MEMBER], default Job1.Cancel): prints the error
+# name and message, or "answered".
+CALL_AS_ANYBODY = """
 import asyncio, sys
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 async def main():
     bus = await MessageBus(bus_address=sys.argv[1]).connect()
-    reply = await bus.call(Message(destination="org.svirt.Manager", path=sys.argv[2], interface="org.svirt.Job1",
-                                   member="Cancel"))
-    print(f"{reply.error_name}: {reply.body[0]}" if reply.message_type is MessageType.ERROR else "cancelled")
+    interface, member = sys.argv[3:5] if len(sys.argv) > 3 else ("org.svirt.Job1", "Cancel")
+    reply = await bus.call(Message(destination="org.svirt.Manager", path=sys.argv[2], interface=interface,
+                                   member=member))
+    print(f"{reply.error_name}: {reply.body[0]}" if reply.message_type is MessageType.ERROR else "answered")
 
 asyncio.run(main())
 """
@@ -210,7 +212,7 @@ def test_cancel_rolls_the_share_back_and_nobody_may_cancel_roots_job(
                    what="the job under way")
         # An unprivileged caller (no polkit: only root may) is refused; the job goes on.
         refused = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                                  sys.executable, "-c", CANCEL_AS_ANYBODY, bus.address, path],
+                                  sys.executable, "-c", CALL_AS_ANYBODY, bus.address, path],
                                  capture_output=True, text=True, timeout=60, cwd="/")
         assert refused.stdout.startswith("org.freedesktop.DBus.Error.AccessDenied: polkit is not running, so only "
                                          "root may isolate"), refused
@@ -253,3 +255,65 @@ def test_ctrl_c_cancels_an_isolation_on_a_terminal(bus: PrivateBus, guests: Gues
     assert code == ExitCode.CANCELLED and "cancelling" in shown and "Cancelled" in shown, shown
     assert labels_below(share) == before
     assert not isolated(bus, g.uuid)
+
+
+# Guests that make the proof outlast a 1 s client timeout: it judges every guest against every other's
+# image and sockets (4 checks per ordered pair) and every host control plane.
+MANY = 20
+
+
+def test_svirtctl_verify_is_a_job_that_outlives_a_short_timeout_and_ctrl_c_cancels_it(
+        bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
+    with_disk = guests.new()
+    for _ in range(MANY - 1):
+        guests.new(disks=0)
+    svirtd(auto_verify_max_guests=0)  # no proof of svirtd's own running beside the ones asked for
+    wait_until(lambda: len(run(call(bus, "List"))) == MANY, timeout=300, what=f"{MANY} guests isolated")
+    assert run(_last_verify(bus.address))[0] == "org.svirt.Manager1.Error.Failed"  # no proof made yet
+    env = {"PATH": os.environ["PATH"], "SVIRT_BUS_ADDRESS": bus.address, "TERM": "xterm", "LC_ALL": "C.UTF-8"}
+    started = time.monotonic()
+    code, shown = in_pty([str(SVIRTCTL), "--timeout", "1", "verify"], env, lambda _: None, timeout=300)
+    took = time.monotonic() - started
+    print(f"verify of {MANY} guests through svirtctl on a terminal: {took:.1f} s")
+    assert code == ExitCode.OK, shown
+    # The precondition that makes this test mean something: the proof outlasted the client's timeout.
+    assert took > 1, f"the proof took {took:.2f} s, within the 1 s timeout: nothing was proven"
+    assert "\rverify  working" in shown, shown  # the line on the terminal while the proof runs, its seconds ...
+    assert re.search(r"\rverify  working  [1-9]\d* s", shown), shown
+    assert f"guests        {MANY}   resources" in shown and "isolation     OK" in shown, shown  # ... then the report
+    # The proof, read again, is the same one; nobody but root may read it (no polkit on this bus).
+    error, body = run(_last_verify(bus.address))
+    assert not error and body[0]["guests"].value == MANY and body[0]["ok"].value, (error, body)
+    refused = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable,
+                              "-c", CALL_AS_ANYBODY, bus.address, "/org/svirt/Manager", "org.svirt.Manager1",
+                              "LastVerify"], capture_output=True, text=True, timeout=60, cwd="/")
+    assert refused.stdout.startswith("org.freedesktop.DBus.Error.AccessDenied: polkit is not running, so only "
+                                     "root may verify"), refused
+
+    # Piped: no line, nothing on stderr; a violation found by the job is exit 3 with its finding.
+    os.setxattr(with_disk.disk, "security.selinux", b"system_u:object_r:shadow_t:s0")  # out of the guest's reach
+    started = time.monotonic()
+    out = subprocess.run([str(SVIRTCTL), "--timeout", "1", "verify"], capture_output=True, text=True, timeout=300,
+                         env=env, stdin=subprocess.DEVNULL)
+    print(f"the same, piped: {time.monotonic() - started:.1f} s")
+    assert out.returncode == ExitCode.VIOLATED and out.stderr == "", out
+    assert re.search(r"isolation     VIOLATED \(\d+ findings\)", out.stdout) and str(with_disk.disk) in out.stdout, out
+
+    # Ctrl-C while the proof runs cancels the job.
+    typed: list[float] = []
+
+    def interrupt(seen: str) -> bytes | None:
+        if not typed and "verify  working" in seen:
+            typed.append(time.monotonic())
+            return b"\x03"
+        return None
+
+    code, shown = in_pty([str(SVIRTCTL), "verify"], env, interrupt, timeout=300)
+    assert typed, shown
+    assert code == ExitCode.CANCELLED and "cancelling the verify" in shown and "Cancelled" in shown, shown
+    assert managed_jobs(bus.address) == []
+
+
+async def _last_verify(address: str) -> tuple[str, list[Any]]:
+    async with _Client(address) as c:
+        return await c.call_raw("/org/svirt/Manager", "org.svirt.Manager1", "LastVerify")

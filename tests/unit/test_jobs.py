@@ -83,6 +83,7 @@ def test_the_bar_fills_with_the_fraction_and_fits_the_terminal() -> None:
     assert "####" not in progress_line("isolate web01", 0.0, 0, 50_220, "running", 80)
     assert "." not in progress_line("isolate web01", 1.0, 50_220, 50_220, "running", 80).split("[")[1].split("]")[0]
     assert progress_line("release web01", 0.0, 0, 0, "running", 80) == "release web01  working"  # total unknown
+    assert progress_line("verify", 0.0, 0, 0, "running", 80, elapsed=3.6) == "verify  working  4 s"  # counts nothing
     assert "cancelling" in progress_line("isolate web01", 0.3, 3, 10, "cancelling", 120)
     narrow = progress_line("isolate a-guest-with-a-very-long-name-indeed", 0.5, 1, 2, "running", 30)
     assert len(narrow) <= 29 and narrow.endswith("1/2 files") and "…" in narrow
