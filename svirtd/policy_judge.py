@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import enum
 import logging
 import re
@@ -60,7 +59,7 @@ def _sepol_check_context(policy_file: Path, context: str) -> bool:
     libc.fopen.restype = ctypes.c_void_p
     libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
     libc.fclose.argtypes = [ctypes.c_void_p]
-    sepol = ctypes.CDLL(ctypes.util.find_library("sepol") or "libsepol.so.2")
+    sepol = ctypes.CDLL("libsepol.so.2")  # by soname: find_library runs ldconfig, which svirtd_t may not
     sepol.sepol_set_policydb_from_file.argtypes = [ctypes.c_void_p]
     sepol.sepol_check_context.argtypes = [ctypes.c_char_p]
     fp = libc.fopen(str(policy_file).encode(), b"r")
@@ -91,7 +90,7 @@ def _trim_heap() -> None:
     """Give freed heap back to the system: audit2why.finish() frees the policydb (~11 MB), but glibc keeps
     the pages mapped until asked."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: the next load reuses the memory instead
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own libc: find_library would run ldconfig
 
 
 class PolicyJudge:

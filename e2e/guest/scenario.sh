@@ -382,7 +382,7 @@ wait_for 10 restored
 result labels_restored "$([ "$disk_b" = "$image_b" ] && [ -n "$image_b" ] && restored; echo $?)" "$(label_of $IMAGES/e2e-b.img) (original $original)"
 
 svirtd_denials=$(grep "avc:  denied" $AUDIT | grep -c "scontext=system_u:system_r:svirtd_t")
-result no_svirtd_denials "$([ "$svirtd_denials" = 0 ]; echo $?)" "$svirtd_denials"
+result no_svirtd_denials "$([ "$svirtd_denials" = 0 ]; echo $?)" "$svirtd_denials $(grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirtd_t" | head -3 | sed 's/.*avc:/avc:/' | tr '\n' ' ')"
 echo "--- AVC denials of svirtd_t (type class { perms } comm), deduplicated, for the policy:"
 grep "avc:  denied" $AUDIT | grep "scontext=system_u:system_r:svirtd_t" |
     sed -E 's/.*denied  \{ ([^}]*) \}.*comm="([^"]*)".*tcontext=[^:]*:[^:]*:([^:]*):[^ ]* tclass=([^ ]*).*/DENIAL \3 \4 { \1} comm=\2/' |
