@@ -1111,7 +1111,14 @@ class Manager:
         mine = [c for c in repair if c.applier is Applier.LIBVIRT]
         if mine:
             async with self._guest_locks[uuid]:
-                await self.storage.read((c.path for c in mine), "repairing labels", _rewrite_drifted, mine)
+                # The labels were read outside the lock: a release or re-isolation may have run since.
+                # Only claims still recorded as read, of a guest still running, are written back (a
+                # released pair goes to the next guest, which would reach the file).
+                a = self.store.get(uuid)
+                held = set(self.store.claims_for(uuid)) if a is not None and a.state is GuestState.RUNNING else set()
+                mine = [c for c in mine if c in held]
+                if mine:
+                    await self.storage.read((c.path for c in mine), "repairing labels", _rewrite_drifted, mine)
         return True
 
     async def run_rescans(self, interval: float) -> None:
