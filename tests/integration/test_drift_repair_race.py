@@ -57,14 +57,14 @@ def running_guest_with_drifted_disk(manager: Manager, disk: Path) -> tuple[str, 
 async def repair_while_the_lock_is_held(manager: Manager, uuid: str, meanwhile: object) -> bool:
     """_repair_drift with the guest's lock held until it has read the labels and waits for the lock;
     then `meanwhile()` runs under that lock, as a release or re-isolation would."""
-    lock = manager._guest_locks[uuid]
-    async with lock:
+    locks = manager._guest_locks
+    async with locks.hold([uuid]):
         task = asyncio.create_task(manager._repair_drift(uuid, "svt-drift-race"))
         for _ in range(1000):
-            if lock._waiters:  # it read the labels and now waits for the lock
+            if locks._users.get(uuid) == 2:  # it read the labels and now waits for the lock
                 break
             await asyncio.sleep(0.01)
-        assert lock._waiters, "the repair never came to wait for the guest's lock"
+        assert locks._users.get(uuid) == 2, "the repair never came to wait for the guest's lock"
         assert callable(meanwhile)
         meanwhile()
     return await task
