@@ -59,6 +59,7 @@ from .models import (
     looks_like_uuid,
 )
 from .observe import observe
+from .path_locks import KeyLocks
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
@@ -243,7 +244,7 @@ class Manager:
         self._defaults = defaults
         # Held while a guest's table row and files change; NEVER across a libvirt call (deadlock with
         # the hook, see isolate()).
-        self._guest_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._guest_locks = KeyLocks()  # one key per guest UUID, kept only while held or waited for
         self._generation: defaultdict[str, int] = defaultdict(int)  # events seen per guest
         self._domains: dict[str, DomainSpec] = {}  # last definitions seen, for Query while libvirt is away
         self._reports = ReportCache(store)  # what Query compares the files with, while the table holds
@@ -324,7 +325,7 @@ class Manager:
         # takes that lock while libvirtd waits for it with the domain locked. A definition that changes
         # after this lookup comes with its own event, which converges again.
         info = await self.hv.lookup(ref)  # NoSuchGuest / LibvirtUnavailable
-        async with self._guest_locks[info.uuid]:
+        async with self._guest_locks.hold([info.uuid]):
             assignment = await self._isolate_locked(info, profile_name, origin)
             answer = await self._report(assignment, self._domains.get(assignment.uuid)) if report else None
         await self._write_identity(assignment, info)
@@ -456,7 +457,7 @@ class Manager:
         """
         domain = self._parse_hooked(xml)
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
-        async with self._guest_locks[domain.uuid]:
+        async with self._guest_locks.hold([domain.uuid]):
             if self.store.is_releasing(domain.uuid):
                 why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
                        f"{domain.name}` retries)")
@@ -510,7 +511,7 @@ class Manager:
         if label is None and not any(s.type == "none" for s in domain.seclabels):
             return None  # no SELinux label: nothing runs confined by libvirt's driver here
         running = pair_of(label) if label is not None else None
-        async with self._guest_locks[domain.uuid]:
+        async with self._guest_locks.hold([domain.uuid]):
             a = self.store.get(domain.uuid)
             if a is None:
                 if running is not None:
@@ -682,7 +683,7 @@ class Manager:
         """
         ref = check_guest_ref(guest)
         uuid = self._resolve_assigned(ref)
-        async with self._guest_locks[uuid]:
+        async with self._guest_locks.hold([uuid]):
             a = self.store.get(uuid)
             if a is None:
                 raise NoSuchGuest(f"guest {guest!r} is not isolated by svirtd")
@@ -743,7 +744,7 @@ class Manager:
             log.warning("could not take svirtd's label out of %s's definition (%s): its pair stays reserved",
                         a.name, exc, extra=guest_fields(a.uuid, a.name))
             return
-        async with self._guest_locks[a.uuid]:
+        async with self._guest_locks.hold([a.uuid]):
             if self.store.get(a.uuid) is None:
                 self._reserve_foreign(info)
 
@@ -952,7 +953,7 @@ class Manager:
                 except NoSuchGuest:  # a transient guest that stopped, or undefined meanwhile
                     info = None
             assignment = None
-            async with self._guest_locks[uuid]:
+            async with self._guest_locks.hold([uuid]):
                 if self._generation[uuid] != generation:
                     return
                 if info is None:
@@ -1031,7 +1032,7 @@ class Manager:
         for a in self.store.assignments():
             if a.uuid not in present:
                 try:
-                    async with self._guest_locks[a.uuid]:
+                    async with self._guest_locks.hold([a.uuid]):
                         if self.store.get(a.uuid) is not None:
                             log.info("%s was undefined while svirtd was not watching", a.name,
                                      extra=guest_fields(a.uuid, a.name))
@@ -1044,7 +1045,7 @@ class Manager:
         ordered = sorted(domains, key=lambda d: (self.store.get(d.uuid) is not None, d.name))
         for info in ordered:
             try:
-                async with self._guest_locks[info.uuid]:
+                async with self._guest_locks.hold([info.uuid]):
                     assignment = await self._auto_isolate(info)
                     self._note_unconfined_starts(info)
                 await self._write_identity(assignment, info)
@@ -1110,8 +1111,15 @@ class Manager:
             self.on_event(RescanEvent(uuid, name))
         mine = [c for c in repair if c.applier is Applier.LIBVIRT]
         if mine:
-            async with self._guest_locks[uuid]:
-                await self.storage.read((c.path for c in mine), "repairing labels", _rewrite_drifted, mine)
+            async with self._guest_locks.hold([uuid]):
+                # The labels were read outside the lock: a release or re-isolation may have run since.
+                # Only claims still recorded as read, of a guest still running, are written back (a
+                # released pair goes to the next guest, which would reach the file).
+                a = self.store.get(uuid)
+                held = set(self.store.claims_for(uuid)) if a is not None and a.state is GuestState.RUNNING else set()
+                mine = [c for c in mine if c in held]
+                if mine:
+                    await self.storage.read((c.path for c in mine), "repairing labels", _rewrite_drifted, mine)
         return True
 
     async def run_rescans(self, interval: float) -> None:

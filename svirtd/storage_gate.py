@@ -87,7 +87,7 @@ class StorageGate:
     async def unresponsive(self, paths: Iterable[str]) -> dict[str, str]:
         """path -> why, for the paths whose storage does not answer (never raises)."""
         files = _files(paths)
-        if any(text_is_local(p, self._table) for p in files):
+        if any(text_is_local(p, self._table) and not self._known_hung(p) for p in files):
             # Proven local (local_proof.py): no helper question, one thread hop for all of them. A
             # local disk that does not answer the proof in time: everything is asked the slow way.
             try:
@@ -185,6 +185,10 @@ class StorageGate:
         files = _files(paths)
         if not all(text_is_local(p, self._table) for p in files):
             return False, None  # decided on the table alone: no thread
+        if any(self._known_hung(p) for p in files):
+            # read() takes no thread slot on a mount known hung (its callers asked unresponsive() and
+            # leave its files alone): fn here would not, so each call would hold one more I/O thread.
+            return False, None
 
         def proven_then_fn() -> tuple[bool, T | None]:
             if len(self._proven(files)) != len(files):
@@ -194,8 +198,15 @@ class StorageGate:
         return await self.read(files, what, proven_then_fn)
 
     def _proven(self, files: list[str]) -> set[str]:
-        """In a worker thread: the paths proven local (local_proof.py)."""
-        return {p for p in files if provably_local(p, self._table)}
+        """In a worker thread: the paths proven local (local_proof.py). A file on a mount known hung is
+        not looked at: its lookup could wait as long as the disk does."""
+        return {p for p in files if not self._known_hung(p) and provably_local(p, self._table)}
+
+    def _known_hung(self, path: str) -> bool:
+        """Is path on a mount marked hung whose next question is not due yet (local storage hangs too:
+        ext4 on iSCSI, multipath queueing without a path)?"""
+        m = self._mounts.get(self._point(path))
+        return m is not None and bool(m.hung_since) and time.monotonic() < m.retry_at
 
     def _point(self, path: str) -> str:
         mount = self._table.mount_of(path)

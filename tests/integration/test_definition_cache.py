@@ -47,6 +47,7 @@ def test_unconfined_guests_through_the_hook_are_not_kept(tmp_path: Path) -> None
             uid = str(uuidlib.uuid4())
             assert asyncio.run(m.prepare_start(domain_xml(f"transient-{i}", uid, []))) is None
         assert kept(m) == 0
+        assert len(m._guest_locks) == 0  # nor a lock per UUID that passed
 
 
 def test_a_guest_libvirt_no_longer_has_is_not_kept(tmp_path: Path) -> None:

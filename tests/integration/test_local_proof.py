@@ -7,18 +7,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from svirtd import labels
-from svirtd.errors import UnsafePath
+from svirtd.errors import StorageNotResponding, UnsafePath
 from svirtd.local_proof import provably_local, text_is_local
 from svirtd.models import ResourceKind
 from svirtd.mount_table import MountTable
-from svirtd.storage_gate import StorageGate
+from svirtd.service import IO_THREADS
+from svirtd.storage_gate import THREADS_PER_MOUNT, StorageGate
 from testbed.mounts import Mounts
 
 
@@ -104,3 +107,41 @@ def test_read_local_runs_fn_for_proven_files_and_resolve_still_refuses_untrusted
     os.lchown(link, 65534, 65534)
     with pytest.raises(UnsafePath, match="symlink owned by uid 65534"):
         labels.open_resource(str(link / "disk.img"), ResourceKind.FILE)
+
+
+def test_a_local_disk_that_stopped_answering_holds_at_most_its_mounts_threads(tmp_path: Path) -> None:
+    """Local storage can hang too (ext4 on iSCSI or multipath queueing with no path): once read_local's
+    work there missed its deadline the mount is known hung, and later Query calls must not start more
+    work there than the mount's thread slots -- each one would hold an I/O thread until the disk answers,
+    and enough of them stall every guest's file work. (The work stands in for a read the kernel never
+    answers: it blocks until the test lets it go.)"""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"x")
+    stuck = threading.Event()
+    entered: list[int] = []
+
+    def read_that_hangs() -> int:
+        entered.append(1)
+        stuck.wait(30)
+        return 0
+
+    async def queries() -> tuple[int, list[tuple[bool, int | None] | BaseException]]:
+        # svirtd's own pool size (service.IO_THREADS): asyncio's default would hide the threads' number.
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=IO_THREADS))
+        try:
+            with pytest.raises(StorageNotResponding):
+                await gate.read_local([str(disk)], "probe", read_that_hangs)
+            answers = await asyncio.gather(*(gate.read_local([str(disk)], "probe", read_that_hangs)
+                                             for _ in range(3 * THREADS_PER_MOUNT)), return_exceptions=True)
+            return len(entered), answers
+        finally:
+            stuck.set()  # before the loop's end waits for its threads
+
+    gate = StorageGate(timeout=0.2, table=MountTable())
+    try:
+        started, answers = asyncio.run(queries())
+        assert started <= THREADS_PER_MOUNT, f"{started} threads stuck on one hung mount"
+        assert all(a == (False, None) or isinstance(a, StorageNotResponding) for a in answers), answers
+    finally:
+        stuck.set()
+        gate.close()
