@@ -113,8 +113,10 @@ def test_cockpit_page_follows_svirtd_live(bus: PrivateBus, guests: GuestFactory,
 
     page_url = page.current_url
     # Two guests, their own distinct levels, each with its one disk as expected.
-    listed = wait_until(lambda: (r := rows(page)).get(a.uuid) and r.get(b.uuid) and r[a.uuid]["problems"] is not None
-                        and r[b.uuid]["problems"] is not None and r, 20, 0.1, what="both guests in the table")
+    # Both listed with their resources as expected: a row may first show a disk "in progress" (the page
+    # asked while its label was being applied) and must then follow on its own.
+    listed = wait_until(lambda: (r := rows(page)).get(a.uuid) and r.get(b.uuid) and r[a.uuid]["problems"] == "0"
+                        and r[b.uuid]["problems"] == "0" and r, 20, 0.1, what="both guests in the table, as expected")
     assert isinstance(listed, dict)
     assert listed[a.uuid]["cells"][2] == la and listed[b.uuid]["cells"][2] == lb and la != lb
     assert listed[a.uuid]["cells"][0] == a.name and listed[a.uuid]["problems"] == "0"
