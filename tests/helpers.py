@@ -39,6 +39,15 @@ def xattr(path: Path | str) -> str | None:
         raise
 
 
+def tree_labels(root: Path) -> dict[str, str | None]:
+    """Every label in a tree, by path (symlinks themselves, never followed)."""
+    found = {str(root): xattr(root)}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            found[os.path.join(dirpath, name)] = xattr(os.path.join(dirpath, name))
+    return found
+
+
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 

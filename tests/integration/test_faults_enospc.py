@@ -21,7 +21,7 @@ from testbed.daemon import SvirtdProcess
 from testbed.guests import GuestFactory
 from testbed.mounts import Mounts
 from tests.conftest import wait_until
-from tests.helpers import call, run, xattr
+from tests.helpers import call, run, tree_labels, xattr
 
 pytestmark = pytest.mark.integration
 StartSvirtd = Callable[..., SvirtdProcess]
@@ -111,12 +111,6 @@ def test_a_full_state_directory_fails_each_change_cleanly_and_recovers_without_r
     assert proc.proc is not None and proc.proc.poll() is None
 
 
-def tree_labels(root: Path) -> dict[str, str | None]:
-    found = {str(root): xattr(root)}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            found[os.path.join(dirpath, name)] = xattr(os.path.join(dirpath, name))
-    return found
 
 
 @pytest.mark.parametrize("leave", [0, 16 * 1024], ids=["at-once", "mid-tree"])

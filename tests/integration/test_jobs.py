@@ -24,7 +24,7 @@ from testbed.bus import PrivateBus
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Guest, GuestFactory
 from tests.conftest import wait_until
-from tests.helpers import SignalRecorder, call, run, xattr
+from tests.helpers import SignalRecorder, call, run, tree_labels, xattr
 from tests.integration.test_svirtctl import NOBODY, SVIRTCTL, in_pty, isolated, svirtctl
 
 pytestmark = pytest.mark.integration
@@ -47,12 +47,6 @@ def make_share(root: Path, files: int = FILES) -> None:
     os.setxattr(dirs[0], "security.selinux", ORIGINALS[0].encode())
 
 
-def labels_below(root: Path) -> dict[str, str | None]:
-    found = {str(root): xattr(root)}
-    for parent, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            found[os.path.join(parent, name)] = xattr(os.path.join(parent, name))
-    return found
 
 
 def share_guest(guests: GuestFactory) -> tuple[Guest, Path]:
@@ -203,7 +197,7 @@ def test_cancel_rolls_the_share_back_and_nobody_may_cancel_roots_job(
         bus: PrivateBus, guests: GuestFactory, svirtd: StartSvirtd) -> None:
     svirtd(default_confined=False)
     g, share = share_guest(guests)
-    before = labels_below(share)
+    before = tree_labels(share)
     with SignalRecorder(bus, *RULES) as rec:
         error, body = run(_watch_isolate(bus.address, g.name))
         assert not error, body
@@ -226,7 +220,7 @@ def test_cancel_rolls_the_share_back_and_nobody_may_cancel_roots_job(
     _id, _path, _guest, result, error_name, message = removed[0].body
     assert message and (result, error_name) == ("canceled", "org.svirt.Manager1.Error.Cancelled"), removed[0].body
     assert done_at_cancel < FILES  # cancelled mid-way, not after the walk
-    assert labels_below(share) == before  # every entry carries its own original again
+    assert tree_labels(share) == before  # every entry carries its own original again
     assert not isolated(bus, g.uuid)
     assert managed_jobs(bus.address) == []
 
@@ -240,7 +234,7 @@ def test_ctrl_c_cancels_an_isolation_on_a_terminal(bus: PrivateBus, guests: Gues
                                                    svirtd: StartSvirtd) -> None:
     svirtd(default_confined=False)
     g, share = share_guest(guests)
-    before = labels_below(share)
+    before = tree_labels(share)
     env = {"PATH": os.environ["PATH"], "SVIRT_BUS_ADDRESS": bus.address, "TERM": "xterm", "LC_ALL": "C.UTF-8"}
     typed: list[float] = []
 
@@ -253,7 +247,7 @@ def test_ctrl_c_cancels_an_isolation_on_a_terminal(bus: PrivateBus, guests: Gues
     code, shown = in_pty([str(SVIRTCTL), "isolate", g.name], env, interrupt, timeout=300)
     assert typed, shown
     assert code == ExitCode.CANCELLED and "cancelling" in shown and "Cancelled" in shown, shown
-    assert labels_below(share) == before
+    assert tree_labels(share) == before
     assert not isolated(bus, g.uuid)
 
 

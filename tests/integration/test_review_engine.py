@@ -28,7 +28,7 @@ from testbed.client import CallFailed, SvirtClient
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, GuestFactory, make_disk
 from testbed.mounts import Mounts, mounted
-from tests.helpers import call, run, xattr
+from tests.helpers import call, run, tree_labels, xattr
 from tests.integration.test_relabel import setlabel
 
 pytestmark = pytest.mark.integration
@@ -40,13 +40,6 @@ TARGET = IMAGE + "s0:c11,c12"
 DEVICE_LABEL = "system_u:object_r:fixed_disk_device_t:s0"
 
 
-def tree_labels(root: Path) -> dict[str, str | None]:
-    """Every label in a tree, by path (symlinks themselves, never followed)."""
-    found = {str(root): xattr(root)}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            found[os.path.join(dirpath, name)] = xattr(os.path.join(dirpath, name))
-    return found
 
 
 def treewalk(*args: str, **popen: Any) -> dict[str, Any]:
