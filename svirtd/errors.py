@@ -4,6 +4,8 @@ Each one maps to exactly one D-Bus error name (see dbus_errors.ERROR_NAMES); the
 for the admin who will read it in `busctl` or `virsh` output, so it says what to do next.
 """
 
+import errno
+
 
 class SvirtError(Exception):
     """Base class of every error svirtd reports to a caller."""
@@ -56,6 +58,12 @@ class RelabelFailed(SvirtError):
 
 class Cancelled(RelabelFailed):
     """The caller cancelled the job (svirtctl's Ctrl-C, Job1.Cancel): what it had labeled was rolled back."""
+
+
+# What storage answers when it fails rather than hangs: work that meets one refuses the guest with
+# StorageFailed (never an internal error, never half a guest).
+FAILING_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.EREMOTEIO,
+                                    errno.EBADMSG, errno.EUCLEAN})
 
 
 class StorageFailed(SvirtError):

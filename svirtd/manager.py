@@ -421,10 +421,22 @@ class Manager:
         originals), forget it, free its pair -- unless the guest's qemu or definition carries that pair
         (it was the guest's foreign reservation): then it stays reserved as before."""
         try:
-            await self.converger.restore_all(a)
+            outcomes = await self.converger.restore_all(a)
         except Exception:  # its claims stay with the assignment below for the next start's recover()
             log.exception("could not undo the failed isolation of %s", a.name, extra=guest_fields(a.uuid, a.name))
             self.store.begin_release(a.uuid, optout=False)
+            return
+        pending = [out for out in outcomes if out.retry]
+        if pending:
+            # A file that could not be put back may carry the pair (storage that made the write and answered
+            # EIO): a pending release like Release's own, pair reserved until a Release or recover() ends it.
+            self.store.begin_release(a.uuid, optout=False)
+            retried = {out.path for out in pending}
+            self.store.delete_claims(a.uuid, [c.path for c in self.store.claims_for(a.uuid)
+                                              if c.path not in retried])
+            note = relabel.release_pending_note(a.name, pending)
+            self.store.update_assignment(a.uuid, note=note)
+            log.error("%s: %s", a.name, note, extra=guest_fields(a.uuid, a.name))
             return
         self.store.delete_assignment(a.uuid)
         self.levels.give_back(a.level)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import labels
-from .errors import Cancelled, RelabelFailed, ResourceConflict, UnsafePath
+from .errors import FAILING_STORAGE_ERRNOS, Cancelled, RelabelFailed, ResourceConflict, StorageFailed, UnsafePath
 from .image_header import HEADER_BYTES, Backing, HeaderError, UnsafeBacking, qcow2_backing
 from .jobs import JobControl, ProgressLines, current_job
 from .label_plan import LabelDecision
@@ -410,7 +410,7 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
             try:
                 label_tree(item, journal, run)
             except RelabelFailed:
-                _rollback([*done, (item, run)], journal_for)
+                _rollback([*done, (item, run)], journal_for)  # a tree's failures are in the error already
                 raise
             done.append((item, run))
             continue
@@ -423,13 +423,33 @@ def apply_probed(items: Sequence[Probed], journal_for: JournalFor,
             refused.append(item)
             continue
         except OSError as exc:
-            _rollback(done, journal_for)
-            raise RelabelFailed(f"relabeling {item.path} failed ({exc}); every change was rolled back") from exc
+            # The write failed, but what it left is not known (ext4 on a dying disk has changed the label
+            # in memory and cannot commit it): this file is put back too.
+            stuck = _rollback([*done, (item, 0)], journal_for)
+            raise _write_failed(item.path, exc, stuck) from exc
         done.append((item, 0))
     return refused
 
 
-def _rollback(done: list[tuple[Probed, int]], journal_for: JournalFor) -> None:
+def _write_failed(path: str, exc: OSError, stuck: list[str]) -> RelabelFailed | StorageFailed:
+    """The error for a label write the storage refused: StorageFailed when the storage itself failed
+    (EIO...), naming the file (never /proc/self/fd/N) and saying plainly what could not be put back."""
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    if not stuck:
+        after, then = "every change was rolled back", "isolate the guest again"
+    else:
+        after = (f"{len(stuck)} could not be put back yet ({'; '.join(stuck)[:600]}): their originals stay "
+                 "recorded and the guest's pair reserved until they are restored")
+        then = "`svirtctl release` the guest (svirtd also retries when it starts), then isolate it again"
+    if exc.errno in FAILING_STORAGE_ERRNOS:
+        return StorageFailed(f"writing the label of {path}: the storage answered with an error ({why}: a failing "
+                             f"disk, a broken network mount?); {after}. Mend the storage, then {then}")
+    return RelabelFailed(f"relabeling {path} failed ({why}); {after}")
+
+
+def _rollback(done: list[tuple[Probed, int]], journal_for: JournalFor) -> list[str]:
+    """Put back what was labeled, newest first; what could not be put back, as "path: why"."""
+    stuck: list[str] = []
     for item, run in reversed(done):
         assert item.opened is not None
         try:
@@ -441,6 +461,9 @@ def _rollback(done: list[tuple[Probed, int]], journal_for: JournalFor) -> None:
                 labels.set_label(item.opened, item.current)
         except (OSError, labels.LabelUnsupported, RelabelFailed) as exc:  # keep going: restore what we can
             log.error("rollback of %s failed: %s", item.path, exc)
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            stuck.append(why if why.startswith(item.path) else f"{item.path}: {why}")
+    return stuck
 
 
 def _rollback_tree(item: Probed, journal: Path, run: int) -> None:

@@ -15,7 +15,6 @@ A question to a live mount is one round trip on a pipe (tens of microseconds).
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import subprocess
@@ -25,7 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import StorageFailed, StorageNotResponding
+from .errors import FAILING_STORAGE_ERRNOS, StorageFailed, StorageNotResponding
 from .local_proof import provably_local, text_is_local
 from .mount_table import TABLE, MountTable
 
@@ -34,10 +33,6 @@ T = TypeVar("T")
 
 # Read-only work in threads after the mount answered gets this many io_timeouts (several lookups).
 READ_DEADLINE_FACTOR = 3
-# What storage answers when it fails rather than hangs: read-only work that meets one refuses the guest
-# with StorageFailed (never an internal error, never half a guest).
-FAILING_STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ESTALE, errno.ENOTCONN, errno.EREMOTEIO,
-                                    errno.EBADMSG, errno.EUCLEAN})
 RETRY_SECONDS = 5.0  # a hung mount is asked again after this long (doubling, up to MAX_RETRY_SECONDS)
 MAX_RETRY_SECONDS = 60.0
 # Worker threads that may do read-only work on one mount at a time. Storage that dies with work in flight

@@ -1,12 +1,13 @@
 """A FUSE view of a directory whose chosen operations fail with EIO: storage returning I/O errors.
 
-    python -m testbed.eiofs SOURCE MOUNTPOINT CONTROL
+    python -m testbed.eiofs SOURCE MOUNTPOINT CONTROL [--rw]
 
 CONTROL is a file outside the mount, read at every operation: each line "OP /relative/path" (or
 "OP *") makes that operation fail with EIO for that path (every path). OPs are fusepy's names:
-getattr, getxattr, listxattr, readdir, open, read, statfs. A missing or empty CONTROL fails
-nothing. No attribute or entry caching, so each lookup reaches this process. Read-only: enough for
-what svirtd asks of storage it cannot label (FUSE), which is all it asks of a FUSE mount.
+getattr, getxattr, listxattr, readdir, open, read, write, fsync, statfs. A missing or empty CONTROL
+fails nothing. No attribute or entry caching, so each lookup reaches this process. Read-only unless
+--rw: read-only is all svirtd asks of storage it cannot label (FUSE). --rw serves as the backing file
+of a loop device, so a labelable filesystem (ext4) sits on a disk whose writes can start failing.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from fusepy import FUSE, FuseOSError, Operations  # Debian's python3-fusepy
 
 
 class EioFs(Operations):  # type: ignore[misc]
-    def __init__(self, source: str, control: str) -> None:
+    def __init__(self, source: str, control: str, writable: bool) -> None:
         self.source = source
         self.control = Path(control)
+        self.writable = writable
 
     def _real(self, op: str, path: str) -> str:
         try:
@@ -55,11 +57,22 @@ class EioFs(Operations):  # type: ignore[misc]
         return os.readlink(self._real("readlink", path))
 
     def open(self, path: str, flags: int) -> int:
-        return os.open(self._real("open", path), flags & ~(os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+        if not self.writable:
+            flags &= ~(os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+        return os.open(self._real("open", path), flags)
 
     def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
         self._real("read", path)
         return os.pread(fh, size, offset)
+
+    def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+        self._real("write", path)
+        return os.pwrite(fh, data, offset)
+
+    def fsync(self, path: str, datasync: int, fh: int) -> int:
+        self._real("fsync", path)
+        os.fsync(fh)
+        return 0
 
     def release(self, path: str, fh: int) -> int:
         os.close(fh)
@@ -73,7 +86,8 @@ class EioFs(Operations):  # type: ignore[misc]
 
 def main() -> None:
     source, mountpoint, control = sys.argv[1:4]
-    FUSE(EioFs(source, control), mountpoint, foreground=True, nothreads=True, ro=True, fsname="eiofs",
+    writable = sys.argv[4:] == ["--rw"]
+    FUSE(EioFs(source, control, writable), mountpoint, foreground=True, nothreads=True, ro=not writable, fsname="eiofs",
          attr_timeout=0, entry_timeout=0, negative_timeout=0)
 
 

@@ -43,11 +43,11 @@ class Mounts:
         Pass "--xattr-none" for storage that cannot carry labels, as NFS without security labels."""
         return self._fuse(["bindfs", "-f", *options, str(source), str(target)], source, target)
 
-    def eiofs(self, source: Path, target: Path, control: Path) -> subprocess.Popen[bytes]:
+    def eiofs(self, source: Path, target: Path, control: Path, writable: bool = False) -> subprocess.Popen[bytes]:
         """A FUSE view of source at target whose operations listed in control fail with EIO
-        (testbed/eiofs.py: storage returning I/O errors)."""
-        return self._fuse([sys.executable, "-m", "testbed.eiofs", str(source), str(target), str(control)],
-                          source, target)
+        (testbed/eiofs.py: storage returning I/O errors); writable to back a loop device."""
+        return self._fuse([sys.executable, "-m", "testbed.eiofs", str(source), str(target), str(control),
+                           *(["--rw"] if writable else [])], source, target)
 
     def _fuse(self, cmd: list[str], source: Path, target: Path) -> subprocess.Popen[bytes]:
         """A FUSE daemon in the foreground (its pid is ours, no pgrep), registered before it mounts."""
@@ -95,6 +95,25 @@ class Mounts:
         subprocess.run(["mkfs.ext4", "-q", "-F", dev], capture_output=True, check=True)
         target.mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "-t", "ext4", dev, str(target)], capture_output=True, check=True)
+        self._mounts.append(_Mount(target, fuse=False))
+        return dev
+
+    def ext4_on_failing_disk(self, work: Path, target: Path, control: Path, size: int = 32 * 1024 * 1024) -> str:
+        """ext4 (mounted sync, so a label write waits for its journal commit) on a loop device whose
+        backing file sits on eiofs: once control says "write /disk.ext4", every write to that disk fails
+        with EIO and ext4 reports it, then turns read-only, as a dying disk does. The loop device, the
+        ext4 mount and the FUSE mount are all undone at teardown."""
+        source, fuse = work / "disk-src", work / "disk"
+        source.mkdir(parents=True, exist_ok=True)
+        with (source / "disk.ext4").open("wb") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(source / "disk.ext4")], capture_output=True, check=True)
+        self.eiofs(source, fuse, control, writable=True)
+        dev = subprocess.run(["losetup", "-f", "--show", str(fuse / "disk.ext4")], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        self._mounts.append(_Mount(fuse / "disk.ext4", fuse=False, loop=dev))
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "ext4", "-o", "sync", dev, str(target)], capture_output=True, check=True)
         self._mounts.append(_Mount(target, fuse=False))
         return dev
 
