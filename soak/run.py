@@ -189,6 +189,10 @@ class Soak:
                 if self.s.seconds and time.monotonic() - t0 > self.s.seconds:
                     break
                 self.round()
+                if self.rounds % 25 == 0:  # a long run says how far it is (stderr: the last stdout line is JSON)
+                    print(f"soak: {self.rounds} rounds, {self.kills['svirtd']} svirtd and {self.kills['libvirtd']} "
+                          f"libvirtd kills, {time.monotonic() - t0:.0f} s, findings in {len(self.findings)} rounds",
+                          file=sys.stderr, flush=True)
         except Exception:
             if self.daemon is not None:
                 print(f"svirtd's log, last lines:\n{self.daemon.log_tail(60)}", file=sys.stderr)
