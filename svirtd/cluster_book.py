@@ -62,6 +62,7 @@ class EtcdApi(Protocol):
     async def lease_grant(self, ttl: int) -> int: ...
     async def lease_keepalive(self, lease: int) -> int: ...
     async def lease_revoke(self, lease: int) -> None: ...
+    async def prefer_leader(self) -> str: ...
     def watch(self, key: str, range_end: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]: ...
     async def close(self) -> None: ...
 
@@ -495,6 +496,7 @@ class ClusterBook:
 
     async def _connect(self) -> int:
         """Liveness lease and key, then the whole pairs' table into the mirror; etcd's revision."""
+        await self.client.prefer_leader()
         if not self._lease or await self.client.lease_keepalive(self._lease) <= 0:
             self._lease = await self.client.lease_grant(self.settings.lease_seconds)
             await self.client.put(self.layout.host_key(self.host),
@@ -533,6 +535,7 @@ class ClusterBook:
             self._wake.clear()
             if watch.done():
                 return  # re-read everything and watch again
+            await self.client.prefer_leader()  # an election may have moved it (one status request when not)
             if await self.client.lease_keepalive(self._lease) <= 0:
                 return  # expired while this host could not reach etcd: a new lease
             if not self.available:
