@@ -132,6 +132,15 @@ class EtcdCluster:
                         return i
         raise RuntimeError("no etcd member leads now")
 
+    def raft_term(self) -> int:
+        """The highest raft term among the members up: it grows by one (at least) with each election."""
+        terms = [0]
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    terms.append(int(self._open(i, "/v3/maintenance/status", {})["raftTerm"]))
+        return max(terms)
+
     def move_leader(self, to: int, timeout: float = 10.0) -> None:
         """Hand leadership to member `to` (etcd's MoveLeader, asked of the current leader)."""
         target = self.member_id(to)
