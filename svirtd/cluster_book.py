@@ -535,9 +535,9 @@ class ClusterBook:
             self._wake.clear()
             if watch.done():
                 return  # re-read everything and watch again
-            await self.client.prefer_leader()  # an election may have moved it (one status request when not)
             if await self.client.lease_keepalive(self._lease) <= 0:
                 return  # expired while this host could not reach etcd: a new lease
+            await self.client.prefer_leader()  # an election may have moved it (one status request when not)
             if not self.available:
                 return  # a request failed meanwhile: re-read what was missed
             await self._refresh_hosts()

@@ -159,20 +159,25 @@ class EtcdClient:
         """Send requests to the raft leader's member first; its endpoint, or "" when none said it leads
         (then the order stays). A write sent to a follower travels on to the leader and is answered only
         once the follower applied it too: more hops between processes per allocation, and on a busy host
-        each hop may wait for a CPU. The leader can move: ClusterBook asks again at every lease renewal."""
-        n = len(self.endpoints)
-        for step in range(n):
-            i = (self._preferred + step) % n
-            try:
-                async with asyncio.timeout(self.timeout):
-                    status = await self._request(self.endpoints[i], "/v3/maintenance/status", {})
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, EtcdUnavailable, EtcdError):
-                continue  # this member cannot say; the requests themselves still fail over
-            leader = str(status.get("leader", ""))
-            if leader and leader == str(status.get("header", {}).get("member_id", "")):
+        each hop may wait for a CPU. The leader can move: ClusterBook asks again at every lease renewal,
+        one request while it stays; the others are asked together, so this waits two timeouts at most."""
+        if await self._leads(self._preferred):
+            return self.endpoints[self._preferred]
+        others = [i for i in range(len(self.endpoints)) if i != self._preferred]
+        for i, leads in zip(others, await asyncio.gather(*(self._leads(i) for i in others)), strict=True):
+            if leads:
                 self._preferred = i
                 return self.endpoints[i]
         return ""
+
+    async def _leads(self, i: int) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                status = await self._request(self.endpoints[i], "/v3/maintenance/status", {})
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, EtcdUnavailable, EtcdError):
+            return False  # this member cannot say; the requests themselves still fail over
+        leader = str(status.get("leader", ""))
+        return bool(leader) and leader == str(status.get("header", {}).get("member_id", ""))
 
     async def watch(self, key: str, range_end: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         """Events under [key, range_end) from start_revision on, batch by batch, until the stream breaks
