@@ -300,7 +300,9 @@ class ClusterBook:
                 break
             except ValueError:
                 await asyncio.sleep(0.01)
-        self.store.put_cluster_binding(ClusterRow(existing.uuid, str(level), name or existing.name, BOUND))
+        # Not fsync'ed either (as a reserve's row): etcd lists this host now, and _adopt_orphans restores a lost row.
+        self.store.put_cluster_binding(ClusterRow(existing.uuid, str(level), name or existing.name, BOUND),
+                                       durable=False)
         self._conflicts.pop(existing.uuid, None)
         return level
 
