@@ -50,10 +50,13 @@ def make_tls(where: Path) -> Path:
 
 
 class EtcdCluster:
-    def __init__(self, workdir: Path, members: int = 3, tls: Path | None = None) -> None:
-        """tls: a directory from make_tls(): clients must then speak TLS with a certificate of that CA."""
+    def __init__(self, workdir: Path, members: int = 3, tls: Path | None = None, one_core: bool = True) -> None:
+        """tls: a directory from make_tls(): clients must then speak TLS with a certificate of that CA.
+        one_core: each member's Go runtime on one core (GOMAXPROCS=1; tests: three members on a 2-core
+        machine shared with others); False: Go's default, every core, as a production member runs."""
         self.workdir = workdir
         self.tls = tls
+        self.one_core = one_core
         self.names = [f"m{i}" for i in range(members)]
         self.client_ports = [free_port() for _ in self.names]
         self.peer_ports = [free_port() for _ in self.names]
@@ -83,7 +86,9 @@ class EtcdCluster:
         if self.procs[i] is not None and self.procs[i].poll() is None:  # type: ignore[union-attr]
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        env["GOMAXPROCS"] = "1"  # three members on a 2-core machine: no member spreads over both cores
+        env.pop("GOMAXPROCS", None)
+        if self.one_core:
+            env["GOMAXPROCS"] = "1"  # three members on a 2-core machine: no member spreads over both cores
         with (self.workdir / f"{self.names[i]}.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=subprocess.DEVNULL, stderr=log, env=env)
 
