@@ -498,11 +498,11 @@ class ClusterBook:
 
     async def _connect(self) -> int:
         """Liveness lease and key, then the whole pairs' table into the mirror; etcd's revision."""
-        await self.client.prefer_leader()
         if not self._lease or await self.client.lease_keepalive(self._lease) <= 0:
             self._lease = await self.client.lease_grant(self.settings.lease_seconds)
             await self.client.put(self.layout.host_key(self.host),
                                   f'{{"host":"{self.host}","since":{time.time():.0f}}}', lease=self._lease)
+        await self.client.prefer_leader()  # once etcd answers: an outage is reported as soon as before
         kvs, revision = await self.client.range(self.layout.levels, prefix_end(self.layout.levels))
         seen: dict[Level, str] = {}
         for kv in kvs:

@@ -105,7 +105,7 @@ class EtcdCluster:
             raise
         return self
 
-    def _open(self, i: int, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _open(self, i: int, path: str, body: dict[str, Any] | None = None, timeout: float = 2.0) -> Any:
         """GET path (POST body as JSON when given) on member i; the reply, JSON-decoded unless /metrics."""
         context = None
         if self.tls is not None:
@@ -114,13 +114,13 @@ class EtcdCluster:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(f"{self.endpoints[i]}{path}", data,  # noqa: S310 (ours: http or https)
                                          {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=2, context=context) as reply:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:  # noqa: S310
             raw = reply.read()
         return raw.decode() if path == "/metrics" else json.loads(raw)
 
     def healthy(self, i: int) -> bool:
         try:
-            return bool(self._open(i, "/health").get("health") == "true")
+            return bool(self._open(i, "/health", timeout=1.0).get("health") == "true")
         except (OSError, ValueError):
             return False
 
