@@ -62,6 +62,7 @@ class EtcdApi(Protocol):
     async def lease_grant(self, ttl: int) -> int: ...
     async def lease_keepalive(self, lease: int) -> int: ...
     async def lease_revoke(self, lease: int) -> None: ...
+    async def prefer_leader(self) -> str: ...
     def watch(self, key: str, range_end: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]: ...
     async def close(self) -> None: ...
 
@@ -299,7 +300,9 @@ class ClusterBook:
                 break
             except ValueError:
                 await asyncio.sleep(0.01)
-        self.store.put_cluster_binding(ClusterRow(existing.uuid, str(level), name or existing.name, BOUND))
+        # Not fsync'ed either (as a reserve's row): etcd lists this host now, and _adopt_orphans restores a lost row.
+        self.store.put_cluster_binding(ClusterRow(existing.uuid, str(level), name or existing.name, BOUND),
+                                       durable=False)
         self._conflicts.pop(existing.uuid, None)
         return level
 
@@ -499,6 +502,7 @@ class ClusterBook:
             self._lease = await self.client.lease_grant(self.settings.lease_seconds)
             await self.client.put(self.layout.host_key(self.host),
                                   f'{{"host":"{self.host}","since":{time.time():.0f}}}', lease=self._lease)
+        await self.client.prefer_leader()  # once etcd answers: an outage is reported as soon as before
         kvs, revision = await self.client.range(self.layout.levels, prefix_end(self.layout.levels))
         seen: dict[Level, str] = {}
         for kv in kvs:
@@ -535,6 +539,7 @@ class ClusterBook:
                 return  # re-read everything and watch again
             if await self.client.lease_keepalive(self._lease) <= 0:
                 return  # expired while this host could not reach etcd: a new lease
+            await self.client.prefer_leader()  # an election may have moved it (one status request when not)
             if not self.available:
                 return  # a request failed meanwhile: re-read what was missed
             await self._refresh_hosts()

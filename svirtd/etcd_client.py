@@ -82,6 +82,12 @@ def _compare(c: Compare) -> dict[str, Any]:
     return body
 
 
+def txn_body(txn: Txn) -> dict[str, Any]:
+    """The gateway's JSON for a transaction (bench/cluster.py sends the same body from a plain client)."""
+    return {"compare": [_compare(c) for c in txn.compare], "success": [_op(o) for o in txn.success],
+            "failure": [_op(o) for o in txn.failure]}
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     kind: str  # "PUT" | "DELETE"
@@ -127,11 +133,7 @@ class EtcdClient:
         return [_kv(kv) for kv in reply.get("kvs", ())], int(reply["header"]["revision"])
 
     async def txn(self, txn: Txn) -> TxnResult:
-        reply = await self.call("/v3/kv/txn", {
-            "compare": [_compare(c) for c in txn.compare],
-            "success": [_op(o) for o in txn.success],
-            "failure": [_op(o) for o in txn.failure],
-        })
+        reply = await self.call("/v3/kv/txn", txn_body(txn))
         ranges = tuple(tuple(_kv(kv) for kv in r["response_range"].get("kvs", ()))
                        for r in reply.get("responses", ()) if "response_range" in r)
         return TxnResult(succeeded=bool(reply.get("succeeded", False)), revision=int(reply["header"]["revision"]),
@@ -152,6 +154,30 @@ class EtcdClient:
 
     async def lease_revoke(self, lease: int) -> None:
         await self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+    async def prefer_leader(self) -> str:
+        """Send requests to the raft leader's member first; its endpoint, or "" when none said it leads
+        (then the order stays). A write sent to a follower travels on to the leader and is answered only
+        once the follower applied it too: more hops between processes per allocation, and on a busy host
+        each hop may wait for a CPU. The leader can move: ClusterBook asks again at every lease renewal,
+        one request while it stays; the others are asked together, so this waits two timeouts at most."""
+        if await self._leads(self._preferred):
+            return self.endpoints[self._preferred]
+        others = [i for i in range(len(self.endpoints)) if i != self._preferred]
+        for i, leads in zip(others, await asyncio.gather(*(self._leads(i) for i in others)), strict=True):
+            if leads:
+                self._preferred = i
+                return self.endpoints[i]
+        return ""
+
+    async def _leads(self, i: int) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout):
+                status = await self._request(self.endpoints[i], "/v3/maintenance/status", {})
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError, EtcdUnavailable, EtcdError):
+            return False  # this member cannot say; the requests themselves still fail over
+        leader = str(status.get("leader", ""))
+        return bool(leader) and leader == str(status.get("header", {}).get("member_id", ""))
 
     async def watch(self, key: str, range_end: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
         """Events under [key, range_end) from start_revision on, batch by batch, until the stream breaks

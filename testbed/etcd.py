@@ -6,6 +6,7 @@ started again on the same ports and data; stop() ends every member, pass or fail
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .process import stop_process
 
@@ -48,10 +50,13 @@ def make_tls(where: Path) -> Path:
 
 
 class EtcdCluster:
-    def __init__(self, workdir: Path, members: int = 3, tls: Path | None = None) -> None:
-        """tls: a directory from make_tls(): clients must then speak TLS with a certificate of that CA."""
+    def __init__(self, workdir: Path, members: int = 3, tls: Path | None = None, one_core: bool = True) -> None:
+        """tls: a directory from make_tls(): clients must then speak TLS with a certificate of that CA.
+        one_core: each member's Go runtime on one core (GOMAXPROCS=1; tests: three members on a 2-core
+        machine shared with others); False: Go's default, every core, as a production member runs."""
         self.workdir = workdir
         self.tls = tls
+        self.one_core = one_core
         self.names = [f"m{i}" for i in range(members)]
         self.client_ports = [free_port() for _ in self.names]
         self.peer_ports = [free_port() for _ in self.names]
@@ -81,7 +86,9 @@ class EtcdCluster:
         if self.procs[i] is not None and self.procs[i].poll() is None:  # type: ignore[union-attr]
             return
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        env["GOMAXPROCS"] = "1"  # three members on a 2-core machine: no member spreads over both cores
+        env.pop("GOMAXPROCS", None)
+        if self.one_core:
+            env["GOMAXPROCS"] = "1"  # three members on a 2-core machine: no member spreads over both cores
         with (self.workdir / f"{self.names[i]}.log").open("ab") as log:
             self.procs[i] = subprocess.Popen(self._argv(i), stdout=subprocess.DEVNULL, stderr=log, env=env)
 
@@ -98,17 +105,62 @@ class EtcdCluster:
             raise
         return self
 
-    def healthy(self, i: int) -> bool:
+    def _open(self, i: int, path: str, body: dict[str, Any] | None = None, timeout: float = 2.0) -> Any:
+        """GET path (POST body as JSON when given) on member i; the reply, JSON-decoded unless /metrics."""
         context = None
         if self.tls is not None:
             context = ssl.create_default_context(cafile=str(self.tls / "ca.pem"))
             context.load_cert_chain(self.tls / "client.pem", self.tls / "client-key.pem")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.endpoints[i]}{path}", data,  # noqa: S310 (ours: http or https)
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as reply:  # noqa: S310
+            raw = reply.read()
+        return raw.decode() if path == "/metrics" else json.loads(raw)
+
+    def healthy(self, i: int) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1,  # noqa: S310
-                                        context=context) as reply:
-                return bool(json.load(reply).get("health") == "true")
+            return bool(self._open(i, "/health", timeout=1.0).get("health") == "true")
         except (OSError, ValueError):
             return False
+
+    def member_id(self, i: int) -> str:
+        return str(self._open(i, "/v3/maintenance/status", {})["header"]["member_id"])
+
+    def leader(self) -> int:
+        """The index of the member that leads now."""
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    status = self._open(i, "/v3/maintenance/status", {})
+                    if status["leader"] == status["header"]["member_id"]:
+                        return i
+        raise RuntimeError("no etcd member leads now")
+
+    def raft_term(self) -> int:
+        """The highest raft term among the members up: it grows by one (at least) with each election."""
+        terms = [0]
+        for i, proc in enumerate(self.procs):
+            if proc is not None and proc.poll() is None:
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    terms.append(int(self._open(i, "/v3/maintenance/status", {})["raftTerm"]))
+        return max(terms)
+
+    def move_leader(self, to: int, timeout: float = 10.0) -> None:
+        """Hand leadership to member `to` (etcd's MoveLeader, asked of the current leader)."""
+        target = self.member_id(to)
+        deadline = time.monotonic() + timeout
+        while (now := self.leader()) != to:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"member {self.names[to]} did not become leader within {timeout}s")
+            with contextlib.suppress(OSError, ValueError):
+                self._open(now, "/v3/maintenance/transfer-leadership", {"targetID": target})
+            time.sleep(0.1)
+
+    def txns_served(self, i: int) -> int:
+        """Transactions member i answered so far (its gRPC counter; the JSON gateway's go through it)."""
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in self._open(i, "/metrics").splitlines()
+                   if line.startswith("grpc_server_handled_total{") and 'grpc_method="Txn"' in line)
 
     def wait_healthy(self, timeout: float = 30.0, members: list[int] | None = None) -> None:
         wanted = members if members is not None else list(range(len(self.names)))
