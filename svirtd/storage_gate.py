@@ -182,7 +182,7 @@ class StorageGate:
         the helper's question, when every path is provably on local storage (local_proof.py) -- decided
         in that thread, right before fn runs; (False, None), fn not run, when one is not (then ensure()
         and read() as usual). The same deadline as read()."""
-        files = _files(paths)
+        files = list(dict.fromkeys(_files(paths)))  # a claimed file is named twice (decision and claim)
         if not all(text_is_local(p, self._table) for p in files):
             return False, None  # decided on the table alone: no thread
         if any(self._known_hung(p) for p in files):
