@@ -44,6 +44,7 @@ from .identity import chain_filter_xml, chained_filters, rewrite_definition, str
 from .isolation import Object, Proof, Subject, control_planes, prove_isolation
 from .level_book import LevelBook
 from .level_claims import LevelSource, level_claims, pair_of
+from .local_proof import provably_local
 from .logsetup import guest_fields
 from .models import (
     Applier,
@@ -63,7 +64,7 @@ from .path_locks import KeyLocks
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
-from .report_cache import ReportBasis, ReportCache
+from .report_cache import Observed, ReportBasis, ReportCache, Started, start_key
 from .resources import DomainSpec, parse_domain
 from .storage_gate import StorageGate
 from .store import Claim, Store
@@ -458,6 +459,13 @@ class Manager:
         domain = self._parse_hooked(xml)
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks.hold([domain.uuid]):
+            # Everything in place since the last start of this very definition: converging again would
+            # read the same files and write nothing (report_cache.Started says why).
+            depends_on = (domain, self.config, self.spec, self._libvirt_relabels(domain))
+            kept = self._reports.started(domain.uuid, depends_on, self._storage_epoch())
+            if kept is not None:
+                self._domains[domain.uuid] = domain
+                return kept
             if self.store.is_releasing(domain.uuid):
                 why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
                        f"{domain.name}` retries)")
@@ -470,8 +478,30 @@ class Manager:
             if self.store.get(domain.uuid) is None and not self._confines(domain):
                 return None  # not kept: a transient guest's UUID passes once (test_definition_cache)
             self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
+            token, epoch = await self._watch_start(domain), self._storage_epoch()  # watched before converge reads
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
-            return await self._isolate_locked(info, "", Origin.AUTO, domain)
+            a = await self._isolate_locked(info, "", Origin.AUTO, domain)
+            if token is not None and self._storage_epoch() == epoch:
+                self._reports.keep_started(domain.uuid, Started(depends_on, self.store.generation, epoch, token, a))
+            return a
+
+    async def _watch_start(self, domain: DomainSpec) -> int | None:
+        """Watch what a converge of the guest reads, for the next start: its files and claims, all proven
+        local (else None). Not a guest whose qcow2 images are probed for backing files: a header
+        rewritten (qemu-img rebase) raises no event that a label change would."""
+        if any(r.probe_format == "qcow2" for r in domain.resources):
+            return None
+        files = list(dict.fromkeys(p for p in (*(r.path for r in domain.resources),
+                                               *(c.path for c in self.store.claims_for(domain.uuid)))
+                                   if p.startswith("/")))
+        key = start_key(domain.uuid)
+
+        def watch_proven() -> int | None:
+            token = self._reports.watch.watch(key, files)
+            return token if token is not None and all(provably_local(p, self.storage.table) for p in files) else None
+
+        local, token = await self.storage.read_local(files, domain.name, watch_proven)
+        return token if local else None
 
     def _parse_hooked(self, xml: str) -> DomainSpec:
         """The definition the hook handed over, parsed once per text (the same one at every start)."""
@@ -788,22 +818,46 @@ class Manager:
         relabels = self._libvirt_relabels(domain) if domain is not None else False
         basis = self._reports.basis(a.uuid, (a, domain, self.config, self.spec, relabels),
                                     lambda: self._report_basis(a, domain, relabels))
+        # A report whose files were proven local and watched since they were read is still true
+        # (report_cache.Observed says why): no thread hop, no read.
+        epoch, verify = self._storage_epoch(), self.last_verify
+        kept = self._reports.observed(a.uuid, basis, epoch, verify)
+        if isinstance(kept, GuestReport):
+            return kept
         claims, decisions = basis.claims, basis.decisions
         running = a.state is GuestState.RUNNING
         paths = [*(d.path for d in decisions), *(c.path for c in claims)]
+        files = list(dict.fromkeys(p for p in paths if p.startswith("/")))
 
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
+        def watched_observe() -> tuple[int | None, list[ResourceState]]:
+            # Watched BEFORE the labels are read, then proven again: a path swapped for a link between
+            # read_local's proof and the watch is not kept (file_watch.py).
+            token = self._reports.watch.watch(a.uuid, files)
+            if token is not None and not all(provably_local(p, self.storage.table) for p in files):
+                token = None
+            return token, observe(decisions, claims, running, self.denied, note)
+
         # Files proven local are read in one thread hop; any other is asked first (storage_gate.py).
-        local, states = await self.storage.read_local(paths, a.name, observe,
-                                                      decisions, claims, running, self.denied, note)
-        if not local or states is None:
+        local, got = await self.storage.read_local(paths, a.name, watched_observe)
+        token: int | None = None
+        if local and got is not None:
+            token, states = got
+        else:
             hung = await self.storage.unresponsive(paths)
             states = await self.storage.read(paths, a.name, observe,
                                              decisions, claims, running, self.denied, note, hung)
-        return GuestReport(assignment=a, process_label=basis.process_label, image_label=basis.image_label,
-                           resources=tuple(states), isolation=self.isolation_status(a.uuid))
+        report = GuestReport(assignment=a, process_label=basis.process_label, image_label=basis.image_label,
+                             resources=tuple(states), isolation=self.isolation_status(a.uuid))
+        if token is not None and self._storage_epoch() == epoch:
+            self._reports.keep_observed(a.uuid, Observed(basis, epoch, verify, token, report))
+        return report
+
+    def _storage_epoch(self) -> tuple[int, int]:
+        """What no file event tells: mounts that came or went, storage marked hung."""
+        return self.storage.table.generation(), self.storage.hangs
 
     def _report_basis(self, a: Assignment, domain: DomainSpec | None, relabels: bool) -> ReportBasis:
         """What a report compares the files with: from the table and the definition only."""

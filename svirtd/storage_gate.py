@@ -83,6 +83,11 @@ class StorageGate:
         self._mounts: dict[str, _Mount] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._killed: list[subprocess.Popen[bytes]] = []  # reaped once they are gone
+        self.hangs = 0  # mounts marked hung so far: what was read before one was is not kept (Query's cache)
+
+    @property
+    def table(self) -> MountTable:
+        return self._table
 
     async def unresponsive(self, paths: Iterable[str]) -> dict[str, str]:
         """path -> why, for the paths whose storage does not answer (never raises)."""
@@ -234,6 +239,7 @@ class StorageGate:
         return answered
 
     def _mark_hung(self, m: _Mount) -> None:
+        self.hangs += 1
         if not m.hung_since:
             m.hung_since = time.time()
             log.error("the storage mounted on %s did not answer within %g s: guests with files there are refused "

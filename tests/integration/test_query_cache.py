@@ -1,0 +1,150 @@
+"""Query keeps a guest's report while nothing it was made from can have changed, and never says a file
+is labeled when it is not (a real store, real files, real xattrs, real mounts, in-process Manager): a
+label set behind svirtd's back, a file replaced under its name, a mount over its directory, the table
+changing, are all in the very next Query. The hook's PrepareStart of the same definition skips a
+converge that would change nothing, and converges as before when a file changed behind its back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from svirtd.isolation import Proof
+from svirtd.manager import GuestReport, Manager, VerifyResult
+from svirtd.models import Assignment, ResourceStatus
+from svirtd.resources import DomainSpec
+from testbed.guests import Disk, domain_xml, make_disk
+from testbed.mounts import Mounts
+from tests.helpers import in_process_manager, xattr
+
+from .test_relabel_transactions import NoLibvirt
+
+pytestmark = pytest.mark.integration
+
+XATTR = "security.selinux"
+OTHER = "system_u:object_r:virt_image_t:s0"
+
+
+@pytest.fixture
+def manager(as_root: None, tmp_path: Path) -> Iterator[Manager]:
+    with in_process_manager(tmp_path, NoLibvirt()) as m:
+        yield m
+
+
+@pytest.fixture
+def mounts() -> Iterator[Mounts]:
+    m = Mounts()
+    yield m
+    problems = m.teardown()
+    assert not problems, problems
+
+
+def isolated(manager: Manager, tmp_path: Path, name: str) -> tuple[str, Path]:
+    uuid, disk, _xml = started(manager, tmp_path, name)
+    return uuid, disk
+
+
+def started(manager: Manager, tmp_path: Path, name: str) -> tuple[str, Path, str]:
+    images = tmp_path / "images"
+    images.mkdir(exist_ok=True)
+    disk = make_disk(images / f"{name}.img")
+    xml = domain_xml(name, str(uuidlib.uuid4()), [Disk(disk, "vda")])
+    a = asyncio.run(manager.prepare_start(xml))
+    assert a is not None
+    return a.uuid, disk, xml
+
+
+@pytest.fixture
+def converges(manager: Manager, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The guests each real converge ran for (the real one runs)."""
+    calls: list[str] = []
+    real = manager.converger.converge
+
+    async def counted(domain: DomainSpec, a: Assignment, libvirt_relabels: bool) -> None:
+        calls.append(a.uuid)
+        await real(domain, a, libvirt_relabels)
+
+    monkeypatch.setattr(manager.converger, "converge", counted)
+    return calls
+
+
+def disk_state(report: GuestReport, disk: Path) -> tuple[ResourceStatus, str]:
+    [state] = [r for r in report.resources if r.path == str(disk)]
+    return state.status, state.actual
+
+
+def query(manager: Manager, uuid: str) -> GuestReport:
+    return asyncio.run(manager.query(uuid))
+
+
+def test_a_repeated_query_reads_nothing_and_a_label_changed_behind_its_back_is_seen(
+        manager: Manager, tmp_path: Path) -> None:
+    uuid, disk = isolated(manager, tmp_path, "svt-qc-a")
+    first = query(manager, uuid)
+    expected = str(manager.spec.image_label(first.assignment.level))
+    assert disk_state(first, disk) == (ResourceStatus.LABELED, expected)
+    assert query(manager, uuid) is first  # kept: nothing was read again
+    os.setxattr(disk, XATTR, OTHER.encode() + b"\0")  # as setfattr / chcon would, behind svirtd's back
+    assert disk_state(query(manager, uuid), disk) == (ResourceStatus.DRIFTED, OTHER)
+    os.setxattr(disk, XATTR, expected.encode() + b"\0")
+    assert disk_state(query(manager, uuid), disk) == (ResourceStatus.LABELED, expected)
+
+
+def test_a_file_replaced_or_removed_under_its_name_is_seen(manager: Manager, tmp_path: Path) -> None:
+    uuid, disk = isolated(manager, tmp_path, "svt-qc-b")
+    assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.LABELED
+    os.replace(make_disk(disk.with_name("fresh.img")), disk)  # a new inode with no label
+    assert disk_state(query(manager, uuid), disk) == (ResourceStatus.DRIFTED, "")
+    disk.unlink()
+    assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.ABSENT
+
+
+def test_a_mount_over_its_directory_is_seen(manager: Manager, tmp_path: Path, mounts: Mounts) -> None:
+    uuid, disk = isolated(manager, tmp_path, "svt-qc-c")
+    assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.LABELED
+    mounts.fs("tmpfs", disk.parent)  # no inotify event: the mount table's generation tells
+    assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.ABSENT
+
+
+def test_another_guests_change_or_a_proof_is_a_new_report(manager: Manager, tmp_path: Path) -> None:
+    uuid, _disk = isolated(manager, tmp_path, "svt-qc-d")
+    first = query(manager, uuid)
+    isolated(manager, tmp_path, "svt-qc-e")  # the table changed
+    second = query(manager, uuid)
+    assert second is not first and second == first
+    manager.last_verify = VerifyResult(policy="policy.33", at=time.time(), proof=Proof(1, 1, 1, 1, ()))
+    assert query(manager, uuid).isolation.startswith("verified against policy.33")
+
+
+def test_a_start_with_everything_in_place_converges_once(manager: Manager, tmp_path: Path,
+                                                         converges: list[str]) -> None:
+    uuid, disk, xml = started(manager, tmp_path, "svt-qc-f")  # labels the disk
+    for _ in range(3):
+        again = asyncio.run(manager.prepare_start(xml))
+        assert again is not None and again.uuid == uuid
+    # The second start found everything as the first left it (and wrote nothing): the next ones skip it.
+    assert converges == [uuid, uuid]
+    assert xattr(disk) == str(manager.spec.image_label(again.level))
+
+
+def test_a_start_after_a_label_changed_behind_its_back_converges_again(manager: Manager, tmp_path: Path,
+                                                                       converges: list[str]) -> None:
+    uuid, disk, xml = started(manager, tmp_path, "svt-qc-g")
+    asyncio.run(manager.prepare_start(xml))  # finds everything in place: the next start may skip it
+    expected = xattr(disk)
+    os.setxattr(disk, XATTR, OTHER.encode() + b"\0")
+    asyncio.run(manager.prepare_start(xml))
+    assert converges == [uuid] * 3 and xattr(disk) == expected  # put back before qemu exists
+    asyncio.run(manager.prepare_start(xml))
+    os.replace(make_disk(disk.with_name("fresh.img")), disk)
+    asyncio.run(manager.prepare_start(xml))
+    assert converges == [uuid] * 5 and xattr(disk) == expected
+    asyncio.run(manager.prepare_start(xml))
+    asyncio.run(manager.prepare_start(xml.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>")))  # another definition
+    assert len(converges) == 7
