@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -215,6 +216,10 @@ def check_guest_ref(guest: str) -> str:
     if "/" in guest:
         raise InvalidArgument(f"{guest!r}: libvirt domain names cannot contain '/'")
     return guest
+
+
+# Query's reference check, kept per text (a pure function; invalid ones raise, and are not kept).
+checked_guest_ref = functools.lru_cache(maxsize=4096)(check_guest_ref)
 
 
 class Manager:
@@ -799,7 +804,7 @@ class Manager:
         return self.store.summary_rows()
 
     async def query(self, guest: str) -> GuestReport:
-        ref = check_guest_ref(guest)
+        ref = checked_guest_ref(guest)
         uuid = ref if looks_like_uuid(ref) else self._resolve_assigned(ref)
         a = self._reports.assignment(uuid)
         if a is None and uuid == ref:
@@ -814,16 +819,34 @@ class Manager:
                 domain = None
         return await self._report(a, domain)
 
-    async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
+    def kept_report(self, guest: str) -> GuestReport | None:
+        """Query's answer without waiting for anything, when the one kept is still true; None: ask
+        query() (which also says what is wrong with the reference)."""
+        try:
+            ref = checked_guest_ref(guest)
+        except SvirtError:
+            return None
+        a = self._reports.assignment(ref) if looks_like_uuid(ref) else None
+        domain = self._domains.get(ref)
+        if a is None or domain is None:
+            return None
+        return self._kept(a, domain)[3]
+
+    def _kept(self, a: Assignment, domain: DomainSpec | None) -> tuple[ReportBasis, tuple[int, int],
+                                                                       VerifyResult | None, GuestReport | None]:
+        """(basis, epoch, last proof, the kept report if it is still true): a report whose files were
+        proven local and watched since they were read (report_cache.Observed says why)."""
         relabels = self._libvirt_relabels(domain) if domain is not None else False
         basis = self._reports.basis(a.uuid, (a, domain, self.config, self.spec, relabels),
                                     lambda: self._report_basis(a, domain, relabels))
-        # A report whose files were proven local and watched since they were read is still true
-        # (report_cache.Observed says why): no thread hop, no read.
         epoch, verify = self._storage_epoch(), self.last_verify
         kept = self._reports.observed(a.uuid, basis, epoch, verify)
-        if isinstance(kept, GuestReport):
-            return kept
+        return basis, epoch, verify, kept if isinstance(kept, GuestReport) else None
+
+    async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
+        basis, epoch, verify, kept = self._kept(a, domain)
+        if kept is not None:
+            return kept  # no thread hop, no read
         claims, decisions = basis.claims, basis.decisions
         running = a.state is GuestState.RUNNING
         paths = [*(d.path for d in decisions), *(c.path for c in claims)]
