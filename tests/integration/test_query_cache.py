@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,9 +21,13 @@ from svirtd.isolation import Proof
 from svirtd.manager import GuestReport, Manager, VerifyResult
 from svirtd.models import Assignment, ResourceStatus
 from svirtd.resources import DomainSpec
-from testbed.guests import Disk, domain_xml, make_disk
+from testbed.bus import PrivateBus
+from testbed.client import CallFailed
+from testbed.daemon import SvirtdProcess
+from testbed.guests import Disk, Guest, GuestFactory, domain_xml, make_disk
 from testbed.mounts import Mounts
-from tests.helpers import in_process_manager, xattr
+from tests.conftest import wait_until
+from tests.helpers import call, in_process_manager, labeled_by_svirtd, run, xattr
 
 from .test_relabel_transactions import NoLibvirt
 
@@ -35,14 +41,6 @@ OTHER = "system_u:object_r:virt_image_t:s0"
 def manager(as_root: None, tmp_path: Path) -> Iterator[Manager]:
     with in_process_manager(tmp_path, NoLibvirt()) as m:
         yield m
-
-
-@pytest.fixture
-def mounts() -> Iterator[Mounts]:
-    m = Mounts()
-    yield m
-    problems = m.teardown()
-    assert not problems, problems
 
 
 def isolated(manager: Manager, tmp_path: Path, name: str) -> tuple[str, Path]:
@@ -148,3 +146,33 @@ def test_a_start_after_a_label_changed_behind_its_back_converges_again(manager: 
     asyncio.run(manager.prepare_start(xml))
     asyncio.run(manager.prepare_start(xml.replace("<vcpu>1</vcpu>", "<vcpu>2</vcpu>")))  # another definition
     assert len(converges) == 7
+
+
+def test_over_the_bus_a_label_set_with_setfattr_is_in_the_next_query(bus: PrivateBus, guests: GuestFactory,
+                                                                      svirtd: Callable[..., SvirtdProcess]) -> None:
+    """svirtd as a process answering Query from what it kept (the second call on): `setfattr` behind its
+    back, and the very next Query says so; `chcon`-style restore, and the next one says that too."""
+    svirtd()
+    g = guests.new()
+    report: dict[str, Any] = wait_until(lambda: labeled(bus, g.uuid), what="the guest isolated")  # type: ignore[assignment]
+    [disk] = [r for r in report["resources"] if r["path"] == str(g.disk)]
+    for _ in range(5):  # each round: a kept report (the second equal Query), then a change behind its back
+        wait_until(lambda: run(call(bus, "Query", "s", g.uuid)) == run(call(bus, "Query", "s", g.uuid)),
+                   what="a settled report")
+        subprocess.run(["setfattr", "-n", XATTR, "-v", OTHER, str(g.disk)], check=True)
+        assert disk_of(bus, g) == ("drifted", OTHER)
+        subprocess.run(["setfattr", "-n", XATTR, "-v", disk["expected"], str(g.disk)], check=True)
+        assert disk_of(bus, g) == ("labeled", disk["expected"])
+
+
+def disk_of(bus: PrivateBus, g: Guest) -> tuple[str, str]:
+    [state] = [r for r in run(call(bus, "Query", "s", g.uuid))["resources"] if r["path"] == str(g.disk)]
+    return state["status"], state["actual"]
+
+
+def labeled(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
+    try:
+        report = run(call(bus, "Query", "s", uuid))
+    except CallFailed:
+        return None
+    return report if labeled_by_svirtd(report) else None
