@@ -256,21 +256,31 @@ class ManagerInterface(ServiceInterface):
         self._replies[report.assignment.uuid] = (report, out)
         return out
 
-    def answer_kept_query(self, msg: Message) -> Message | None:
-        """Bus message handler: Query answered in the loop turn its call arrived in (no task, no thread)
-        when the manager keeps a report that is still true and no denial asks for an authorization;
-        the same reply as the method's. Anything else (None) goes to the method."""
-        if msg.member != "Query" or msg.message_type is not MessageType.METHOD_CALL or msg.signature != "s" \
-                or msg.interface != INTERFACE or msg.path != OBJECT_PATH \
+    def answer_kept(self, msg: Message) -> Message | None:
+        """Bus message handler: Query, and the hook's PrepareStart of a guest with everything in place,
+        answered in the loop turn their call arrived in (no task, no thread) from what the manager keeps
+        while it is still true, with the same reply as the methods'. Anything else (None) goes to the
+        method: a report not kept, a denial to authorize, a caller whose uid the bus was not asked yet."""
+        member = msg.member
+        if member not in ("Query", "PrepareStart") or msg.message_type is not MessageType.METHOD_CALL \
+                or msg.signature != "s" or msg.interface != INTERFACE or msg.path != OBJECT_PATH \
                 or msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             return None
         try:
-            report = self._manager.kept_report(msg.body[0])
-            if report is None or self._history(report):
+            if member == "Query":
+                report = self._manager.kept_report(msg.body[0])
+                if report is None or self._history(report):
+                    return None
+                return Message.new_method_return(msg, "a{sv}", [self._without_denials(report)])
+            if self._authz.known_uid(msg.sender) != 0:  # only root (the hook): see PrepareStart
                 return None
-            return Message.new_method_return(msg, "a{sv}", [self._without_denials(report)])
+            started = self._manager.kept_start(msg.body[0])
+            report = self._manager.kept_report(started.uuid) if started is not None else None
+            if report is None:
+                return None
+            return Message.new_method_return(msg, "a{sv}", [{**self._report(report, raw=True), "confined": _TRUE}])
         except Exception:  # the method answers it, with its error handling
-            log.exception("the kept answer to Query failed")
+            log.exception("the kept answer to %s failed", member)
             return None
 
     def _history(self, report: GuestReport) -> list[DenialEvent]:
@@ -475,6 +485,7 @@ _VARIANTS_KEPT = 4096
 _heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
 _resources: dict[ResourceState, dict[str, Variant]] = {}
 _NO_DENIALS = Variant("aa{sv}", [])
+_TRUE = Variant("b", True)
 
 
 def _kept(kept: dict[K, dict[str, Variant]], key: K, build: Callable[[], dict[str, Variant]]) -> dict[str, Variant]:
@@ -580,7 +591,7 @@ def verify_to_dbus(result: VerifyResult) -> dict[str, Variant]:
 async def export(bus: MessageBus, iface: ManagerInterface) -> None:
     """Serve the interface and own the well-known name (fail if somebody else owns it)."""
     bus.add_message_handler(capture_message)
-    bus.add_message_handler(iface.answer_kept_query)  # after capture_message, which never answers
+    bus.add_message_handler(iface.answer_kept)  # after capture_message, which never answers
     bus.export(OBJECT_PATH, iface)
     iface.jobs = Jobs(bus, iface._authz, iface.JobRemoved, _sender, _interactive)
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

@@ -218,8 +218,13 @@ def check_guest_ref(guest: str) -> str:
     return guest
 
 
-# Query's reference check, kept per text (a pure function; invalid ones raise, and are not kept).
-checked_guest_ref = functools.lru_cache(maxsize=4096)(check_guest_ref)
+_checked_refs = functools.lru_cache(maxsize=4096)(check_guest_ref)
+
+
+def checked_guest_ref(guest: str) -> str:
+    """check_guest_ref, kept per text (a pure function; invalid ones raise and are not kept). A text too
+    long to be a reference is refused without being hashed (a caller's megabytes)."""
+    return _checked_refs(guest) if len(guest) <= MAX_GUEST_REF else check_guest_ref(guest)
 
 
 class Manager:
@@ -464,12 +469,8 @@ class Manager:
         domain = self._parse_hooked(xml)
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks.hold([domain.uuid]):
-            # Everything in place since the last start of this very definition: converging again would
-            # read the same files and write nothing (report_cache.Started says why).
-            depends_on = (domain, self.config, self.spec, self._libvirt_relabels(domain))
-            kept = self._reports.started(domain.uuid, depends_on, self._storage_epoch())
+            depends_on, kept = self._start_kept(domain)
             if kept is not None:
-                self._domains[domain.uuid] = domain
                 return kept
             if self.store.is_releasing(domain.uuid):
                 why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
@@ -489,6 +490,24 @@ class Manager:
             if token is not None and self._storage_epoch() == epoch:
                 self._reports.keep_started(domain.uuid, Started(depends_on, self.store.generation, epoch, token, a))
             return a
+
+    def kept_start(self, xml: str) -> Assignment | None:
+        """prepare_start's answer without waiting for anything: a definition parsed before, whose guest
+        no one holds the lock of, with everything in place since its last start; None: ask prepare_start."""
+        domain = self._parsed.get((xml, str(self.config.swtpm_dir)))
+        if domain is None or self._guest_locks.held(domain.uuid):
+            return None
+        return self._start_kept(domain)[1]
+
+    def _start_kept(self, domain: DomainSpec) -> tuple[tuple[object, ...], Assignment | None]:
+        """(what a start depends on, the assignment when everything is in place since the last start of
+        this very definition): converging again would read the same files and write nothing
+        (report_cache.Started says why). Under the guest's lock, or with no one holding it."""
+        depends_on = (domain, self.config, self.spec, self._libvirt_relabels(domain))
+        kept = self._reports.started(domain.uuid, depends_on, self._storage_epoch())
+        if kept is not None:
+            self._domains[domain.uuid] = domain
+        return depends_on, kept
 
     async def _watch_start(self, domain: DomainSpec) -> int | None:
         """Watch what a converge of the guest reads, for the next start: its files and claims, all proven
