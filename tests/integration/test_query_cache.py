@@ -22,13 +22,13 @@ from svirtd.manager import GuestReport, Manager, VerifyResult
 from svirtd.models import Assignment, ResourceStatus
 from svirtd.resources import DomainSpec
 from testbed.bus import PrivateBus
-from testbed.client import CallFailed
 from testbed.daemon import SvirtdProcess
 from testbed.guests import Disk, Guest, GuestFactory, domain_xml, make_disk
 from testbed.mounts import Mounts
 from tests.conftest import wait_until
-from tests.helpers import call, in_process_manager, labeled_by_svirtd, run, xattr
+from tests.helpers import call, in_process_manager, run, xattr
 
+from .test_claims import labeled
 from .test_relabel_transactions import NoLibvirt
 
 pytestmark = pytest.mark.integration
@@ -192,10 +192,3 @@ def disk_of(bus: PrivateBus, g: Guest) -> tuple[str, str]:
     [state] = [r for r in run(call(bus, "Query", "s", g.uuid))["resources"] if r["path"] == str(g.disk)]
     return state["status"], state["actual"]
 
-
-def labeled(bus: PrivateBus, uuid: str) -> dict[str, Any] | None:
-    try:
-        report = run(call(bus, "Query", "s", uuid))
-    except CallFailed:
-        return None
-    return report if labeled_by_svirtd(report) else None
