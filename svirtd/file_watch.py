@@ -50,7 +50,6 @@ WATCHES_KEPT = 16384  # beyond this many (wd, name) interests every key is dropp
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-_libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
 
 Interest = tuple[int, bytes]  # (watch descriptor, the name in that directory; b"" for the inode itself)
 
