@@ -107,6 +107,10 @@ class Authorizer:
         self._prompts = PromptSlots()
         self._checks = 0  # numbers cancellation ids
 
+    def known_uid(self, sender: str | None) -> int | None:
+        """The caller's uid if the bus was asked already (no wait), else None."""
+        return self._uids.get(sender) if sender is not None else None
+
     async def _uid(self, sender: str) -> int:
         """The caller's uid, asked of the bus once per connection: a unique name is never reused while
         the bus runs, and Query asks for every call that has denials to show."""

@@ -141,6 +141,7 @@ class ManagerInterface(ServiceInterface):
         self.guests: GuestObjects | None = None  # the per-guest objects, once exported
         self.jobs: Jobs | None = None  # the job objects, once exported
         self._published: dict[str, Any] = {}  # last values of properties that change by themselves
+        self._replies: dict[str, tuple[GuestReport, dict[str, Variant]]] = {}  # uuid -> (report, reply)
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -236,10 +237,51 @@ class ManagerInterface(ServiceInterface):
 
     def _report(self, report: GuestReport, raw: bool = False) -> dict[str, Variant]:
         """raw: include the denials' raw audit records (pids, inodes, commands of both guests' qemu)."""
-        out = report_to_dbus(report)
         history = self._history(report)
+        if not history:
+            return self._without_denials(report)
+        out = report_to_dbus(report)
         out["denials"] = Variant("aa{sv}", [denial_to_dbus(e, raw) for e in history])
         return out
+
+    def _without_denials(self, report: GuestReport) -> dict[str, Variant]:
+        """The reply of a guest with no denial, built once per report (the manager keeps a report object
+        while it is true). Never changed by callers: they copy it to add keys."""
+        kept = self._replies.get(report.assignment.uuid)
+        if kept is not None and kept[0] is report:
+            return kept[1]
+        if len(self._replies) >= _VARIANTS_KEPT:
+            self._replies.clear()
+        out = {**report_to_dbus(report), "denials": _NO_DENIALS}
+        self._replies[report.assignment.uuid] = (report, out)
+        return out
+
+    def answer_kept(self, msg: Message) -> Message | None:
+        """Bus message handler: Query, and the hook's PrepareStart of a guest with everything in place,
+        answered in the loop turn their call arrived in (no task, no thread) from what the manager keeps
+        while it is still true, with the same reply as the methods'. Anything else (None) goes to the
+        method: a report not kept, a denial to authorize, a caller whose uid the bus was not asked yet."""
+        member = msg.member
+        if member not in ("Query", "PrepareStart") or msg.message_type is not MessageType.METHOD_CALL \
+                or msg.signature != "s" or msg.interface != INTERFACE or msg.path != OBJECT_PATH \
+                or msg.flags & MessageFlag.NO_REPLY_EXPECTED:
+            return None
+        try:
+            if member == "Query":
+                report = self._manager.kept_report(msg.body[0])
+                if report is None or self._history(report):
+                    return None
+                return Message.new_method_return(msg, "a{sv}", [self._without_denials(report)])
+            if self._authz.known_uid(msg.sender) != 0:  # only root (the hook): see PrepareStart
+                return None
+            started = self._manager.kept_start(msg.body[0])
+            report = self._manager.kept_report(started.uuid) if started is not None else None
+            if report is None:
+                return None
+            return Message.new_method_return(msg, "a{sv}", [{**self._report(report, raw=True), "confined": _TRUE}])
+        except Exception:  # the method answers it, with its error handling
+            log.exception("the kept answer to %s failed", member)
+            return None
 
     def _history(self, report: GuestReport) -> list[DenialEvent]:
         return self._denials.history(report.assignment.uuid) if self._denials is not None else []
@@ -442,6 +484,8 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
 _VARIANTS_KEPT = 4096
 _heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
 _resources: dict[ResourceState, dict[str, Variant]] = {}
+_NO_DENIALS = Variant("aa{sv}", [])
+_TRUE = Variant("b", True)
 
 
 def _kept(kept: dict[K, dict[str, Variant]], key: K, build: Callable[[], dict[str, Variant]]) -> dict[str, Variant]:
@@ -547,6 +591,7 @@ def verify_to_dbus(result: VerifyResult) -> dict[str, Variant]:
 async def export(bus: MessageBus, iface: ManagerInterface) -> None:
     """Serve the interface and own the well-known name (fail if somebody else owns it)."""
     bus.add_message_handler(capture_message)
+    bus.add_message_handler(iface.answer_kept)  # after capture_message, which never answers
     bus.export(OBJECT_PATH, iface)
     iface.jobs = Jobs(bus, iface._authz, iface.JobRemoved, _sender, _interactive)
     reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -44,6 +45,7 @@ from .identity import chain_filter_xml, chained_filters, rewrite_definition, str
 from .isolation import Object, Proof, Subject, control_planes, prove_isolation
 from .level_book import LevelBook
 from .level_claims import LevelSource, level_claims, pair_of
+from .local_proof import provably_local
 from .logsetup import guest_fields
 from .models import (
     Applier,
@@ -63,7 +65,7 @@ from .path_locks import KeyLocks
 from .policy import LabelSpec
 from .policy_judge import PolicyJudge, Verdict
 from .profiles import NWFILTERS, Profile, resolve_profile
-from .report_cache import ReportBasis, ReportCache
+from .report_cache import Observed, ReportBasis, ReportCache, Started, start_key
 from .resources import DomainSpec, parse_domain
 from .storage_gate import StorageGate
 from .store import Claim, Store
@@ -214,6 +216,15 @@ def check_guest_ref(guest: str) -> str:
     if "/" in guest:
         raise InvalidArgument(f"{guest!r}: libvirt domain names cannot contain '/'")
     return guest
+
+
+_checked_refs = functools.lru_cache(maxsize=4096)(check_guest_ref)
+
+
+def checked_guest_ref(guest: str) -> str:
+    """check_guest_ref, kept per text (a pure function; invalid ones raise and are not kept). A text too
+    long to be a reference is refused without being hashed (a caller's megabytes)."""
+    return _checked_refs(guest) if len(guest) <= MAX_GUEST_REF else check_guest_ref(guest)
 
 
 class Manager:
@@ -470,6 +481,9 @@ class Manager:
         domain = self._parse_hooked(xml)
         info = XmlDomain(uuid=domain.uuid, name=domain.name, state=GuestState.RUNNING, xmls=(xml,))
         async with self._guest_locks.hold([domain.uuid]):
+            depends_on, kept = self._start_kept(domain)
+            if kept is not None:
+                return kept
             if self.store.is_releasing(domain.uuid):
                 why = ("its release is pending (files svirtd could not restore yet; `svirtctl release "
                        f"{domain.name}` retries)")
@@ -482,8 +496,48 @@ class Manager:
             if self.store.get(domain.uuid) is None and not self._confines(domain):
                 return None  # not kept: a transient guest's UUID passes once (test_definition_cache)
             self._domains[domain.uuid] = domain  # as _parse() would: parsed once, here
+            token, epoch = await self._watch_start(domain), self._storage_epoch()  # watched before converge reads
             # The identity (metadata, seclabel) is written at the next event, outside the hook.
-            return await self._isolate_locked(info, "", Origin.AUTO, domain)
+            a = await self._isolate_locked(info, "", Origin.AUTO, domain)
+            if token is not None and self._storage_epoch() == epoch:
+                self._reports.keep_started(domain.uuid, Started(depends_on, self.store.generation, epoch, token, a))
+            return a
+
+    def kept_start(self, xml: str) -> Assignment | None:
+        """prepare_start's answer without waiting for anything: a definition parsed before, whose guest
+        no one holds the lock of, with everything in place since its last start; None: ask prepare_start."""
+        domain = self._parsed.get((xml, str(self.config.swtpm_dir)))
+        if domain is None or self._guest_locks.held(domain.uuid):
+            return None
+        return self._start_kept(domain)[1]
+
+    def _start_kept(self, domain: DomainSpec) -> tuple[tuple[object, ...], Assignment | None]:
+        """(what a start depends on, the assignment when everything is in place since the last start of
+        this very definition): converging again would read the same files and write nothing
+        (report_cache.Started says why). Under the guest's lock, or with no one holding it."""
+        depends_on = (domain, self.config, self.spec, self._libvirt_relabels(domain))
+        kept = self._reports.started(domain.uuid, depends_on, self._storage_epoch())
+        if kept is not None:
+            self._domains[domain.uuid] = domain
+        return depends_on, kept
+
+    async def _watch_start(self, domain: DomainSpec) -> int | None:
+        """Watch what a converge of the guest reads, for the next start: its files and claims, all proven
+        local (else None). Not a guest whose qcow2 images are probed for backing files: a header
+        rewritten (qemu-img rebase) raises no event that a label change would."""
+        if any(r.probe_format == "qcow2" for r in domain.resources):
+            return None
+        files = list(dict.fromkeys(p for p in (*(r.path for r in domain.resources),
+                                               *(c.path for c in self.store.claims_for(domain.uuid)))
+                                   if p.startswith("/")))
+        key = start_key(domain.uuid)
+
+        def watch_proven() -> int | None:
+            token = self._reports.watch.watch(key, files)
+            return token if token is not None and all(provably_local(p, self.storage.table) for p in files) else None
+
+        local, token = await self.storage.read_local(files, domain.name, watch_proven)
+        return token if local else None
 
     def _parse_hooked(self, xml: str) -> DomainSpec:
         """The definition the hook handed over, parsed once per text (the same one at every start)."""
@@ -781,7 +835,7 @@ class Manager:
         return self.store.summary_rows()
 
     async def query(self, guest: str) -> GuestReport:
-        ref = check_guest_ref(guest)
+        ref = checked_guest_ref(guest)
         uuid = ref if looks_like_uuid(ref) else self._resolve_assigned(ref)
         a = self._reports.assignment(uuid)
         if a is None and uuid == ref:
@@ -796,26 +850,68 @@ class Manager:
                 domain = None
         return await self._report(a, domain)
 
-    async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
+    def kept_report(self, guest: str) -> GuestReport | None:
+        """Query's answer without waiting for anything, when the one kept is still true; None: ask
+        query() (which also says what is wrong with the reference)."""
+        try:
+            ref = checked_guest_ref(guest)
+        except SvirtError:
+            return None
+        a = self._reports.assignment(ref) if looks_like_uuid(ref) else None
+        domain = self._domains.get(ref)
+        if a is None or domain is None:
+            return None
+        return self._kept(a, domain)[3]
+
+    def _kept(self, a: Assignment, domain: DomainSpec | None) -> tuple[ReportBasis, tuple[int, int],
+                                                                       VerifyResult | None, GuestReport | None]:
+        """(basis, epoch, last proof, the kept report if it is still true): a report whose files were
+        proven local and watched since they were read (report_cache.Observed says why)."""
         relabels = self._libvirt_relabels(domain) if domain is not None else False
         basis = self._reports.basis(a.uuid, (a, domain, self.config, self.spec, relabels),
                                     lambda: self._report_basis(a, domain, relabels))
+        epoch, verify = self._storage_epoch(), self.last_verify
+        kept = self._reports.observed(a.uuid, basis, epoch, verify)
+        return basis, epoch, verify, kept if isinstance(kept, GuestReport) else None
+
+    async def _report(self, a: Assignment, domain: DomainSpec | None) -> GuestReport:
+        basis, epoch, verify, kept = self._kept(a, domain)
+        if kept is not None:
+            return kept  # no thread hop, no read
         claims, decisions = basis.claims, basis.decisions
         running = a.state is GuestState.RUNNING
         paths = [*(d.path for d in decisions), *(c.path for c in claims)]
+        files = list(dict.fromkeys(p for p in paths if p.startswith("/")))
 
         def note(exc: labels.LabelUnsupported) -> str:
             return self.converger.unlabelable_note(a, exc)
 
+        def watched_observe() -> tuple[int | None, list[ResourceState]]:
+            # Watched BEFORE the labels are read, then proven again: a path swapped for a link between
+            # read_local's proof and the watch is not kept (file_watch.py).
+            token = self._reports.watch.watch(a.uuid, files)
+            if token is not None and not all(provably_local(p, self.storage.table) for p in files):
+                token = None
+            return token, observe(decisions, claims, running, self.denied, note)
+
         # Files proven local are read in one thread hop; any other is asked first (storage_gate.py).
-        local, states = await self.storage.read_local(paths, a.name, observe,
-                                                      decisions, claims, running, self.denied, note)
-        if not local or states is None:
+        local, got = await self.storage.read_local(paths, a.name, watched_observe)
+        token: int | None = None
+        if local and got is not None:
+            token, states = got
+        else:
             hung = await self.storage.unresponsive(paths)
             states = await self.storage.read(paths, a.name, observe,
                                              decisions, claims, running, self.denied, note, hung)
-        return GuestReport(assignment=a, process_label=basis.process_label, image_label=basis.image_label,
-                           resources=tuple(states), isolation=self.isolation_status(a.uuid))
+        report = GuestReport(assignment=a, process_label=basis.process_label, image_label=basis.image_label,
+                             resources=tuple(states), isolation=self.isolation_status(a.uuid))
+        if token is not None and self._storage_epoch() == epoch:
+            self._reports.keep_observed(a.uuid, Observed(basis, epoch, verify, token, report))
+        return report
+
+    def _storage_epoch(self) -> tuple[int, int]:
+        """What no file event tells: mounts that came or went, storage marked hung."""
+        return self.storage.table.generation(), self.storage.hangs
 
     def _report_basis(self, a: Assignment, domain: DomainSpec | None, relabels: bool) -> ReportBasis:
         """What a report compares the files with: from the table and the definition only."""

@@ -55,6 +55,7 @@ class MountTable:
         self._mounts: list[Mount] = []
         self._by_device: dict[str, Mount] = {}
         self._along: dict[str, tuple[Mount, ...]] = {}  # path -> along(path), for this table only
+        self._generation = 0  # bumped at each read: a mount came or went (Query's cache keys on it)
 
     def mounts(self) -> list[Mount]:
         with self._lock:
@@ -66,6 +67,12 @@ class MountTable:
         with self._lock:
             self._refresh()
             return self._by_device.get(device)
+
+    def generation(self) -> int:
+        """Changes whenever the table does (one poll(), no read, when it did not)."""
+        with self._lock:
+            self._refresh()
+            return self._generation
 
     def mount_of(self, path: str) -> Mount | None:
         """The mount a path lies on, judged on its text (the longest mount point it is inside)."""
@@ -104,6 +111,7 @@ class MountTable:
         self._mounts = parse_mountinfo(b"".join(chunks).decode(errors="replace"))
         self._by_device = {m.device: m for m in self._mounts}
         self._along = {}
+        self._generation += 1
 
 
 TABLE = MountTable()

@@ -78,6 +78,11 @@ class StorageGate:
         self._mounts: dict[str, _Mount] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._killed: list[subprocess.Popen[bytes]] = []  # reaped once they are gone
+        self.hangs = 0  # mounts marked hung so far: what was read before one was is not kept (Query's cache)
+
+    @property
+    def table(self) -> MountTable:
+        return self._table
 
     async def unresponsive(self, paths: Iterable[str]) -> dict[str, str]:
         """path -> why, for the paths whose storage does not answer (never raises)."""
@@ -177,7 +182,7 @@ class StorageGate:
         the helper's question, when every path is provably on local storage (local_proof.py) -- decided
         in that thread, right before fn runs; (False, None), fn not run, when one is not (then ensure()
         and read() as usual). The same deadline as read()."""
-        files = _files(paths)
+        files = list(dict.fromkeys(_files(paths)))  # a claimed file is named twice (decision and claim)
         if not all(text_is_local(p, self._table) for p in files):
             return False, None  # decided on the table alone: no thread
         if any(self._known_hung(p) for p in files):
@@ -229,6 +234,7 @@ class StorageGate:
         return answered
 
     def _mark_hung(self, m: _Mount) -> None:
+        self.hangs += 1
         if not m.hung_since:
             m.hung_since = time.time()
             log.error("the storage mounted on %s did not answer within %g s: guests with files there are refused "

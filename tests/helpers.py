@@ -137,8 +137,12 @@ def in_process_manager(tmp_path: Path, hypervisor: object, **config: Any) -> Ite
     (the hook path must not call libvirt at all: its stand-ins fail the test on any call)."""
     cfg = Config(state_dir=tmp_path / "state", hook_env_file="", setrans_file="", audit_source="none", **config)
     store = Store(cfg.database_path)
+    manager: Manager | None = None
     try:
-        yield Manager(cfg, store, PairAllocator(CategorySpace(cfg.category_set, cfg.excluded_from_pairs)),
-                      selinux_host.load_label_spec(), hypervisor)  # type: ignore[arg-type]
+        manager = Manager(cfg, store, PairAllocator(CategorySpace(cfg.category_set, cfg.excluded_from_pairs)),
+                          selinux_host.load_label_spec(), hypervisor)  # type: ignore[arg-type]
+        yield manager
     finally:
+        if manager is not None:
+            manager._reports.watch.close()  # its inotify instance (root has 128 on the whole machine)
         store.close()

@@ -109,6 +109,18 @@ def test_read_local_runs_fn_for_proven_files_and_resolve_still_refuses_untrusted
         labels.open_resource(str(link / "disk.img"), ResourceKind.FILE)
 
 
+def test_a_path_named_twice_is_still_proven(tmp_path: Path) -> None:
+    """Query names a claimed disk twice (its definition's decision and its claim): the fast path must
+    not take the repeat for an unproven file (it did, and every Query paid three thread hops)."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"x")
+    gate = StorageGate(timeout=1.0, table=MountTable())
+    try:
+        assert asyncio.run(gate.read_local([str(disk), "controller0", str(disk)], "probe", len, "ab")) == (True, 2)
+    finally:
+        gate.close()
+
+
 def test_a_local_disk_that_stopped_answering_holds_at_most_its_mounts_threads(tmp_path: Path) -> None:
     """Local storage can hang too (ext4 on iSCSI or multipath queueing with no path): once read_local's
     work there missed its deadline the mount is known hung, and later Query calls must not start more
