@@ -18,13 +18,19 @@ already carrying the target are skipped; their originals are already journaled);
 journals oldest run first, first record per path wins, and ignores a torn last record and any record
 whose label is not a context. The helper dies with its parent (PR_SET_PDEATHSIG).
 
-Labels only directories and regular files. Never: follows a symlink, crosses a mount point, relabels a
-hard-linked file (its other names may live outside the tree), labels a device node, FIFO or socket (a
-guest with a writable share can create them; svirt_t may use block devices carrying its label), or opens
-a file for I/O. An entry is scanned by name, but labeled (and restored) through an O_PATH descriptor of
-it, re-checked right before the write (/proc/self/fd/N names exactly that inode): the inode the scan saw
-and journaled, still of a labelable kind with one link, still carrying the journaled original. A name
-swapped meanwhile (for a hard link to a file outside the tree, say) is left alone and counted as raced.
+Labels only directories and regular files. Never: follows a symlink, crosses a mount point (another
+filesystem's, by st_dev; a bind mount of the tree's own, by its directory entry's inode number, on the
+DIRENT_INODE_FS filesystems where that number is exact), relabels a hard-linked file (its other names
+may live outside the tree), labels a device node, FIFO or socket (a guest with a writable share can
+create them; svirt_t may use block devices carrying its label), or opens a file for I/O. An entry is
+scanned by name, but labeled (and restored) through an O_PATH descriptor of it, re-checked right before
+the write (/proc/self/fd/N names exactly that inode): the inode the scan saw and journaled, still of a
+labelable kind with one link, still carrying the journaled original. A name swapped meanwhile (for a
+hard link to a file outside the tree, say) is left alone and counted as raced.
+
+Cost per labeled entry (docs/architecture.md, "Tree relabel cost"): getxattr by name in the scan (the
+original, journaled), then open O_PATH, fstat, getxattr, setxattr and close on the descriptor; an lstat
+too where dirent inode numbers cannot be trusted. `chcon -R` makes one call, lsetxattr by name.
 
 Standalone on purpose: stdlib only on the labeling path, so it starts in tens of milliseconds.
 """
