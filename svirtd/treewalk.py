@@ -18,13 +18,19 @@ already carrying the target are skipped; their originals are already journaled);
 journals oldest run first, first record per path wins, and ignores a torn last record and any record
 whose label is not a context. The helper dies with its parent (PR_SET_PDEATHSIG).
 
-Labels only directories and regular files. Never: follows a symlink, crosses a mount point, relabels a
-hard-linked file (its other names may live outside the tree), labels a device node, FIFO or socket (a
-guest with a writable share can create them; svirt_t may use block devices carrying its label), or opens
-a file for I/O. An entry is scanned by name, but labeled (and restored) through an O_PATH descriptor of
-it, re-checked right before the write (/proc/self/fd/N names exactly that inode): the inode the scan saw
-and journaled, still of a labelable kind with one link, still carrying the journaled original. A name
-swapped meanwhile (for a hard link to a file outside the tree, say) is left alone and counted as raced.
+Labels only directories and regular files. Never: follows a symlink, crosses a mount point (another
+filesystem's, by st_dev; a bind mount of the tree's own, by its directory entry's inode number, on the
+DIRENT_INODE_FS filesystems where that number is exact), relabels a hard-linked file (its other names
+may live outside the tree), labels a device node, FIFO or socket (a guest with a writable share can
+create them; svirt_t may use block devices carrying its label), or opens a file for I/O. An entry is
+scanned by name, but labeled (and restored) through an O_PATH descriptor of it, re-checked right before
+the write (/proc/self/fd/N names exactly that inode): the inode the scan saw and journaled, still of a
+labelable kind with one link, still carrying the journaled original. A name swapped meanwhile (for a
+hard link to a file outside the tree, say) is left alone and counted as raced.
+
+Cost per labeled entry (docs/architecture.md, "Tree relabel cost"): getxattr by name in the scan (the
+original, journaled), then open O_PATH, fstat, getxattr, setxattr and close on the descriptor; an lstat
+too where dirent inode numbers cannot be trusted. `chcon -R` makes one call, lsetxattr by name.
 
 Standalone on purpose: stdlib only on the labeling path, so it starts in tens of milliseconds.
 """
@@ -45,6 +51,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 
 XATTR = "security.selinux"
 Summary = dict[str, int | str | float]
@@ -53,6 +60,12 @@ MAX_PENDING_DIRS = 64  # directory fds held while a batch is pending
 CACHED_DIRS = 16  # directory fds a walk keeps open on its way down (the root apart)
 PR_SET_PDEATHSIG = 1
 PROC_FDS = "/proc/self/fd"  # this process's descriptors by number (fork: the child's own, looked up anew)
+# Filesystems whose directory entries carry the inode's own number (d_ino == st_ino) everywhere but at a
+# mount point, where d_ino is the covered inode's. On them a regular file needs no lstat to be scanned
+# (its dirent gives type and inode; link count and mount are checked on its descriptor before the write),
+# and a bind mount of the same filesystem, which st_dev cannot tell, shows itself by the mismatch.
+# Elsewhere (FUSE, overlayfs, NFS...) d_ino may legitimately differ from st_ino: every entry is lstat'ed.
+DIRENT_INODE_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs"})
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Journal format 2: this header, then (relpath, original, "dev:ino") records, each field NUL-terminated.
@@ -93,6 +106,33 @@ def checked_root(path: str, inherited: int | None, inode: str | None) -> int:
     return rfd
 
 
+@functools.cache
+def fs_type(dev: int) -> str:
+    """The type of the filesystem mounted from dev ('' when no mount in this namespace shows it)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                fields = line.split()
+                if len(fields) > 7 and fields[2] == want and "-" in fields[6:]:
+                    return fields[fields.index("-", 6) + 1]
+    except OSError:
+        pass
+    return ""
+
+
+def mount_id(fd: int) -> int:
+    """The mount fd's file was opened through (-1 when unknown): tells a mount point from a swapped name."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", "rb") as info:
+            for line in info:
+                if line.startswith(b"mnt_id:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
 def get_label(name: str, follow: bool = False) -> bytes | None:
     """The label of name (follow: of what it names, for /proc/self/fd/N), None when it has none."""
     try:
@@ -100,6 +140,24 @@ def get_label(name: str, follow: bool = False) -> bytes | None:
     except OSError as exc:
         if exc.errno == errno.ENODATA:
             return None
+        raise
+
+
+def fsencode(name: str) -> bytes:
+    """os.fsencode of a str, as one C call: it runs once per entry on the labeling path."""
+    return name.encode(_FS_ENCODING, _FS_ERRORS)
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _label_or_empty(proc: str) -> bytes:
+    """get_label of what /proc/self/fd/N names (cwd: PROC_FDS), b"" for none: one call per labeled entry."""
+    try:
+        return os.getxattr(proc, XATTR).rstrip(b"\0")
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            return b""
         raise
 
 
@@ -259,6 +317,7 @@ class Labeler:
     def __init__(self, target: bytes, journal: Path, root_dev: int) -> None:
         self.target = target
         self.root_dev = root_dev
+        self.dirent_inodes = fs_type(root_dev) in DIRENT_INODE_FS  # scan regular files without an lstat
         # A new file each run and worker: its header goes out with the first batch.
         self.journal_fd = os.open(journal, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self.stats = Stats()
@@ -272,46 +331,61 @@ class Labeler:
         self._pending_count = 0
 
     def visit_entry(self, dfd: int, rel: bytes, entry: os.DirEntry[str]) -> Ident | None:
-        """Label one directory entry (cwd is its directory); its inode when it is a directory to enter."""
-        self.stats.entries += 1
+        """Label one directory entry (cwd is its directory); its inode when it is a directory to enter.
+
+        The hot path of a walk (once per entry): the dirent's type settles symlinks without a stat, and on
+        a DIRENT_INODE_FS filesystem regular files too (one getxattr each: the link count and the mount
+        are checked on the entry's descriptor right before its label is written). Other entries get an
+        lstat: a directory's st_dev tells a mount of another filesystem, its d_ino a bind mount."""
+        stats = self.stats
+        stats.entries += 1
         name = entry.name
         try:
+            if entry.is_symlink():
+                stats.symlinks += 1
+                return None
+            if self.dirent_inodes and entry.is_file(follow_symlinks=False):
+                current = get_label(name)
+                if current != self.target:  # a journal that takes no more stops the run
+                    self.journal_and_queue(dfd, rel, name, (self.root_dev, entry.inode()), current)
+                return None
             st = entry.stat(follow_symlinks=False)
-            if not self._counts_as_labelable(st):
+            mode = st.st_mode
+            if S_ISREG(mode):
+                if st.st_nlink > 1:
+                    stats.hardlinks += 1
+                    return None
+            elif not S_ISDIR(mode):
+                if S_ISLNK(mode):  # swapped for a symlink since the scan read its type
+                    stats.symlinks += 1
+                else:
+                    stats.specials += 1
+                return None
+            if st.st_dev != self.root_dev or (self.dirent_inodes and st.st_ino != entry.inode()):
+                stats.mounts += 1
                 return None
             current = get_label(name)
+        except JournalFailed:
+            raise
         except Exception as exc:  # whatever one entry does, the walk goes on and the run reports it
-            self.stats.error(show(rel + os.fsencode(name)), exc)
+            stats.error(show(rel + fsencode(name)), exc)
             return None
+        ident = (st.st_dev, st.st_ino)
         if current != self.target:
-            self.journal_and_queue(dfd, rel, name, st, current)  # a journal that takes no more stops the run
-        return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
+            self.journal_and_queue(dfd, rel, name, ident, current)  # a journal that takes no more stops the run
+        return ident if S_ISDIR(mode) else None
 
-    def _counts_as_labelable(self, st: os.stat_result) -> bool:
-        """labelable(), counting why not."""
-        mode = st.st_mode
-        if stat.S_ISLNK(mode):
-            self.stats.symlinks += 1
-        elif stat.S_ISDIR(mode) and st.st_dev != self.root_dev:
-            self.stats.mounts += 1
-        elif not stat.S_ISDIR(mode) and not stat.S_ISREG(mode):
-            self.stats.specials += 1
-        elif stat.S_ISREG(mode) and st.st_nlink > 1:
-            self.stats.hardlinks += 1
-        else:
-            return True
-        return False
-
-    def journal_and_queue(self, dfd: int, rel: bytes, name: str, st: os.stat_result, current: bytes | None) -> None:
+    def journal_and_queue(self, dfd: int, rel: bytes, name: str, ident: Ident, current: bytes | None) -> None:
         """Record an entry's original (with the inode it belongs to) and queue its label for after the sync."""
         original = current or b""
-        key = b"." if name == "." else rel + os.fsencode(name)
-        self._records.append(key + b"\0" + original + b"\0" + f"{st.st_dev}:{st.st_ino}".encode() + b"\0")
-        if not self._pending or self._pending[-1][0] != self._scan_no:
-            self._pending.append((self._scan_no, os.dup(dfd), rel, []))
-        self._pending[-1][3].append((name, (st.st_dev, st.st_ino), original))
+        key = b"." if name == "." else rel + fsencode(name)
+        self._records.append(b"%s\0%s\0%d:%d\0" % (key, original, ident[0], ident[1]))
+        pending = self._pending
+        if not pending or pending[-1][0] != self._scan_no:
+            pending.append((self._scan_no, os.dup(dfd), rel, []))
+        pending[-1][3].append((name, ident, original))
         self._pending_count += 1
-        if self._pending_count >= BATCH or len(self._pending) >= MAX_PENDING_DIRS:
+        if self._pending_count >= BATCH or len(pending) >= MAX_PENDING_DIRS:
             self.flush()
 
     def flush(self) -> None:
@@ -341,26 +415,38 @@ class Labeler:
             self._pending_count = 0
 
     def _label(self, dfd: int, rel: bytes, name: str, ident: Ident, original: bytes) -> None:
-        """Label the inode the scan saw under this name in dfd, through a descriptor of it (cwd: PROC_FDS)."""
+        """Label the inode the scan saw under this name in dfd, through a descriptor of it (cwd: PROC_FDS).
+        Five system calls: open, fstat, getxattr, setxattr, close (the floor for a pinned, re-checked write)."""
         try:
             fd = os.open(name, _PATH_FLAGS, dir_fd=dfd)
         except FileNotFoundError:
             self.stats.raced += 1
             return
         except Exception as exc:
-            self.stats.error(show(rel + os.fsencode(name)), exc)
+            self.stats.error(show(rel + fsencode(name)), exc)
             return
         try:
             st = os.fstat(fd)
             proc = str(fd)  # in PROC_FDS
-            if (st.st_dev, st.st_ino) != ident or not labelable(st, self.root_dev) \
-                    or (get_label(proc, follow=True) or b"") != original:
-                self.stats.raced += 1  # swapped, linked or relabeled since its original was journaled
+            if (st.st_dev, st.st_ino) != ident:
+                if mount_id(fd) != mount_id(dfd):  # a file mounted over this name (the scan saw its dirent)
+                    self.stats.mounts += 1
+                else:
+                    self.stats.raced += 1  # swapped since its original was journaled
+                return
+            if not labelable(st, self.root_dev):
+                if S_ISREG(st.st_mode) and st.st_nlink > 1:  # seen now when the scan took no lstat
+                    self.stats.hardlinks += 1
+                else:
+                    self.stats.raced += 1
+                return
+            if _label_or_empty(proc) != original:
+                self.stats.raced += 1  # relabeled since its original was journaled
                 return
             os.setxattr(proc, XATTR, self.target)
             self.stats.changed += 1
         except Exception as exc:
-            self.stats.error(show(rel + os.fsencode(name)), exc)
+            self.stats.error(show(rel + fsencode(name)), exc)
         finally:
             os.close(fd)
 
@@ -394,8 +480,8 @@ def label_tree(rfd: int, target: bytes, journal_prefix: Path, workers: int, run:
     os.fchdir(rfd)
     root_labeler = Labeler(target, _journal(journal_prefix, run, "root"), root_st.st_dev)
     current = get_label(".")
-    if current != target:
-        root_labeler.journal_and_queue(rfd, b"", ".", root_st, current)  # scan number 0: the root itself
+    if current != target:  # scan number 0: the root itself
+        root_labeler.journal_and_queue(rfd, b"", ".", (root_st.st_dev, root_st.st_ino), current)
     root_labeler.close()
     names = sorted(os.listdir(rfd))
     shares = [set(names[i::workers]) for i in range(workers)] if workers > 1 else [set(names)]
@@ -606,6 +692,7 @@ def check_tree(rfd: int, target: bytes) -> Summary:
     with one link) not carrying the target."""
     stats = Stats()
     root_dev = os.fstat(rfd).st_dev
+    dirent_inodes = fs_type(root_dev) in DIRENT_INODE_FS  # a bind mount shows itself: left out, as label does
     os.fchdir(rfd)
     off = 0 if get_label(".") == target else 1
 
@@ -616,7 +703,7 @@ def check_tree(rfd: int, target: bytes) -> Summary:
             for entry in it:
                 try:
                     st = entry.stat(follow_symlinks=False)
-                    if not labelable(st, root_dev):
+                    if not labelable(st, root_dev) or (dirent_inodes and st.st_ino != entry.inode()):
                         continue
                     stats.entries += 1
                     if get_label(entry.name) != target:

@@ -71,6 +71,11 @@ class Mounts:
                        check=True)
         self._mounts.append(_Mount(target, fuse=False))
 
+    def bind(self, source: Path, target: Path) -> None:
+        """A bind mount of an existing file or directory over an existing one of the same kind."""
+        subprocess.run(["mount", "--bind", str(source), str(target)], check=True)
+        self._mounts.append(_Mount(target, fuse=False))
+
     def bind_read_only(self, source: Path, target: Path) -> None:
         """A read-only bind mount of a writable directory: what systemd's ProtectSystem= sandbox shows
         svirtd of a directory its unit does not list in ReadWritePaths=."""

@@ -530,6 +530,29 @@ def test_tree_walk_never_follows_symlinks_crosses_mounts_or_touches_hard_links(t
     assert "no longer the directory" in bad["fatal"]
 
 
+def test_tree_walk_never_crosses_a_bind_mount_of_its_own_filesystem(tmp_path: Path, as_root: None,
+                                                                   mounts: Mounts) -> None:
+    """A file and a directory bind-mounted into the tree from elsewhere on the same filesystem (same
+    st_dev: only the dirent's inode number tells the mount point) are counted as mount points and keep
+    their labels, as does what the directory holds; check agrees."""
+    root, elsewhere = tmp_path / "share", tmp_path / "elsewhere"
+    (root / "dir").mkdir(parents=True)
+    (root / "file").write_text("x")
+    (root / "own").write_text("x")
+    (elsewhere / "dir").mkdir(parents=True)
+    (elsewhere / "dir" / "inner").write_text("secret")
+    (elsewhere / "file").write_text("secret")
+    mounts.bind(elsewhere / "file", root / "file")
+    mounts.bind(elsewhere / "dir", root / "dir")
+    before = snapshot(elsewhere)
+    target = IMAGE + "s0:c3,c4"
+    result = treewalk("label", "--root", str(root), "--target", target, "--journal", str(tmp_path / "j" / "t"))
+    assert (result["mounts"], result["changed"], result["errors"]) == (2, 2, 0), result  # root and own
+    assert xattr(root / "own") == target and snapshot(elsewhere) == before
+    check = treewalk("check", "--root", str(root), "--target", target)
+    assert (check["entries"], check["off_target"]) == (1, 0), check
+
+
 def worker_journaled(trees: Path, root: Path) -> str:
     """pids of the tree helpers labeling root ('' until a worker has journaled a batch of originals)."""
     if not any(j.stat().st_size for j in trees.glob("*.*.*") if not j.name.endswith(".root")):
