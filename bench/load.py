@@ -9,7 +9,9 @@ process. Guests have no disks (their count is what is measured, as in guests_api
    plus calls answered with anything but a report or NoSuchGuest (a guest defined, not isolated yet).
 3. restart_1000_reconciled_s: svirtd stopped with 1,000 guests, one more defined meanwhile, svirtd started:
    seconds from its start to owning its bus name, and to Query answering for that guest.
-4. pss_mb_10k_guests: with LOAD_BIG (10,000) guests isolated.
+4. pss_mb_10k_guests: with LOAD_BIG (10,000) guests isolated, the moment List says so (svirtd is still writing
+   their identities into their definitions then, and handling the events that brings); with --only memory also
+   pss_mb_10k_guests_settled: once svirtd has settled (its CPU time grows by less than 2 % over 5 s).
 5. pss_growth_mb_100k_queries: PSS after LOAD_QUERIES (100,000) Query calls minus before.
 
 `--only memory` measures 1, 4 and 5 alone (the BIG guests defined at once, no burst, no restart): minutes
@@ -270,7 +272,7 @@ def main() -> None:
         try:
             if args.trace:  # started again under the tracer (before any guest: nothing is lost)
                 stack.daemon.stop()
-                stack.daemon.start(wrapper=[sys.executable, str(Path(__file__).with_name("traced.py"))])
+                stack.daemon.start(timeout=120, wrapper=[sys.executable, str(Path(__file__).with_name("traced.py"))])
             if args.only == "memory":
                 memory(stack, args.trace)
             else:
@@ -298,6 +300,24 @@ def query_growth(daemon: SvirtdProcess, address: str, uuids: list[str]) -> tuple
     print(f"{QUERIES} Query calls in {took:.0f} s: PSS {before:.1f} -> {after:.1f} MB "
           f"(anon {before_anon:.1f} -> {after_anon:.1f})")
     return after - before, after_anon - before_anon
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def wait_quiet(pid: int, quiet: float = 5.0, timeout: float = 900.0) -> float:
+    """Seconds until svirtd uses less than 2 % of a core over `quiet` seconds (its backlog is done)."""
+    t0 = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.02 * quiet:
+            return time.monotonic() - t0
+        last = now
+    raise TimeoutError(f"svirtd still busy {timeout:.0f} s after the guests were isolated")
 
 
 def trace_report(daemon: SvirtdProcess, top: int) -> None:
@@ -329,12 +349,16 @@ def memory(stack: Stack, trace: int) -> None:
     big, big_anon = pss_mb(daemon.proc.pid)
     print(f"{BIG} guests isolated ({time.monotonic() - t0:.0f} s to define and isolate, {settle:.0f} s after the "
           f"last define); PSS {big:.1f} MB (anon {big_anon:.1f})")
+    quiet = wait_quiet(daemon.proc.pid)
+    settled, settled_anon = pss_mb(daemon.proc.pid)
+    print(f"settled {quiet:.0f} s later: PSS {settled:.1f} MB (anon {settled_anon:.1f})")
     if trace:
         trace_report(daemon, trace)
     growth, growth_anon = query_growth(daemon, address, uuids)
     print(json.dumps({
         "pss_mb_idle": round(idle, 1), "pss_anon_mb_idle": round(idle_anon, 1),
         "pss_mb_10k_guests": round(big, 1), "pss_anon_mb_10k_guests": round(big_anon, 1), "big_guests": BIG,
+        "pss_mb_10k_guests_settled": round(settled, 1), "pss_anon_mb_10k_guests_settled": round(settled_anon, 1),
         "pss_growth_mb_100k_queries": round(growth, 1), "pss_anon_growth_mb_100k_queries": round(growth_anon, 1),
         "queries": QUERIES, "traced": bool(trace),
     }))
