@@ -127,8 +127,10 @@ def state_latencies(stack: Any, uuid: str) -> tuple[list[float], list[float]]:
                         signal = next((s for s in rec.signals()[seen:] if s.body[1].get("State") == state), None)
                         time.sleep(0.002)
                     sent = next((t for t, e in reversed(events.events) if e == event), None)
-                    if signal is None or sent is None:
-                        raise RuntimeError(f"no PropertiesChanged State={state} (or no libvirt event) within 10 s")
+                    if signal is None:
+                        raise RuntimeError(f"no PropertiesChanged State={state} within 10 s of the call")
+                    if sent is None:  # this script's own event thread, late on a loaded machine
+                        raise RuntimeError(f"the State={state} signal came, libvirt's event to this script not yet")
                     latencies.append((signal.received - sent) * 1000)
                     after_call.append((signal.received - called) * 1000)
     finally:
