@@ -9,8 +9,15 @@ process. Guests have no disks (their count is what is measured, as in guests_api
    plus calls answered with anything but a report or NoSuchGuest (a guest defined, not isolated yet).
 3. restart_1000_reconciled_s: svirtd stopped with 1,000 guests, one more defined meanwhile, svirtd started:
    seconds from its start to owning its bus name, and to Query answering for that guest.
-4. pss_mb_10k_guests: with LOAD_BIG (10,000) guests isolated.
+4. pss_mb_10k_guests: with LOAD_BIG (10,000) guests isolated, the moment List says so (svirtd is still writing
+   their identities into their definitions then, and handling the events that brings); with --only memory also
+   pss_mb_10k_guests_settled: once svirtd has settled (its CPU time grows by less than 2 % over 5 s).
 5. pss_growth_mb_100k_queries: PSS after LOAD_QUERIES (100,000) Query calls minus before.
+
+`--only memory` measures 1, 4 and 5 alone (the BIG guests defined at once, no burst, no restart): minutes
+instead of the whole run. `--trace N` (with it) runs svirtd under bench/traced.py and prints the N biggest
+allocation sites (tracemalloc, by file and line) with the BIG guests isolated; tracemalloc's own overhead
+then inflates the PSS figures, which are printed but are not the ones to compare.
 
 PSS is /proc/PID/smaps_rollup summed over svirtd and its descendants. Shared library pages count in part
 when other processes map them (other Pythons on this machine): Pss_Anon, what svirtd alone owns, is printed
@@ -19,15 +26,18 @@ next to it. The LAST line printed is one JSON object.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import threading
 import time
+import tracemalloc
 import uuid as uuidlib
 from pathlib import Path
 
@@ -251,20 +261,112 @@ def p99(values: list[float]) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["memory"], help="measure only this part")
+    parser.add_argument("--trace", type=int, default=0, metavar="N",
+                        help="with --only memory: print svirtd's N biggest allocation sites (tracemalloc)")
+    args = parser.parse_args()
+    if args.trace and args.only != "memory":
+        parser.error("--trace goes with --only memory")
     with private_stack(PREFIX, auto_verify_max_guests=0) as stack:
         try:
-            measure(stack)
+            if args.trace:  # started again under the tracer (before any guest: nothing is lost)
+                stack.daemon.stop()
+                stack.daemon.start(timeout=120, wrapper=[sys.executable, str(Path(__file__).with_name("traced.py"))])
+            if args.only == "memory":
+                memory(stack, args.trace)
+            else:
+                measure(stack)
         except BaseException:
             print(f"svirtd's log, last lines:\n{stack.daemon.log_tail(80)}", file=sys.stderr)
             raise
 
 
-def measure(stack: Stack) -> None:
-    address, uri, daemon = stack.bus.address, stack.libvirtd.uri, stack.daemon
+def idle_pss(daemon: SvirtdProcess) -> tuple[float, float]:
     assert daemon.proc is not None
     time.sleep(IDLE_WAIT)  # idle: the policy read for the proof after connecting is let go after 30 s
     idle, idle_anon = pss_mb(daemon.proc.pid)
     print(f"idle: PSS {idle:.1f} MB (anon {idle_anon:.1f})")
+    return idle, idle_anon
+
+
+def query_growth(daemon: SvirtdProcess, address: str, uuids: list[str]) -> tuple[float, float]:
+    """(PSS, Pss_Anon) growth in MB over QUERIES Query calls, after a warm-up of a tenth of them."""
+    assert daemon.proc is not None
+    asyncio.run(many_queries(address, uuids, QUERIES // 10))  # warm: caches and allocator reach their size
+    before, before_anon = pss_mb(daemon.proc.pid)
+    took = asyncio.run(many_queries(address, uuids, QUERIES))
+    after, after_anon = pss_mb(daemon.proc.pid)
+    print(f"{QUERIES} Query calls in {took:.0f} s: PSS {before:.1f} -> {after:.1f} MB "
+          f"(anon {before_anon:.1f} -> {after_anon:.1f})")
+    return after - before, after_anon - before_anon
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def wait_quiet(pid: int, quiet: float = 5.0, timeout: float = 900.0) -> float:
+    """Seconds until svirtd uses less than 2 % of a core over `quiet` seconds (its backlog is done)."""
+    t0 = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(quiet)
+        now = cpu_seconds(pid)
+        if now - last < 0.02 * quiet:
+            return time.monotonic() - t0
+        last = now
+    raise TimeoutError(f"svirtd still busy {timeout:.0f} s after the guests were isolated")
+
+
+def trace_report(daemon: SvirtdProcess, top: int) -> None:
+    """Ask the traced svirtd for its snapshot (bench/traced.py writes it on SIGUSR2) and print the top sites."""
+    assert daemon.proc is not None
+    dump = daemon.workdir / "tracemalloc.dump"
+    daemon.proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while not (dump.exists() and dump.with_suffix(".done").exists()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the traced svirtd wrote no snapshot within 120 s")
+        time.sleep(0.5)
+    stats = tracemalloc.Snapshot.load(str(dump)).statistics("lineno")
+    total = sum(s.size for s in stats)
+    print(f"tracemalloc: {total / 2**20:.1f} MB traced in {len(stats)} sites; the {top} biggest:")
+    for s in stats[:top]:
+        frame = s.traceback[0]
+        print(f"  {s.size / 2**20:7.2f} MB {s.count:8d} blocks  {frame.filename}:{frame.lineno}")
+
+
+def memory(stack: Stack, trace: int) -> None:
+    """Idle, BIG guests, QUERIES Query calls: the memory part alone."""
+    address, uri, daemon = stack.bus.address, stack.libvirtd.uri, stack.daemon
+    idle, idle_anon = idle_pss(daemon)
+    t0 = time.monotonic()
+    uuids = define(uri, BIG, 0)
+    settle = asyncio.run(wait_isolated(address, BIG, 3600))
+    assert daemon.proc is not None
+    big, big_anon = pss_mb(daemon.proc.pid)
+    print(f"{BIG} guests isolated ({time.monotonic() - t0:.0f} s to define and isolate, {settle:.0f} s after the "
+          f"last define); PSS {big:.1f} MB (anon {big_anon:.1f})")
+    quiet = wait_quiet(daemon.proc.pid)
+    settled, settled_anon = pss_mb(daemon.proc.pid)
+    print(f"settled {quiet:.0f} s later: PSS {settled:.1f} MB (anon {settled_anon:.1f})")
+    if trace:
+        trace_report(daemon, trace)
+    growth, growth_anon = query_growth(daemon, address, uuids)
+    print(json.dumps({
+        "pss_mb_idle": round(idle, 1), "pss_anon_mb_idle": round(idle_anon, 1),
+        "pss_mb_10k_guests": round(big, 1), "pss_anon_mb_10k_guests": round(big_anon, 1), "big_guests": BIG,
+        "pss_mb_10k_guests_settled": round(settled, 1), "pss_anon_mb_10k_guests_settled": round(settled_anon, 1),
+        "pss_growth_mb_100k_queries": round(growth, 1), "pss_anon_growth_mb_100k_queries": round(growth_anon, 1),
+        "queries": QUERIES, "traced": bool(trace),
+    }))
+
+
+def measure(stack: Stack) -> None:
+    address, uri, daemon = stack.bus.address, stack.libvirtd.uri, stack.daemon
+    idle, idle_anon = idle_pss(daemon)
     burst = asyncio.run(query_burst(address, uri))
     print(f"under the burst (ms): Query p50 {burst['query_p50_ms']:.1f} p99 {burst['query_p99_ms']:.1f}; "
           f"GetId p50 {burst['getid_p50_ms']:.1f} p99 {burst['getid_p99_ms']:.1f}; missed {burst['missed']}")
@@ -280,12 +382,7 @@ def measure(stack: Stack) -> None:
     big, big_anon = pss_mb(daemon.proc.pid)
     print(f"{BIG} guests isolated ({time.monotonic() - t0:.0f} s to define and isolate, {settle:.0f} s after the "
           f"last define); PSS {big:.1f} MB (anon {big_anon:.1f}); with {BURST}: {pss_1k:.1f} (anon {anon_1k:.1f})")
-    asyncio.run(many_queries(address, uuids, QUERIES // 10))  # warm: caches and allocator reach their size
-    before, before_anon = pss_mb(daemon.proc.pid)
-    took = asyncio.run(many_queries(address, uuids, QUERIES))
-    after, after_anon = pss_mb(daemon.proc.pid)
-    print(f"{QUERIES} Query calls in {took:.0f} s: PSS {before:.1f} -> {after:.1f} MB "
-          f"(anon {before_anon:.1f} -> {after_anon:.1f})")
+    growth, growth_anon = query_growth(daemon, address, uuids)
     print(json.dumps({
         "query_p99_ms_under_burst": round(burst["query_p99_ms"], 1),
         "getid_p99_ms_under_burst": round(burst["getid_p99_ms"], 1),
@@ -293,8 +390,8 @@ def measure(stack: Stack) -> None:
         "pss_mb_idle": round(idle, 1), "pss_anon_mb_idle": round(idle_anon, 1),
         "pss_mb_1k_guests": round(pss_1k, 1),
         "pss_mb_10k_guests": round(big, 1), "pss_anon_mb_10k_guests": round(big_anon, 1), "big_guests": BIG,
-        "pss_growth_mb_100k_queries": round(after - before, 1),
-        "pss_anon_growth_mb_100k_queries": round(after_anon - before_anon, 1), "queries": QUERIES,
+        "pss_growth_mb_100k_queries": round(growth, 1),
+        "pss_anon_growth_mb_100k_queries": round(growth_anon, 1), "queries": QUERIES,
         "restart_1000_on_bus_s": round(on_bus, 2),
         "restart_1000_reconciled_s": round(reconciled, 2),
     }))

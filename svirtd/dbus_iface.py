@@ -23,8 +23,9 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
 from .cluster_model import HOST_ID_RULE, is_host_id
+from .dbus_annotate import EMITS
 from .dbus_errors import dbus_errors
-from .dbus_guests import EMITS, GuestObjects
+from .dbus_guests import GuestObjects
 from .dbus_jobs import Jobs
 from .denial_tracker import DenialEvent, DenialTracker
 from .manager import GuestReport, Manager, VerifyResult

@@ -23,6 +23,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method
 
 from . import errors
 from .authz import Action, Authorizer
+from .dbus_annotate import annotate
 from .dbus_errors import dbus_errors, error_name
 from .jobs import Job, JobControl, Result, State, Throttle, current_job, fraction
 
@@ -30,8 +31,6 @@ log = logging.getLogger(__name__)
 
 JOB_INTERFACE = "org.svirt.Job1"
 JOB_PREFIX = "/org/svirt/Manager/job/"
-DESCRIPTION = "org.freedesktop.DBus.Description"
-EMITS = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 CHANGES_PER_SECOND = 10
 SIGNATURES = {"Id": "u", "Operation": "s", "Guest": "s", "State": "s", "Progress": "d", "FilesDone": "t",
               "FilesTotal": "t", "Cancellable": "b"}
@@ -109,14 +108,7 @@ class JobObject(ServiceInterface):
         return self.job.control.cancellable
 
     def introspect(self) -> intr.Interface:
-        iface = super().introspect()
-        members: list[Any] = [*iface.methods, *iface.properties]
-        for member in members:
-            if member.name in JOB_DOCS:
-                member.annotations[DESCRIPTION] = JOB_DOCS[member.name]
-        for prop in iface.properties:
-            prop.annotations[EMITS] = "const" if prop.name in ("Id", "Operation", "Guest", "Cancellable") else "true"
-        return iface
+        return annotate(super().introspect(), JOB_DOCS, const=("Id", "Operation", "Guest", "Cancellable"))
 
 
 Removed = Callable[[int, str, str, str, str, str], None]

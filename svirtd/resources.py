@@ -124,7 +124,7 @@ def parse_domain(xml_text: str, swtpm_dir: str = DEFAULT_SWTPM_DIR) -> DomainSpe
         uuid=uuid,
         name=name,
         virt_type=root.get("type", ""),
-        resources=_merge(found),
+        resources=tuple(_shared(r) for r in _merge(found)),
         seclabels=tuple(_seclabels(root)),
         interfaces=tuple(i.get("type", "") for i in devices.findall("interface")) if devices is not None else (),
         svirt_metadata=_svirt_metadata(root),
@@ -153,6 +153,25 @@ def _merge(found: list[Resource]) -> tuple[Resource, ...]:
         by_path[res.path] = keep.model_copy(update={"relabel": old.relabel and res.relabel,
                                                     "optional": old.optional and res.optional})
     return tuple(sorted(by_path.values(), key=lambda r: r.path)) + tuple(unhandled)
+
+
+# Emulated devices (controllers, inputs, video...) are the same Resource in nearly every definition: one
+# frozen object shared by all the DomainSpecs that hold it (svirtd keeps one per guest: issue 19 measured
+# ~9 KB of a diskless guest's 11 KB here). Bounded: emptied when full, as the parse cache of manager.py.
+SHARED_KEPT = 1024
+_SHARED: dict[Resource, Resource] = {}
+
+
+def _shared(res: Resource) -> Resource:
+    if res.rclass is not ResourceClass.UNHANDLED:  # a file: its own path, nothing to share
+        return res
+    kept = _SHARED.get(res)
+    if kept is not None:
+        return kept
+    if len(_SHARED) >= SHARED_KEPT:
+        _SHARED.clear()
+    _SHARED[res] = res
+    return res
 
 
 def _nothing(path: str, device: str, note: str, libvirt_labels: bool = False) -> Resource:
