@@ -10,8 +10,10 @@ Same run, same guests (TCG, 4 disks each), real libvirtd, svirtd on a private bu
   svirtd's hook adds to a start without qemu's start-up noise (hook_svirtd_vs_noop_ms). `--hook-only`
   runs this part alone;
 - where that goes: each phase of a start and stop (prepare, start, started, release) against the no-op
-  hook (hook_phase_*_vs_noop_ms); a bus client's own cost, a fresh `dbus-send` and `busctl` pinging
-  svirtd (process start + connect + auth + one round trip); and svirtd's server time for `prepare`
+  hook, wall time (hook_phase_*_vs_noop_ms) and the CPU time of the hook's processes
+  (hook_phase_*_cpu_vs_noop_ms: what a loaded machine blurs least); a bus client's own cost, a fresh
+  `dbus-send` and `busctl` pinging svirtd (process start + connect + auth + one round trip); and
+  svirtd's server time for `prepare`
   (HookEvent minus a Ping, on one open connection: the part the hook cannot change);
 - define -> all 4 disks labeled: p99 over 100 guests defined one after the other;
 - 1,000 guests defined in a burst: time until every disk of every one is labeled, and how many
@@ -25,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -150,25 +153,37 @@ def compare_hooks(libvirtd: Libvirtd, hook_text: str, name: str, xml: str) -> di
 PHASES = (("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"))
 
 
-def hook_phases(libvirtd: Libvirtd, hook_text: str, name: str, xml: str) -> dict[str, float]:
-    """Median ms each phase of a start and a stop costs beyond the no-op hook, svirtd's and the no-op one
-    alternating per round (each round: the phases in libvirt's order)."""
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def hook_phases(libvirtd: Libvirtd, hook_text: str, name: str, xml: str) -> dict[str, tuple[float, float]]:
+    """Per phase of a start and a stop, what svirtd's hook costs beyond the no-op hook: median ms of wall
+    time, and of CPU time of the hook's own processes (what a loaded machine does not blur; svirtd's
+    time is not in it). svirtd's and the no-op hook alternate per round (each: the phases in libvirt's
+    order)."""
     hooks = {v: libvirtd.hooks_dir.parent / f"bench-{v}-hook" for v in ("svirtd", "noop")}
     set_hook(hooks["svirtd"], hook_text)
     set_hook(hooks["noop"], NOOP_HOOK)
-    times: dict[tuple[str, str], list[float]] = {(v, p): [] for v in hooks for p, _ in PHASES}
+    wall: dict[tuple[str, str], list[float]] = {(v, p): [] for v in hooks for p, _ in PHASES}
+    cpu: dict[tuple[str, str], list[float]] = {(v, p): [] for v in hooks for p, _ in PHASES}
     try:
         for round_ in range(HOOK_ROUNDS):
             for variant in (("svirtd", "noop") if round_ % 2 == 0 else ("noop", "svirtd")):
                 for phase, sub in PHASES:
-                    t0 = time.perf_counter()
+                    c0, t0 = children_cpu(), time.perf_counter()
                     subprocess.run([str(hooks[variant]), name, phase, sub, "-"], input=xml.encode(), check=True,
                                    capture_output=True, env=HOOK_ENVIRONMENT, cwd="/")
-                    times[variant, phase].append(time.perf_counter() - t0)
+                    wall[variant, phase].append(time.perf_counter() - t0)
+                    cpu[variant, phase].append(children_cpu() - c0)
     finally:
         for hook in hooks.values():
             set_hook(hook, None)
-    return {p: (statistics.median(times["svirtd", p]) - statistics.median(times["noop", p])) * 1000 for p, _ in PHASES}
+
+    def over_noop(times: dict[tuple[str, str], list[float]], phase: str) -> float:
+        return (statistics.median(times["svirtd", phase]) - statistics.median(times["noop", phase])) * 1000
+    return {p: (over_noop(wall, p), over_noop(cpu, p)) for p, _ in PHASES}
 
 
 def client_ping_ms(address: str) -> dict[str, float]:
@@ -222,11 +237,12 @@ def hook_breakdown(libvirtd: Libvirtd, bus_address: str, hook_text: str, name: s
         server = asyncio.run(server_prepare_ms(bus_address, spooled, name))
     finally:
         spooled.unlink()
-    print("per phase, svirtd's hook minus the no-op one: "
-          + ", ".join(f"{p} {ms:.1f} ms" for p, ms in phases.items()))
+    print("per phase, svirtd's hook minus the no-op one (wall, CPU of its processes): "
+          + ", ".join(f"{p} {ms:.1f} ms, {cpu:.1f} ms" for p, (ms, cpu) in phases.items()))
     print(f"a fresh client pinging svirtd: dbus-send {pings['dbus_send']:.1f} ms, busctl {pings['busctl']:.1f} ms; "
           f"svirtd's server time for prepare: {server:.2f} ms")
-    return {**{f"hook_phase_{p}_vs_noop_ms": round(ms, 2) for p, ms in phases.items()},
+    return {**{f"hook_phase_{p}_vs_noop_ms": round(ms, 2) for p, (ms, _) in phases.items()},
+            **{f"hook_phase_{p}_cpu_vs_noop_ms": round(cpu, 2) for p, (_, cpu) in phases.items()},
             "dbus_send_ping_ms": round(pings["dbus_send"], 2), "busctl_ping_ms": round(pings["busctl"], 2),
             "server_prepare_ms": round(server, 2)}
 
