@@ -249,7 +249,9 @@ def hook_breakdown(libvirtd: Libvirtd, bus_address: str, hook_text: str, name: s
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="svirtd-bench-start-"))
-    images = Path("/var/lib/libvirt/images") / "svirtd-bench"
+    # A directory of this run's own: two runs side by side must not remove each other's images.
+    images = Path(tempfile.mkdtemp(prefix="svirtd-bench-", dir="/var/lib/libvirt/images"))
+    images.chmod(0o755)  # qemu runs as libvirt-qemu
     libvirtd = Libvirtd(work / "libvirtd").start()
     bus = PrivateBus(work / "bus").start()
     daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
