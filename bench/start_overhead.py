@@ -9,6 +9,12 @@ Same run, same guests (TCG, 4 disks each), real libvirtd, svirtd on a private bu
   begin` then `start begin`), svirtd's against the no-op one, alternating, HOOK_ROUNDS each: what
   svirtd's hook adds to a start without qemu's start-up noise (hook_svirtd_vs_noop_ms). `--hook-only`
   runs this part alone;
+- where that goes: each phase of a start and stop (prepare, start, started, release) against the no-op
+  hook, wall time (hook_phase_*_vs_noop_ms) and the CPU time of the hook's processes
+  (hook_phase_*_cpu_vs_noop_ms: what a loaded machine blurs least); a bus client's own cost, a fresh
+  `dbus-send` and `busctl` pinging svirtd (process start + connect + auth + one round trip); and
+  svirtd's server time for `prepare`
+  (HookEvent minus a Ping, on one open connection: the part the hook cannot change);
 - define -> all 4 disks labeled: p99 over 100 guests defined one after the other;
 - 1,000 guests defined in a burst: time until every disk of every one is labeled, and how many
   translation-file writes svirtd batched them into (per definition).
@@ -18,8 +24,10 @@ The LAST line printed is one JSON object.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,6 +38,8 @@ import uuid as uuidlib
 from pathlib import Path
 
 import libvirt
+from dbus_fast import Message
+from dbus_fast.aio import MessageBus
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -140,9 +150,108 @@ def compare_hooks(libvirtd: Libvirtd, hook_text: str, name: str, xml: str) -> di
     return {v: statistics.median(t) * 1000 for v, t in times.items()}
 
 
+PHASES = (("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("release", "end"))
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def hook_phases(libvirtd: Libvirtd, hook_text: str, name: str, xml: str) -> dict[str, tuple[float, float]]:
+    """Per phase of a start and a stop, what svirtd's hook costs beyond the no-op hook: median ms of wall
+    time, and of CPU time of the hook's own processes (what a loaded machine does not blur; svirtd's
+    time is not in it). svirtd's and the no-op hook alternate per round (each: the phases in libvirt's
+    order)."""
+    hooks = {v: libvirtd.hooks_dir.parent / f"bench-{v}-hook" for v in ("svirtd", "noop")}
+    set_hook(hooks["svirtd"], hook_text)
+    set_hook(hooks["noop"], NOOP_HOOK)
+    wall: dict[tuple[str, str], list[float]] = {(v, p): [] for v in hooks for p, _ in PHASES}
+    cpu: dict[tuple[str, str], list[float]] = {(v, p): [] for v in hooks for p, _ in PHASES}
+    try:
+        for round_ in range(HOOK_ROUNDS):
+            for variant in (("svirtd", "noop") if round_ % 2 == 0 else ("noop", "svirtd")):
+                for phase, sub in PHASES:
+                    c0, t0 = children_cpu(), time.perf_counter()
+                    subprocess.run([str(hooks[variant]), name, phase, sub, "-"], input=xml.encode(), check=True,
+                                   capture_output=True, env=HOOK_ENVIRONMENT, cwd="/")
+                    wall[variant, phase].append(time.perf_counter() - t0)
+                    cpu[variant, phase].append(children_cpu() - c0)
+    finally:
+        for hook in hooks.values():
+            set_hook(hook, None)
+
+    def over_noop(times: dict[tuple[str, str], list[float]], phase: str) -> float:
+        return (statistics.median(times["svirtd", phase]) - statistics.median(times["noop", phase])) * 1000
+    return {p: (over_noop(wall, p), over_noop(cpu, p)) for p, _ in PHASES}
+
+
+def client_ping_ms(address: str) -> dict[str, float]:
+    """Median ms of a fresh bus client pinging svirtd: process start, connect, auth, one round trip."""
+    argv = {"dbus_send": ["dbus-send", f"--bus={address}", "--print-reply", "--dest=org.svirt.Manager",
+                          "/org/svirt/Manager", "org.freedesktop.DBus.Peer.Ping"],
+            "busctl": ["busctl", f"--address={address}", "call", "org.svirt.Manager", "/org/svirt/Manager",
+                       "org.freedesktop.DBus.Peer", "Ping"]}
+    times: dict[str, list[float]] = {k: [] for k in argv}
+    for _ in range(HOOK_ROUNDS):
+        for k, cmd in argv.items():
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True, env=HOOK_ENVIRONMENT)
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(t) * 1000 for k, t in times.items()}
+
+
+async def server_prepare_ms(address: str, spooled: Path, name: str) -> float:
+    """svirtd's own time for HookEvent(prepare) of a stopped guest, as at a start: its round trip minus a
+    Ping's, on one connection opened beforehand (so neither pays for connecting); GuestStopped before
+    each (not timed)."""
+    bus = await MessageBus(bus_address=address).connect()
+    stopped = Message(destination="org.svirt.Manager", path="/org/svirt/Manager", interface="org.svirt.Manager1",
+                      member="GuestStopped", signature="s", body=[name])
+    calls = {"ping": Message(destination="org.svirt.Manager", path="/org/svirt/Manager",
+                             interface="org.freedesktop.DBus.Peer", member="Ping"),
+             "prepare": Message(destination="org.svirt.Manager", path="/org/svirt/Manager",
+                                interface="org.svirt.Manager1", member="HookEvent", signature="ss",
+                                body=["prepare", str(spooled)])}
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    try:
+        for _ in range(HOOK_ROUNDS):
+            await bus.call(stopped)
+            for k, msg in calls.items():
+                t0 = time.perf_counter()
+                reply = await bus.call(msg)
+                times[k].append(time.perf_counter() - t0)
+                assert reply is not None and reply.error_name is None, reply and reply.body
+    finally:
+        bus.disconnect()
+    return (statistics.median(times["prepare"]) - statistics.median(times["ping"])) * 1000
+
+
+def hook_breakdown(libvirtd: Libvirtd, bus_address: str, hook_text: str, name: str, xml: str) -> dict[str, float]:
+    phases = hook_phases(libvirtd, hook_text, name, xml)
+    pings = client_ping_ms(bus_address)
+    spooled = libvirtd.hook_env.parent / "hook" / "bench-server.xml"
+    spooled.write_text(xml)
+    spooled.chmod(0o600)
+    try:
+        server = asyncio.run(server_prepare_ms(bus_address, spooled, name))
+    finally:
+        spooled.unlink()
+    print("per phase, svirtd's hook minus the no-op one (wall, CPU of its processes): "
+          + ", ".join(f"{p} {ms:.1f} ms, {cpu:.1f} ms" for p, (ms, cpu) in phases.items()))
+    print(f"a fresh client pinging svirtd: dbus-send {pings['dbus_send']:.1f} ms, busctl {pings['busctl']:.1f} ms; "
+          f"svirtd's server time for prepare: {server:.2f} ms")
+    return {**{f"hook_phase_{p}_vs_noop_ms": round(ms, 2) for p, (ms, _) in phases.items()},
+            **{f"hook_phase_{p}_cpu_vs_noop_ms": round(cpu, 2) for p, (_, cpu) in phases.items()},
+            "dbus_send_ping_ms": round(pings["dbus_send"], 2), "busctl_ping_ms": round(pings["busctl"], 2),
+            "server_prepare_ms": round(server, 2)}
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="svirtd-bench-start-"))
-    images = Path("/var/lib/libvirt/images") / "svirtd-bench"
+    # A directory of this run's own: two runs side by side must not remove each other's images.
+    images = Path(tempfile.mkdtemp(prefix="svirtd-bench-", dir="/var/lib/libvirt/images"))
+    images.chmod(0o755)  # qemu runs as libvirt-qemu
     libvirtd = Libvirtd(work / "libvirtd").start()
     bus = PrivateBus(work / "bus").start()
     daemon = SvirtdProcess(work / "svirtd", bus.address, libvirtd.uri, libvirtd.hook_env,
@@ -166,7 +275,8 @@ def main() -> None:
         print(f"the hook alone, prepare + start begin (median of {HOOK_ROUNDS} each): no-op {hooks_ms['noop']:.1f} ms, "
               f"svirtd's {hooks_ms['svirtd']:.1f} ms")
         hook_json = {"hook_noop_ms": round(hooks_ms["noop"], 2), "hook_svirtd_ms": round(hooks_ms["svirtd"], 2),
-                     "hook_svirtd_vs_noop_ms": round(hooks_ms["svirtd"] - hooks_ms["noop"], 2)}
+                     "hook_svirtd_vs_noop_ms": round(hooks_ms["svirtd"] - hooks_ms["noop"], 2),
+                     **hook_breakdown(libvirtd, bus.address, hook_text, first, conn.lookupByName(first).XMLDesc(0))}
         if "--hook-only" in sys.argv[1:]:
             print(json.dumps(hook_json))
             return

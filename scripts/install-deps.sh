@@ -8,7 +8,7 @@ PACKAGES="
   python3-libvirt python3-selinux python3-semanage python3-audit python3-setools python3-systemd python3-venv
   selinux-policy-default selinux-policy-dev selinux-utils policycoreutils setools selint
   dbus-daemon dbus-bin libglib2.0-bin polkitd systemd
-  attr btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs python3-fusepy debootstrap zstd
+  attr strace btrfs-progs dosfstools iptables ebtables util-linux swtpm swtpm-tools bindfs python3-fusepy debootstrap zstd
   debhelper fakeroot dpkg-dev lintian scdoc man-db python3-pip
   etcd-server etcd-client
 "

@@ -2,11 +2,12 @@
 
 A command-line argument caps the XML at 128 KiB (Linux's MAX_ARG_STRLEN): a guest with a few hundred
 disks would make the hook fail with "Argument list too long" and start unconfined, or never start
-with require_confined. busctl cannot pass a file descriptor, so the hook writes the XML into
-<runtime dir>/hook/ (0700, root) and passes the file's name; svirtd accepts only a regular file
-directly inside that directory, owned by root, not a symlink, within the size limit. For `migrate
-begin` and `restore begin` svirtd writes the definition libvirt is to use next to it (NAME.out),
-which the hook prints.
+with require_confined. dbus-send cannot pass a file descriptor, so the hook writes the XML into
+<runtime dir>/hook/guest-NAME.xml (0700, root; one file per guest, overwritten at each of its
+phases and removed at its `release end`, so a start runs no rm) and passes the file's name; svirtd
+accepts only a regular file directly inside that directory, owned by root, not a symlink, within the
+size limit, and never removes it. For `migrate begin` and `restore begin` svirtd writes the
+definition libvirt is to use next to it (NAME.out), which the hook prints.
 """
 
 from __future__ import annotations
