@@ -30,6 +30,7 @@ from .policy_judge import PolicyJudge
 from .resources import DomainSpec
 from .storage_gate import StorageGate
 from .store import Claim, Store
+from .to_the_end import to_the_end
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -286,9 +287,4 @@ async def _to_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
     stopping, a reload's reconcile cancelled) waits until the thread is done before it goes on, so the
     descriptors are not closed (and their numbers reused) under a thread still writing through them,
     nor the locks released while it writes."""
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait({work})
-        raise
+    return await to_the_end(asyncio.ensure_future(asyncio.to_thread(fn, *args)))

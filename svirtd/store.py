@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import StateNotWritable
 from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
 from .state_db import UnusableStateDatabase, open_state_db
+from .to_the_end import to_the_end
 
 log = logging.getLogger(__name__)
 P = ParamSpec("P")
@@ -182,11 +183,7 @@ class Store:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svirtd-store",
                                               initializer=self._open_writer)
         work = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(method, *args, **kwargs))
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            await asyncio.wait({work})
-            raise
+        return await to_the_end(work)
 
     def _open_writer(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)

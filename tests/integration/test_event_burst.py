@@ -7,11 +7,15 @@ in WAL mode on disk), the stand-in hypervisor answers from memory (tests/helpers
   ran, no bus call was answered. It runs in the store's writer thread now.
 - Every event got its own task at once: 1,000 handlers queued 1,000 lookups on the one libvirt thread and
   took turns with the bus's calls. Now a guest's newer event replaces its older one still waiting, and a
-  bounded number of handlers take them in order."""
+  bounded number of handlers take them in order.
+- The MCS translation file (rewritten 5 times a second during a burst: a read, an fsync) was written on
+  the loop. Its I/O runs in a thread now."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 import threading
 import time
@@ -23,6 +27,7 @@ import pytest
 
 from svirtd.manager import EVENT_HANDLERS, XmlDomain
 from svirtd.models import GuestState
+from svirtd.setrans import TranslationFile
 from testbed.guests import domain_xml
 from tests.helpers import StandInLibvirt, in_process_manager
 
@@ -88,3 +93,41 @@ def test_a_burst_of_events_is_handled_a_bounded_number_at_a_time(tmp_path: Path)
     print(f"{libvirt.lookups} lookups for {2 * len(burst)} events, at most {libvirt.most_in_flight} at once")
     assert libvirt.most_in_flight <= EVENT_HANDLERS
     assert libvirt.lookups == len(burst), "each guest is looked up once for the events that waited together"
+
+
+def test_the_translation_file_is_written_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "svirtd-translations.conf"
+    os.mkfifo(path)  # reading it waits for a writer: file I/O that lasts as long as the test wants
+    translations = TranslationFile(path, lambda: [("s0:c1,c2", "web01", str(uuidlib.uuid4()))], delay=0)
+
+    def writer() -> None:  # opens the FIFO once someone reads it (or once it is a regular file again)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                return
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                    raise
+                time.sleep(0.05)
+
+    async def scenario() -> float:
+        longest, last = 0.0, time.monotonic()
+        translations.changed()
+        deadline = last + 30
+        while translations.writes == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            longest, last = max(longest, now - last), now
+        await translations.flush()
+        return longest
+
+    timer = threading.Timer(HELD_SECONDS, writer)
+    timer.start()
+    try:
+        longest = asyncio.run(scenario())
+    finally:
+        timer.join()
+    assert path.read_text().endswith("s0:c1,c2=web01\n")
+    print(f"the loop's longest absence while the file's read waited {HELD_SECONDS} s: {longest:.3f} s")
+    assert longest < HELD_SECONDS / 4, f"the event loop stopped for {longest:.2f} s while the file was written"
