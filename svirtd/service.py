@@ -359,15 +359,7 @@ class Daemon:
 IO_THREADS = 64
 
 
-# How long a thread keeps the GIL while another waits for it (Python's default: 5 ms). Each time the event
-# loop makes a system call (a send on the bus socket, an SQLite read) it lets the GIL go, and while worker
-# threads run Python (libvirt's XML, Query's label reads) it waited up to 5 ms to get it back: under a
-# burst, most of the loop's time. 0.5 ms costs the threads a few more switches.
-GIL_SWITCH_SECONDS = 0.0005
-
-
 async def run(config: Config, config_path: Path | None = None, overrides: dict[str, object] | None = None) -> int:
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="svirtd-io"))
