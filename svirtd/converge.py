@@ -216,7 +216,8 @@ class Converger:
             # Rolls back itself on failure.
             refused = await _to_thread_to_the_end(relabel.apply_probed, probed.present, journal_for, done_already)
             ok = {c.path for c in changing} - {p.path for p in refused}
-            await self.store.write(self.store.set_claims_phase, a.uuid, sorted(ok), "applied")
+            # On the loop too: once the labels are on disk, Query must not find them "pending" for a commit.
+            self.store.set_claims_phase(a.uuid, sorted(ok), "applied")
         if refused:
             # Storage that refused the label (read-only for svirtd, no xattrs): nothing changed on it.
             await self.store.write(self.store.delete_claims, a.uuid, [p.path for p in refused])
