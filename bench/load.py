@@ -5,8 +5,10 @@ process. Guests have no disks (their count is what is measured, as in guests_api
    for a proof is let go after 30 s without a question).
 2. 100 concurrent bus clients call Query flat out while 1,000 guests are defined in one burst: Query's p99,
    next to the p99 of the bus's own GetId asked on one more connection of the same client process at the
-   same time (what the bus and the client cost under that load); `missed`: guests not isolated at the end,
-   plus calls answered with anything but a report or NoSuchGuest (a guest defined, not isolated yet).
+   same time (what the bus and the client cost under that load), and svirtd's Peer.Ping on another (its
+   event loop's own latency: a Ping costs svirtd nothing, so it tells the loop's waits from Query's cost);
+   `missed`: guests not isolated at the end, plus calls answered with anything but a report or NoSuchGuest
+   (a guest defined, not isolated yet).
 3. restart_1000_reconciled_s: svirtd stopped with 1,000 guests, one more defined meanwhile, svirtd started:
    seconds from its start to owning its bus name, and to Query answering for that guest.
 4. pss_mb_10k_guests: with LOAD_BIG (10,000) guests isolated, the moment List says so (svirtd is still writing
@@ -39,6 +41,7 @@ import threading
 import time
 import tracemalloc
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -95,6 +98,12 @@ def manager_call(member: str, signature: str = "", *body: object) -> Message:
                    member=member, signature=signature, body=list(body))
 
 
+def ping() -> Message:
+    """Answered by svirtd's event loop itself, at no cost of its own: its latency is the loop's."""
+    return Message(destination="org.svirt.Manager", path="/org/svirt/Manager", interface="org.freedesktop.DBus.Peer",
+                   member="Ping")
+
+
 def getid() -> Message:
     return Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus", interface="org.freedesktop.DBus",
                    member="GetId")
@@ -126,6 +135,7 @@ class Burst:
         self.address, self.defined = address, defined
         self.query_ms: list[float] = []
         self.getid_ms: list[float] = []
+        self.ping_ms: list[float] = []
         self.outcomes: dict[str, int] = {}
         self.stop = asyncio.Event()
 
@@ -145,13 +155,13 @@ class Burst:
         finally:
             bus.disconnect()
 
-    async def prober(self) -> None:
+    async def prober(self, message: Callable[[], Message], into: list[float]) -> None:
         bus = await MessageBus(bus_address=self.address).connect()
         try:
             while not self.stop.is_set():
                 t0 = time.perf_counter()
-                await bus.call(getid())
-                self.getid_ms.append((time.perf_counter() - t0) * 1000)
+                await bus.call(message())
+                into.append((time.perf_counter() - t0) * 1000)
                 await asyncio.sleep(0.005)
         finally:
             bus.disconnect()
@@ -160,7 +170,8 @@ class Burst:
 async def query_burst(address: str, uri: str) -> dict[str, float | int]:
     burst = Burst(address, [])
     tasks = [asyncio.create_task(burst.client(random.Random(i))) for i in range(CLIENTS)]
-    tasks.append(asyncio.create_task(burst.prober()))
+    tasks.append(asyncio.create_task(burst.prober(getid, burst.getid_ms)))
+    tasks.append(asyncio.create_task(burst.prober(ping, burst.ping_ms)))
 
     def definer() -> None:
         conn = libvirt.open(uri)
@@ -190,6 +201,7 @@ async def query_burst(address: str, uri: str) -> dict[str, float | int]:
           f"{len(burst.query_ms)} Query calls from {CLIENTS} clients: {burst.outcomes}")
     return {"query_p99_ms": p99(burst.query_ms), "query_p50_ms": statistics.median(burst.query_ms),
             "getid_p99_ms": p99(burst.getid_ms), "getid_p50_ms": statistics.median(burst.getid_ms),
+            "ping_p99_ms": p99(burst.ping_ms), "ping_p50_ms": statistics.median(burst.ping_ms),
             "missed": missed, "queries": len(burst.query_ms)}
 
 
@@ -369,7 +381,8 @@ def measure(stack: Stack) -> None:
     idle, idle_anon = idle_pss(daemon)
     burst = asyncio.run(query_burst(address, uri))
     print(f"under the burst (ms): Query p50 {burst['query_p50_ms']:.1f} p99 {burst['query_p99_ms']:.1f}; "
-          f"GetId p50 {burst['getid_p50_ms']:.1f} p99 {burst['getid_p99_ms']:.1f}; missed {burst['missed']}")
+          f"GetId p50 {burst['getid_p50_ms']:.1f} p99 {burst['getid_p99_ms']:.1f}; "
+          f"svirtd's Ping p50 {burst['ping_p50_ms']:.1f} p99 {burst['ping_p99_ms']:.1f}; missed {burst['missed']}")
     assert daemon.proc is not None
     pss_1k, anon_1k = pss_mb(daemon.proc.pid)
     on_bus, reconciled = asyncio.run(restart_at_scale(daemon, address, uri))
@@ -385,6 +398,7 @@ def measure(stack: Stack) -> None:
     growth, growth_anon = query_growth(daemon, address, uuids)
     print(json.dumps({
         "query_p99_ms_under_burst": round(burst["query_p99_ms"], 1),
+        "ping_p99_ms_under_burst": round(burst["ping_p99_ms"], 1),
         "getid_p99_ms_under_burst": round(burst["getid_p99_ms"], 1),
         "missed": burst["missed"],
         "pss_mb_idle": round(idle, 1), "pss_anon_mb_idle": round(idle_anon, 1),

@@ -30,6 +30,7 @@ from .policy_judge import PolicyJudge
 from .resources import DomainSpec
 from .storage_gate import StorageGate
 from .store import Claim, Store
+from .to_the_end import to_the_end
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class Converger:
             paths = [p.resource.path for p in plan.items]
             await self.storage.ensure(paths, domain.name)
         held = self.store.claims_for(a.uuid)  # stable: only this guest's transactions (guest lock held) change them
+        if not plan.items and not held:
+            return  # nothing to lock, probe, label or restore: no thread hop (a burst of diskless defines)
         for _attempt in range(LOCK_ATTEMPTS):
             keys = await self.storage.read(paths, domain.name, relabel.lock_keys, plan, held)
             async with self.locks.hold(keys):
@@ -208,20 +211,22 @@ class Converger:
         refused: list[relabel.Probed] = []
         if changing:
             # Originals are durable before the first label changes (trees: the helper journals each entry).
+            # On the loop, not the writer thread: no claim may appear between _check_nesting and this.
             self.store.put_claims(changing)
             # Rolls back itself on failure.
             refused = await _to_thread_to_the_end(relabel.apply_probed, probed.present, journal_for, done_already)
             ok = {c.path for c in changing} - {p.path for p in refused}
+            # On the loop too: once the labels are on disk, Query must not find them "pending" for a commit.
             self.store.set_claims_phase(a.uuid, sorted(ok), "applied")
         if refused:
             # Storage that refused the label (read-only for svirtd, no xattrs): nothing changed on it.
-            self.store.delete_claims(a.uuid, [p.path for p in refused])
+            await self.store.write(self.store.delete_claims, a.uuid, [p.path for p in refused])
             await self._report_unlabelable(domain, a, refused)
         wanted = {c.path for c in claims} - {p.path for p in refused}
         gone = [c for path, c in existing.items() if path not in wanted]
         if gone:
             await self.restore(a.uuid, gone)
-            self.store.delete_claims(a.uuid, [c.path for c in gone])
+            await self.store.write(self.store.delete_claims, a.uuid, [c.path for c in gone])
 
     def _check_conflicts(self, a: Assignment, item: relabel.Probed, sharers: Sequence[Claim]) -> None:
         """sharers: every claim on the item's inode (this guest's included)."""
@@ -264,7 +269,7 @@ class Converger:
             else:
                 to_restore.append(c)
         if to_restore:
-            self.store.set_claims_phase(uuid, [c.path for c in to_restore], "restoring")
+            await self.store.write(self.store.set_claims_phase, uuid, [c.path for c in to_restore], "restoring")
         outcomes = await _to_thread_to_the_end(relabel.restore_claims, to_restore, self.config.journal_dir,
                                            self.defaults)
         return kept + outcomes
@@ -283,9 +288,4 @@ async def _to_thread_to_the_end(fn: Callable[..., T], *args: Any) -> T:
     stopping, a reload's reconcile cancelled) waits until the thread is done before it goes on, so the
     descriptors are not closed (and their numbers reused) under a thread still writing through them,
     nor the locks released while it writes."""
-    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait({work})
-        raise
+    return await to_the_end(asyncio.ensure_future(asyncio.to_thread(fn, *args)))

@@ -13,7 +13,7 @@ import contextlib
 import enum
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -258,22 +258,36 @@ class LibvirtWatcher:
         except libvirt.libvirtError as exc:
             raise LibvirtUnavailable(f"defining nwfilter {name} failed: {_msg(exc)}") from exc
 
-    async def list_domains(self) -> list[DomainInfo]:
+    async def domain_uuids(self) -> set[str]:
+        """Every domain's UUID: one call, no definition read."""
         conn = self._require()
-        return await self._call(self._list_blocking, conn)
+        return await self._call(self._uuids_blocking, conn)
+
+    def _uuids_blocking(self, conn: Any) -> set[str]:
+        try:
+            return {d.UUIDString() for d in conn.listAllDomains(0)}
+        except libvirt.libvirtError as exc:
+            raise LibvirtUnavailable(f"listing domains failed: {_msg(exc)}") from exc
+
+    async def list_domains(self, uuids: Collection[str] | None = None) -> list[DomainInfo]:
+        """Every domain, or only those of uuids (the others' definitions are not read)."""
+        conn = self._require()
+        return await self._call(self._list_blocking, conn, None if uuids is None else frozenset(uuids))
 
     async def lookup(self, guest: str) -> DomainInfo:
         """Domain by UUID or name. NoSuchGuest / LibvirtUnavailable."""
         conn = self._require()
         return await self._call(self._lookup_blocking, conn, guest)
 
-    def _list_blocking(self, conn: Any) -> list[DomainInfo]:
-        """Every domain, with what is known of all of them asked once (state, active, persistent: three
-        calls in all instead of three per domain; 1,000 guests at a restart), then their XML. A domain
-        that changes between those calls sends an event, which looks it up again."""
+    def _list_blocking(self, conn: Any, wanted: frozenset[str] | None = None) -> list[DomainInfo]:
+        """Every domain (or the wanted ones), with what is known of all of them asked once (state, active,
+        persistent: three calls in all instead of three per domain; 1,000 guests at a restart), then their
+        XML. A domain that changes between those calls sends an event, which looks it up again."""
         out: list[DomainInfo] = []
         try:
-            domains = conn.listAllDomains(0)
+            domains = [d for d in conn.listAllDomains(0) if wanted is None or d.UUIDString() in wanted]
+            if not domains:
+                return out
             active = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)}
             persistent = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)}
         except libvirt.libvirtError as exc:

@@ -10,6 +10,7 @@ it runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .models import Assignment
+from .to_the_end import to_the_end
 
 Rows = Callable[[], Iterable[tuple[str, str, str]]]
 
@@ -91,10 +93,16 @@ class TranslationFile:
 
     async def _write_later(self) -> None:
         await asyncio.sleep(self._delay)  # batch a burst of changes into one write
-        self.write_now()
+        # The rows are read on the loop (the store's connection); the file's I/O (a read, an fsync, maybe
+        # mcstrans's restart) in a thread: during a burst of defines it held the loop up to 80 ms a time.
+        rows = list(self._rows())
+        await to_the_end(asyncio.ensure_future(asyncio.to_thread(self._write, rows)))
 
     def write_now(self) -> None:
-        text = render_translations(self._rows())
+        self._write(self._rows())
+
+    def _write(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        text = render_translations(rows)
         try:
             if self.path.exists() and self.path.read_text() == text:
                 return
@@ -110,4 +118,6 @@ class TranslationFile:
     async def flush(self) -> None:
         if self._pending is not None and not self._pending.done():
             self._pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pending  # a write under way in its thread ends first: this one must come last
             self.write_now()

@@ -3,26 +3,38 @@
 Every change is committed (WAL, synchronous=FULL) before any file is touched, so after a crash the
 database says what was meant and the next start finishes or undoes it. The schema itself refuses a
 duplicate level and a private inode claimed twice, even if the code above has a bug.
+
+The event loop reads through its own connection. `await store.write(store.method, ...)` runs a write
+method in the store's one writer thread, on a second connection: the commit's fsync (tens of ms on a busy
+disk, one per new guest in a burst of defines) never holds the loop, and the loop's reads go on meanwhile
+(WAL: readers do not wait for the writer). A write method called directly runs where it is called.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, ParamSpec, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from .errors import StateNotWritable
 from .models import Applier, Assignment, GuestState, Level, Origin, ResourceClass, ResourceKind
 from .state_db import UnusableStateDatabase, open_state_db
+from .to_the_end import to_the_end
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 3  # 2: claims.real; 3: claims.applier
 
@@ -113,18 +125,20 @@ class Claim(BaseModel):
 class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = open_state_db(path)  # UnusableStateDatabase: never replaced by a new, empty table
+        self._local = threading.local()  # .db: the writer thread's connection, in that thread only
+        self._main = open_state_db(path)  # UnusableStateDatabase: never replaced by a new, empty table
         try:
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
+            _configure(self._main)
             self._upgrade(path)
         except sqlite3.DatabaseError as exc:
-            self._db.close()
+            self._main.close()
             raise UnusableStateDatabase(path, f"cannot be brought to schema {SCHEMA_VERSION} ({exc})") from exc
         except BaseException:
-            self._db.close()
+            self._main.close()
             raise
         path.chmod(0o600)
+        self._writer: ThreadPoolExecutor | None = None  # started by the first write()
+        self._writer_dbs: list[sqlite3.Connection] = []
         # Called with a guest's UUID after each committed change to its row or claims (any thread).
         self.observer: Callable[[str], None] | None = None
         # A new value after each committed change to any row or claim: what is read at generation g is
@@ -155,8 +169,36 @@ class Store:
                     self._db.execute(statement)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The connection of the thread asking: the writer thread's own, else the main one."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        return db if db is not None else self._main
+
+    async def write(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this store's write methods in the writer thread. Cancelled meanwhile, it waits for the
+        write to be over before the cancellation goes on: the caller never goes on while its write may still
+        commit (a pair recorded after the caller gave it back)."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="svirtd-store",
+                                              initializer=self._open_writer)
+        work = asyncio.get_running_loop().run_in_executor(self._writer, functools.partial(method, *args, **kwargs))
+        return await to_the_end(work)
+
+    def _open_writer(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        _configure(db)
+        self._writer_dbs.append(db)
+        self._local.db = db
+
     def close(self) -> None:
-        self._db.close()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)  # writes under way finish first
+            self._writer = None
+        for db in self._writer_dbs:
+            db.close()
+        self._writer_dbs.clear()
+        self._main.close()
 
     def _changed(self, uuid: str) -> None:
         """After the commit: an observer's failure must not look like a failed write to the caller (which
@@ -248,6 +290,10 @@ class Store:
         """(uuid, level) of every assignment, streamed: cheap even with 100k guests."""
         for uuid, level in self._db.execute("SELECT uuid, level FROM assignments"):
             yield uuid, Level.parse(level)
+
+    def uuids(self) -> set[str]:
+        """Every guest in the table."""
+        return {row[0] for row in self._db.execute("SELECT uuid FROM assignments")}
 
     def releasing(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT uuid FROM assignments WHERE phase = 'releasing'")]
@@ -370,6 +416,11 @@ class ClusterRow(NamedTuple):
 
 _A_COLS = "uuid, name, level, profile, origin, state, note, created, updated"
 _C_COLS = "uuid, path, device, kind, rclass, dev, ino, expected, original, phase, real, applier"
+
+
+def _configure(db: sqlite3.Connection) -> None:
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
 
 
 def _assignment(row: tuple[str, str, str, str, str, str, str, float, float]) -> Assignment:

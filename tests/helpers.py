@@ -8,7 +8,7 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from svirtd import selinux_host
 from svirtd.allocator import CategorySpace, PairAllocator
 from svirtd.config import Config
 from svirtd.ctl import unwrap as plain
-from svirtd.manager import Manager
+from svirtd.errors import NoSuchGuest
+from svirtd.manager import Manager, XmlDomain
 from svirtd.store import Store
 from testbed.bus import PrivateBus
 from testbed.client import SvirtClient
@@ -129,6 +130,53 @@ class SignalRecorder:
             signal = Signal(msg.interface or "", msg.member or "", msg.path or "", plain(msg.body), time.monotonic())
             with self._lock:
                 self._signals.append(signal)
+
+
+class StandInLibvirt:
+    """What the manager asks of libvirt, answered from a dict of domains: listing, lookups (counted, with
+    how many were under way at once), and the rewrite of their definitions (recorded in order)."""
+
+    connected = True
+    selinux_driver = False
+
+    def __init__(self, domains: Sequence[XmlDomain]) -> None:
+        self.domains = {d.uuid: d for d in domains}
+        self.rewritten: list[str] = []
+        self.listed: list[int] = []  # how many domains each listing asked for
+        self.lookups = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def domain_uuids(self) -> set[str]:
+        return set(self.domains)
+
+    async def list_domains(self, uuids: Collection[str] | None = None) -> Sequence[XmlDomain]:
+        self.listed.append(len(self.domains) if uuids is None else len(uuids))
+        return [d for d in self.domains.values() if uuids is None or d.uuid in uuids]
+
+    async def lookup(self, guest: str) -> XmlDomain:
+        self.lookups += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)  # an answer comes from another thread: other tasks run meanwhile
+            for d in self.domains.values():
+                if guest in (d.uuid, d.name):
+                    return d
+            raise NoSuchGuest(guest)
+        finally:
+            self.in_flight -= 1
+
+    async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool:
+        self.rewritten.append(uuid)
+        new = transform(self.domains[uuid].xmls[0])
+        if new is not None:
+            d = self.domains[uuid]
+            self.domains[uuid] = XmlDomain(d.uuid, d.name, d.state, (new,))
+        return new is not None
+
+    async def define_nwfilter(self, name: str, xml: str) -> None:
+        pass
 
 
 @contextlib.contextmanager

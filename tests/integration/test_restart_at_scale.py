@@ -7,49 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid as uuidlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from svirtd.errors import NoSuchGuest
 from svirtd.manager import XmlDomain
 from svirtd.models import GuestState
 from testbed.guests import domain_xml
-from tests.helpers import in_process_manager
+from tests.helpers import StandInLibvirt, in_process_manager
 
 pytestmark = pytest.mark.integration
-
-
-class Libvirt:
-    """What the reconcile asks of libvirt: its guests, and the rewrite of their definitions."""
-
-    connected = True
-    selinux_driver = False
-
-    def __init__(self, domains: list[XmlDomain]) -> None:
-        self.domains = {d.uuid: d for d in domains}
-        self.rewritten: list[str] = []
-
-    async def list_domains(self) -> Sequence[XmlDomain]:
-        return list(self.domains.values())
-
-    async def lookup(self, guest: str) -> XmlDomain:
-        for d in self.domains.values():
-            if guest in (d.uuid, d.name):
-                return d
-        raise NoSuchGuest(guest)
-
-    async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool:
-        self.rewritten.append(uuid)
-        new = transform(self.domains[uuid].xmls[0])
-        if new is not None:
-            d = self.domains[uuid]
-            self.domains[uuid] = XmlDomain(d.uuid, d.name, d.state, (new,))
-        return new is not None
-
-    async def define_nwfilter(self, name: str, xml: str) -> None:
-        pass
 
 
 def guest(name: str) -> XmlDomain:
@@ -60,7 +28,7 @@ def guest(name: str) -> XmlDomain:
 def test_a_guest_defined_while_svirtd_was_down_is_reconciled_first(tmp_path: Path) -> None:
     # Named so that it sorts last: the order must not come from the names.
     known = [guest(f"g{i:03d}") for i in range(40)]
-    libvirt = Libvirt(known)
+    libvirt = StandInLibvirt(known)
     with in_process_manager(tmp_path, libvirt, auto_confine_names=["g*"]) as manager:
         asyncio.run(manager.reconcile())
         assert manager.store.count() == 40
@@ -73,3 +41,33 @@ def test_a_guest_defined_while_svirtd_was_down_is_reconciled_first(tmp_path: Pat
     assert newcomer.uuid in libvirt.rewritten
     assert libvirt.rewritten.index(newcomer.uuid) == 0, (
         f"the newcomer was reconciled after {libvirt.rewritten.index(newcomer.uuid)} known guests")
+
+
+class Reading(StandInLibvirt):
+    """Records how many definitions had been read when each guest's identity was written."""
+
+    def __init__(self, domains: list[XmlDomain]) -> None:
+        super().__init__(domains)
+        self.read_before: dict[str, int] = {}
+
+    async def rewrite_definition(self, uuid: str, transform: Callable[[str], str | None]) -> bool:
+        self.read_before.setdefault(uuid, sum(self.listed))
+        return await super().rewrite_definition(uuid, transform)
+
+
+def test_the_newcomer_is_reconciled_before_the_known_definitions_are_read(tmp_path: Path) -> None:
+    # Reading 1,000 definitions (one libvirt call each) took most of the 2 s before a newcomer was reconciled.
+    known = [guest(f"g{i:03d}") for i in range(40)]
+    libvirt = Reading(known)
+    with in_process_manager(tmp_path, libvirt, auto_confine_names=["g*"]) as manager:
+        asyncio.run(manager.reconcile())
+    newcomer = guest("g999")
+    libvirt.domains[newcomer.uuid] = newcomer
+    libvirt.listed.clear()
+    libvirt.read_before.clear()
+    with in_process_manager(tmp_path, libvirt, auto_confine_names=["g*"]) as manager:
+        asyncio.run(manager.reconcile())
+        assert manager.store.count() == 41
+    assert libvirt.read_before[newcomer.uuid] == 1, (
+        f"{libvirt.read_before[newcomer.uuid]} definitions were read before the newcomer was reconciled")
+    assert sum(libvirt.listed) == 41  # each definition once
