@@ -170,6 +170,7 @@ class GuestObjects:
         self._manager = manager
         self._iface = manager_iface
         self._views: dict[str, GuestView] = {}  # by UUID
+        self._built: dict[str, tuple[GuestView, dict[str, dict[str, Variant]]]] = {}  # see _guests
         self._interface = guest_interface()
         self._pending: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -364,7 +365,19 @@ class GuestObjects:
         return None  # a guest's path (nothing under it) or another: dbus-fast's answer
 
     def _guests(self) -> dict[str, Any]:
-        return {guest_path(uuid): {GUEST_INTERFACE: view.variants()} for uuid, view in self._views.items()}
+        """Every guest's interfaces and properties. A guest's Variants are built once per snapshot and kept
+        with the very snapshot they come from (a changed guest has a new one): only clients that ask pay
+        their memory, and a GetManagedObjects of 1,000 guests builds no Variant twice."""
+        built: dict[str, tuple[GuestView, dict[str, dict[str, Variant]]]] = {}
+        body: dict[str, Any] = {}
+        for uuid, view in self._views.items():
+            kept = self._built.get(uuid)
+            if kept is None or kept[0] is not view:
+                kept = (view, {GUEST_INTERFACE: view.variants()})
+            built[uuid] = kept
+            body[guest_path(uuid)] = kept[1]
+        self._built = built  # what the guests gone since held goes with it
+        return body
 
     def _call(self, msg: Message, uuid: str) -> None:
         """Release or Verify, answered when done (the context carries the message: authorization asks who

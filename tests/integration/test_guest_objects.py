@@ -68,9 +68,12 @@ def test_one_object_per_guest_listed_and_kept_in_step(bus: PrivateBus, guests: G
         guests.virsh("start", a.name)
         wait_until(lambda: any(s.body[1].get("State") == "running" for s in rec.signals("PropertiesChanged")),
                    what="State running on a's object")
+        # GetManagedObjects keeps each guest's built properties: never past a change (built before it above).
+        assert managed(bus)[guest_path(a.uuid)]["org.svirt.Guest1"]["State"] == "running"
         guests.virsh("destroy", a.name)
         wait_until(lambda: any(s.body[1].get("State") == "shutoff" for s in rec.signals("PropertiesChanged")),
                    what="State shutoff on a's object")
+        assert managed(bus)[guest_path(a.uuid)]["org.svirt.Guest1"]["State"] == "shutoff"
         assert all(s.path == guest_path(a.uuid) for s in rec.signals("PropertiesChanged") if "State" in s.body[1])
 
     # Guests coming and going: InterfacesAdded / InterfacesRemoved on the manager's path.
