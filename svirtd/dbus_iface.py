@@ -24,7 +24,7 @@ from . import __version__, errors, hook_spool
 from .authz import Action, Authorizer, require_root
 from .cluster_model import HOST_ID_RULE, is_host_id
 from .dbus_annotate import EMITS
-from .dbus_errors import dbus_errors
+from .dbus_errors import dbus_errors, error_name
 from .dbus_guests import GuestObjects
 from .dbus_jobs import Jobs
 from .denial_tracker import DenialEvent, DenialTracker
@@ -268,21 +268,31 @@ class ManagerInterface(ServiceInterface):
                 or msg.flags & MessageFlag.NO_REPLY_EXPECTED:
             return None
         try:
-            if member == "Query":
-                report = self._manager.kept_report(msg.body[0])
-                if report is None or self._history(report):
-                    return None
-                return Message.new_method_return(msg, "a{sv}", [self._without_denials(report)])
-            if self._authz.known_uid(msg.sender) != 0:  # only root (the hook): see PrepareStart
-                return None
-            started = self._manager.kept_start(msg.body[0])
-            report = self._manager.kept_report(started.uuid) if started is not None else None
-            if report is None:
-                return None
-            return Message.new_method_return(msg, "a{sv}", [{**self._report(report, raw=True), "confined": _TRUE}])
+            return self._kept_query(msg) if member == "Query" else self._kept_start(msg)
         except Exception:  # the method answers it, with its error handling
             log.exception("the kept answer to %s failed", member)
             return None
+
+    def _kept_query(self, msg: Message) -> Message | None:
+        try:
+            report = self._manager.kept_report(msg.body[0])
+        except errors.NoSuchGuest as exc:  # what the method would answer (a burst's guests not isolated yet)
+            return Message.new_error(msg, *error_name(exc))
+        if report is None or self._history(report):
+            return None
+        return Message.new_method_return(msg, "a{sv}", [self._without_denials(report)])
+
+    def _kept_start(self, msg: Message) -> Message | None:
+        if self._authz.known_uid(msg.sender) != 0:  # only root (the hook): see PrepareStart
+            return None
+        started = self._manager.kept_start(msg.body[0])
+        try:
+            report = self._manager.kept_report(started.uuid) if started is not None else None
+        except errors.NoSuchGuest:  # its row went since: the method sees what to do
+            return None
+        if report is None:
+            return None
+        return Message.new_method_return(msg, "a{sv}", [{**self._report(report, raw=True), "confined": _TRUE}])
 
     def _history(self, report: GuestReport) -> list[DenialEvent]:
         return self._denials.history(report.assignment.uuid) if self._denials is not None else []

@@ -861,12 +861,17 @@ class Manager:
 
     def kept_report(self, guest: str) -> GuestReport | None:
         """Query's answer without waiting for anything, when the one kept is still true; None: ask
-        query() (which also says what is wrong with the reference)."""
+        query() (which also says what is wrong with the reference). Raises query()'s NoSuchGuest for a
+        UUID svirtd has no row of (asked again and again while a burst of defines is isolated)."""
         try:
             ref = checked_guest_ref(guest)
         except SvirtError:
             return None
-        a = self._reports.assignment(ref) if looks_like_uuid(ref) else None
+        if not looks_like_uuid(ref):
+            return None
+        a = self._reports.assignment(ref)
+        if a is None:
+            self._not_isolated(ref)
         domain = self._domains.get(ref)
         if a is None or domain is None:
             return None

@@ -3,9 +3,9 @@
 Query (and PrepareStart, which answers with a report) reads every resource's label on disk at each
 call: that is the call's work. What those labels are compared with -- the guest's row, its claims,
 the label decisions, its process and image labels -- depends only on the table and the definition,
-so it is derived once and kept until the table changes (Store.generation: any committed change of a
-row or a claim), the definition is replaced (a new DomainSpec object), or what the decisions depend
-on is (libvirt's driver, the config after a reload, the label spec).
+so it is derived once and kept until the guest's row or claims change (Store.stamp: another guest's
+change leaves it standing), the definition is replaced (a new DomainSpec object), or what the
+decisions depend on is (libvirt's driver, the config after a reload, the label spec).
 
 The labels read on disk are kept too, with the report they made, while nothing they came from can have
 changed (see `Observed`): the kernel says when a watched file or a directory on its way changed
@@ -62,47 +62,47 @@ class Started:
 
 
 class ReportCache:
-    """Used on the event loop only. Everything is dropped at each new store generation."""
+    """Used on the event loop only. A guest's entries are dropped when its row or claims change
+    (Store.stamp): a burst of other guests' isolations leaves them standing. At most KEPT guests are
+    kept (all dropped when full: the guests clients keep asking about are back at their next call)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._generation = -1
-        self._rows: dict[str, Assignment | None] = {}
+        self._rows: dict[str, tuple[int, Assignment | None]] = {}  # uuid -> (stamp read before the row, row)
         self._bases: dict[str, ReportBasis] = {}
         self._observed: dict[str, Observed] = {}
-        self._started: dict[str, Started] = {}  # not dropped by a new generation: it says which it holds for
+        self._started: dict[str, Started] = {}  # on the whole table's generation: see started()
         self.watch = FileWatch()
 
-    def _current(self) -> None:
-        # The generation is read BEFORE any row: a change committed meanwhile bumps it after its
-        # commit, so whatever is kept under the old value is dropped at the next call.
-        generation = self._store.generation
-        if generation != self._generation:
+    def assignment(self, uuid: str) -> Assignment | None:
+        """Store.get, the same object while the guest's row and claims do not change."""
+        # The stamp is read BEFORE the row: a change committed meanwhile moves it after its commit, so
+        # a row kept under the old stamp is read again at the next call.
+        stamp = self._store.stamp(uuid)
+        kept = self._rows.get(uuid)
+        if kept is not None and kept[0] == stamp:
+            return kept[1]
+        row = self._store.get(uuid)
+        if kept is None and len(self._rows) >= KEPT:
             self._rows.clear()
             self._bases.clear()
             self._observed.clear()
-            self._generation = generation
-
-    def assignment(self, uuid: str) -> Assignment | None:
-        """Store.get, the same object while the table does not change."""
-        self._current()
-        if uuid not in self._rows:
-            self._rows[uuid] = self._store.get(uuid)
-        return self._rows[uuid]
+        self._rows[uuid] = (stamp, row)
+        return row
 
     def basis(self, uuid: str, depends_on: tuple[object, ...], derive: Callable[[], ReportBasis]) -> ReportBasis:
-        self._current()
+        """Kept while what it depends on are the same objects; the row (an object kept per stamp) is one."""
         kept = self._bases.get(uuid)
         if kept is not None and len(kept.depends_on) == len(depends_on) and all(
                 a is b for a, b in zip(kept.depends_on, depends_on, strict=True)):
             return kept
         basis = derive()
-        self._bases[uuid] = basis
+        if uuid in self._rows:  # bounded with the rows it derives from
+            self._bases[uuid] = basis
         return basis
 
     def observed(self, uuid: str, basis: ReportBasis, epoch: tuple[int, int], verify: object) -> object | None:
         """The kept report, if it is still true (see Observed); None otherwise."""
-        self._current()
         kept = self._observed.get(uuid)
         if kept is None or kept.basis is not basis or kept.epoch != epoch or kept.verify is not verify:
             return None
@@ -112,12 +112,12 @@ class ReportCache:
         return kept.report
 
     def keep_observed(self, uuid: str, entry: Observed) -> None:
-        self._current()
         if self._bases.get(uuid) is entry.basis:  # else the table moved on while the files were read
             self._observed[uuid] = entry
 
     def started(self, uuid: str, depends_on: tuple[object, ...], epoch: tuple[int, int]) -> Assignment | None:
-        """The assignment of the last PrepareStart, if converging again would change nothing."""
+        """The assignment of the last PrepareStart, if converging again would change nothing. On the
+        whole table's generation, not the guest's stamp: a start checks the guest against the others."""
         kept = self._started.get(uuid)
         if kept is None or kept.generation != self._store.generation or kept.epoch != epoch or \
                 len(kept.depends_on) != len(depends_on) or \
@@ -134,6 +134,7 @@ class ReportCache:
         self._started[uuid] = entry
 
 
+KEPT = 4096  # guests whose rows, bases and reports are kept
 STARTED_KEPT = 4096
 
 

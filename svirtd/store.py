@@ -37,6 +37,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 3  # 2: claims.real; 3: claims.applier
+STAMP_BUCKETS = 4096  # a power of two (see Store.stamp)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS assignments (
@@ -145,6 +146,10 @@ class Store:
         # still true while generation == g (read it BEFORE the rows). next() of a count is atomic.
         self._generations = itertools.count(1)
         self.generation = 0
+        # Per guest, the generation of its last change, in STAMP_BUCKETS buckets by hash (two guests sharing
+        # a bucket only drop each other's kept reads more often): what was read about a guest at stamp s is
+        # still true while stamp(uuid) == s, whatever other guests do (a burst of isolations).
+        self._stamps = [0] * STAMP_BUCKETS
 
     def _upgrade(self, path: Path) -> None:
         """Bring the schema to SCHEMA_VERSION in ONE transaction (ALTER, DDL and user_version): a crash
@@ -203,12 +208,18 @@ class Store:
     def _changed(self, uuid: str) -> None:
         """After the commit: an observer's failure must not look like a failed write to the caller (which
         would undo what is committed, e.g. give a recorded pair back)."""
-        self.generation = next(self._generations)
+        generation = next(self._generations)
+        self._stamps[hash(uuid) & (STAMP_BUCKETS - 1)] = generation
+        self.generation = generation
         if self.observer is not None:
             try:
                 self.observer(uuid)
             except Exception:
                 log.exception("the observer of guest %s's row failed", uuid)
+
+    def stamp(self, uuid: str) -> int:
+        """Changes after each committed change of this guest's row or claims (read it BEFORE them)."""
+        return self._stamps[hash(uuid) & (STAMP_BUCKETS - 1)]
 
     def _tx(self) -> _Transaction:
         # isolation_level=None + explicit BEGIN IMMEDIATE: one writer, committed on exit.

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from svirtd.errors import NoSuchGuest
 from svirtd.isolation import Proof
 from svirtd.manager import GuestReport, Manager, VerifyResult
 from svirtd.models import Assignment, ResourceStatus
@@ -111,14 +112,35 @@ def test_a_mount_over_its_directory_is_seen(manager: Manager, tmp_path: Path, mo
     assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.ABSENT
 
 
-def test_another_guests_change_or_a_proof_is_a_new_report(manager: Manager, tmp_path: Path) -> None:
+def test_another_guests_change_keeps_the_report_its_own_change_or_a_proof_does_not(
+        manager: Manager, tmp_path: Path) -> None:
+    """A burst of other guests' isolations must not make every Query read its files again."""
     uuid, _disk = isolated(manager, tmp_path, "svt-qc-d")
     first = query(manager, uuid)
-    isolated(manager, tmp_path, "svt-qc-e")  # the table changed
+    isolated(manager, tmp_path, "svt-qc-e")  # the table changed: another guest's row and claims
+    assert query(manager, uuid) is first
+    manager.store.update_assignment(uuid, note="its own row changed")
     second = query(manager, uuid)
-    assert second is not first and second == first
+    assert second is not first and second.assignment.note == "its own row changed"
     manager.last_verify = VerifyResult(policy="policy.33", at=time.time(), proof=Proof(1, 1, 1, 1, ()))
     assert query(manager, uuid).isolation.startswith("verified against policy.33")
+
+
+def test_a_guest_svirtd_has_no_row_of_is_answered_without_a_task_as_the_method_would(
+        manager: Manager, tmp_path: Path) -> None:
+    """kept_report (the bus handler's) says NoSuchGuest itself, with query()'s words: for a UUID never
+    isolated, and for a guest an admin released."""
+    uuid, _disk = isolated(manager, tmp_path, "svt-qc-h")
+    for ref in (str(uuidlib.uuid4()), uuid):
+        if ref == uuid:
+            asyncio.run(manager.release(uuid))
+        with pytest.raises(NoSuchGuest) as by_method:
+            query(manager, ref)
+        with pytest.raises(NoSuchGuest) as kept:
+            manager.kept_report(ref)
+        assert str(kept.value) == str(by_method.value)
+    assert "released by an admin" in str(kept.value)
+    assert manager.kept_report("svt-qc-h") is None  # a name: query() resolves it
 
 
 def test_a_start_with_everything_in_place_converges_once(manager: Manager, tmp_path: Path,

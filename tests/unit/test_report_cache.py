@@ -1,14 +1,18 @@
 """Query's cache of what it compares the files with is dropped by every change it depends on (real
-SQLite store): the guest's row, its claims, another guest's change, its definition, the config."""
+SQLite store): the guest's row, its claims, its definition, the config -- and not by another guest's
+change (a burst of isolations)."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
+import pytest
+
+from svirtd import report_cache
 from svirtd.models import Level, ResourceClass
 from svirtd.report_cache import ReportBasis, ReportCache
-from svirtd.store import Store
+from svirtd.store import STAMP_BUCKETS, Store
 from tests.unit.test_store import assignment, claim
 
 
@@ -26,11 +30,46 @@ def test_a_row_is_read_again_after_any_committed_change(tmp_path: Path) -> None:
     store.update_assignment("u1", name="web02")
     renamed = cache.assignment("u1")
     assert renamed is not None and renamed.name == "web02"
-    store.insert_assignment(assignment("u2", Level(low=3, high=4)))  # another guest's change drops it too
+    store.insert_assignment(assignment("u2", Level(low=3, high=4)))  # another guest's change keeps it
+    store.put_claims([claim("u2", "/images/b.img", ResourceClass.PRIVATE, ino=8)])
+    assert cache.assignment("u1") is renamed
+    store.put_claims([claim("u1", "/images/a.img", ResourceClass.PRIVATE)])  # its own claims drop it
     assert cache.assignment("u1") is not renamed
     store.delete_assignment("u1")
     assert cache.assignment("u1") is None
     assert cache.assignment("nobody") is None
+
+
+def test_guests_sharing_a_stamp_bucket_see_each_others_changes_and_nothing_stale(tmp_path: Path) -> None:
+    """Stamps are kept per hash bucket: a collision only drops a kept row more often."""
+    store = Store(tmp_path / "state.db")
+    mine = "u1"
+    other = next(f"u{i}" for i in range(2, 100_000)
+                 if hash(f"u{i}") & (STAMP_BUCKETS - 1) == hash(mine) & (STAMP_BUCKETS - 1))
+    store.insert_assignment(assignment(mine, Level(low=1, high=2)))
+    cache = ReportCache(store)
+    first = cache.assignment(mine)
+    store.insert_assignment(assignment(other, Level(low=3, high=4)))
+    again = cache.assignment(mine)
+    assert again is not first and again == first
+    store.update_assignment(mine, note="n")
+    now = cache.assignment(mine)
+    assert now is not None and now.note == "n"
+
+
+def test_what_is_kept_is_bounded_however_many_guests_are_asked_about(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_cache, "KEPT", 8)
+    store = Store(tmp_path / "state.db")
+    cache = ReportCache(store)
+    for i in range(50):  # rows or none: a caller asking for random UUIDs must not grow svirtd
+        store.insert_assignment(assignment(f"g{i}", Level(low=1, high=i + 2)))
+        a = cache.assignment(f"g{i}")
+        cache.basis(f"g{i}", (a,), lambda: basis_from(store, f"g{i}", (a,)))  # noqa: B023 - called at once
+        cache.assignment(f"nobody{i}")
+    assert max(len(cache._rows), len(cache._bases)) <= 8
+    a = cache.assignment("g49")
+    assert a is not None and a.level == Level(low=1, high=51)
 
 
 def test_a_change_made_by_another_thread_is_seen(tmp_path: Path) -> None:
