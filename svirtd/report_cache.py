@@ -16,6 +16,7 @@ would find everything as the last one left it (`Started`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -64,11 +65,12 @@ class Started:
 class ReportCache:
     """Used on the event loop only. A guest's entries are dropped when its row or claims change
     (Store.stamp): a burst of other guests' isolations leaves them standing. At most KEPT guests are
-    kept (all dropped when full: the guests clients keep asking about are back at their next call)."""
+    kept, those asked about most recently (a client asking for every guest in turn must not grow svirtd)."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._rows: dict[str, tuple[int, Assignment | None]] = {}  # uuid -> (stamp read before the row, row)
+        # uuid -> (stamp read before the row, row), least recently asked first
+        self._rows: OrderedDict[str, tuple[int, Assignment | None]] = OrderedDict()
         self._bases: dict[str, ReportBasis] = {}
         self._observed: dict[str, Observed] = {}
         self._started: dict[str, Started] = {}  # on the whole table's generation: see started()
@@ -80,13 +82,15 @@ class ReportCache:
         # a row kept under the old stamp is read again at the next call.
         stamp = self._store.stamp(uuid)
         kept = self._rows.get(uuid)
-        if kept is not None and kept[0] == stamp:
-            return kept[1]
+        if kept is not None:
+            self._rows.move_to_end(uuid)
+            if kept[0] == stamp:
+                return kept[1]
         row = self._store.get(uuid)
-        if kept is None and len(self._rows) >= KEPT:
-            self._rows.clear()
-            self._bases.clear()
-            self._observed.clear()
+        if kept is None and len(self._rows) >= KEPT:  # the guest asked about least recently goes
+            gone, _ = self._rows.popitem(last=False)
+            self._bases.pop(gone, None)
+            self._observed.pop(gone, None)
         self._rows[uuid] = (stamp, row)
         return row
 

@@ -181,7 +181,11 @@ class StorageGate:
         """The fast path of read() after ensure(): (True, fn(*args)) in ONE worker-thread hop, without
         the helper's question, when every path is provably on local storage (local_proof.py) -- decided
         in that thread, right before fn runs; (False, None), fn not run, when one is not (then ensure()
-        and read() as usual). The same deadline as read()."""
+        and read() as usual). The same deadline as read(). fn runs on the loop itself when no path names a
+        file (it then reads nothing: emulated devices only)."""
+        paths = list(paths)
+        if not any(p.startswith("/") for p in paths):
+            return True, fn(*args)  # nothing on any storage (a guest without disks): no thread to wait for
         files = list(dict.fromkeys(_files(paths)))  # a claimed file is named twice (decision and claim)
         if not all(text_is_local(p, self._table) for p in files):
             return False, None  # decided on the table alone: no thread

@@ -143,6 +143,29 @@ def test_a_guest_svirtd_has_no_row_of_is_answered_without_a_task_as_the_method_w
     assert manager.kept_report("svt-qc-h") is None  # a name: query() resolves it
 
 
+def test_a_guest_without_files_is_reported_without_a_thread(manager: Manager, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing to read on any storage: its report waits for no worker thread (busy with a burst's
+    converges, they made every first Query of a new guest the slowest call of the burst)."""
+    a = asyncio.run(manager.prepare_start(domain_xml("svt-qc-i", str(uuidlib.uuid4()), [])))
+    assert a is not None
+    hops: list[object] = []
+    real = asyncio.to_thread
+
+    async def counted(fn: Callable[..., Any], *args: Any) -> Any:
+        hops.append(fn)
+        return await real(fn, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    manager.store.update_assignment(a.uuid, note="not kept any more")
+    report = query(manager, a.uuid)
+    assert report.assignment.note == "not kept any more" and report.resources
+    assert hops == []
+    uuid, disk = isolated(manager, tmp_path, "svt-qc-j")  # with a disk: read in a worker thread, as before
+    hops.clear()
+    assert disk_state(query(manager, uuid), disk)[0] is ResourceStatus.LABELED and hops
+
+
 def test_a_start_with_everything_in_place_converges_once(manager: Manager, tmp_path: Path,
                                                          converges: list[str]) -> None:
     uuid, disk, xml = started(manager, tmp_path, "svt-qc-f")  # labels the disk

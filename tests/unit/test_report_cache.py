@@ -70,6 +70,12 @@ def test_what_is_kept_is_bounded_however_many_guests_are_asked_about(tmp_path: P
     assert max(len(cache._rows), len(cache._bases)) <= 8
     a = cache.assignment("g49")
     assert a is not None and a.level == Level(low=1, high=51)
+    # The guest asked about again and again stays while others come and go (least recently asked goes).
+    hot = cache.assignment("g0")
+    for i in range(1, 30):
+        assert cache.assignment("g0") is hot
+        cache.assignment(f"g{i}")
+    assert cache.assignment("g0") is hot
 
 
 def test_a_change_made_by_another_thread_is_seen(tmp_path: Path) -> None:
