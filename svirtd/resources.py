@@ -17,7 +17,8 @@ the table, not a branch somewhere else.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 
@@ -65,6 +66,19 @@ class DomainSpec(BaseModel):
     seclabels: tuple[SecLabel, ...] = ()
     interfaces: tuple[str, ...] = ()  # interface types, for containment profiles
     svirt_metadata: dict[str, str] = {}
+
+    @classmethod
+    def build(cls, **fields: Any) -> DomainSpec:
+        """From the parser's values, already of the fields' types: not validated again, and one set of
+        field names shared by all (a validated DomainSpec copies its tuples and holds its own set: 1.2 KB
+        instead of 0.36 KB, and svirtd keeps one per guest)."""
+        return cls.model_construct(cast("set[str]", _ALL_SET), **fields)  # frozen: never added to
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> DomainSpec:
+        """BaseModel.model_copy would add to the shared set of field names: a new one is built instead."""
+        if deep:
+            return super().model_copy(deep=True)
+        return DomainSpec.build(**{**self.__dict__, **(update or {})})
 
     @property
     def is_tcg(self) -> bool:
@@ -120,7 +134,7 @@ def parse_domain(xml_text: str, swtpm_dir: str = DEFAULT_SWTPM_DIR) -> DomainSpe
                 found += parser(el, index, context)
             elif el.tag != "emulator":
                 found.append(_nothing(f"{el.tag}{index}", f"{el.tag}{index}", EMULATED_NOTE))
-    return DomainSpec(
+    return DomainSpec.build(
         uuid=uuid,
         name=name,
         virt_type=root.get("type", ""),
@@ -130,6 +144,9 @@ def parse_domain(xml_text: str, swtpm_dir: str = DEFAULT_SWTPM_DIR) -> DomainSpe
         svirt_metadata=_svirt_metadata(root),
     )
 
+
+
+_ALL_SET = frozenset(DomainSpec.model_fields)  # every field is given by the parser
 
 class _Context(BaseModel):
     uuid: str

@@ -11,8 +11,9 @@ from svirtd.models import ResourceClass
 from svirtd.resources import DomainSpec, parse_domain
 
 GUESTS = 2000
-BUDGET = 3000  # bytes per DomainSpec of a definition without disks; ~11 KB when every device had its own
-# Resources, as libvirt writes a minimal definition back (its default controllers and inputs).
+BUDGET = 1000  # bytes per DomainSpec of a definition without disks, as libvirt writes a minimal one back
+# (its default controllers and inputs): ~11 KB when every device had its own Resources, 1.45 KB when each
+# DomainSpec was validated again (its own copies of its tuples and its own set of field names), ~0.73 KB.
 DEFINITION = """<domain type='qemu'><name>g-{n}</name><uuid>{uuid}</uuid><memory unit='KiB'>65536</memory>
 <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type><boot dev='hd'/></os>
 <devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
@@ -50,3 +51,11 @@ def test_shared_devices_are_equal_to_what_a_parse_makes_and_files_stay_their_own
     files = [[r for r in spec.resources if r.rclass is not ResourceClass.UNHANDLED] for spec in (one, two)]
     assert [r.path for r in files[0]] == ["/var/lib/libvirt/images/x.img"]
     assert [r.path for r in files[1]] == ["/var/lib/libvirt/images/y.img"]
+
+
+def test_a_kept_definition_is_what_a_validated_one_is_and_copies_as_one() -> None:
+    [spec] = parsed(1)
+    assert spec == DomainSpec(**dict(spec)) and spec.model_fields_set == set(DomainSpec.model_fields)
+    renamed = spec.model_copy(update={"name": "renamed"})
+    assert renamed.name == "renamed" and spec.name != "renamed" and renamed.uuid == spec.uuid
+    assert spec.model_copy(deep=True) == spec
