@@ -492,7 +492,7 @@ def report_to_dbus(report: GuestReport) -> dict[str, Variant]:
 
 # Query's variants, built once per distinct value (the models are frozen: a value is its own key, so
 # nothing is ever stale; a changed row, label or state is a new key). Bounded: cleared when full.
-_VARIANTS_KEPT = 4096
+_VARIANTS_KEPT = 1024  # as many as report_cache.KEPT: a reply outlives its report only until cleared
 _heads: dict[tuple[Assignment, str, str], dict[str, Variant]] = {}
 _resources: dict[ResourceState, dict[str, Variant]] = {}
 _NO_DENIALS = Variant("aa{sv}", [])

@@ -138,7 +138,7 @@ class ReportCache:
         self._started[uuid] = entry
 
 
-KEPT = 4096  # guests whose rows, bases and reports are kept
+KEPT = 1024  # guests whose rows, bases and reports are kept (~12 KB each with their replies)
 STARTED_KEPT = 4096
 
 

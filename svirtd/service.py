@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import shlex
@@ -227,6 +228,10 @@ class Daemon:
             # Ready means: the guests libvirt has are confined (or the first attempt to reach it failed).
             await self.watcher.wait_first_attempt(timeout=READY_WAIT_SECONDS)
         log.info("ready: %s", self.status(), extra=message_ids.message_fields(message_ids.DAEMON_READY))
+        # What start-up made (modules, the policy, the guests reconciled) stays for good: out of the
+        # collector's sight, a full collection does not walk it again (one held the loop 61 ms at 1,000
+        # guests under a burst of defines).
+        gc.freeze()
         self.notifier.ready()
         self.notifier.start()
 
