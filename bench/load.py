@@ -388,7 +388,15 @@ def memory(stack: Stack, trace: int) -> None:
 def measure(stack: Stack) -> None:
     address, uri, daemon = stack.bus.address, stack.libvirtd.uri, stack.daemon
     idle, idle_anon = idle_pss(daemon)
+    assert daemon.proc is not None and stack.bus.proc is not None
+    pids = {"svirtd": daemon.proc.pid, "dbus-daemon": stack.bus.proc.pid}
+    cpu0, own0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, os.times(), time.monotonic()
     burst = asyncio.run(query_burst(address, uri))
+    took, own1 = time.monotonic() - t0, os.times()
+    shares = {k: (cpu_seconds(p) - cpu0[k]) / took for k, p in pids.items()}
+    shares["clients (this process)"] = (own1.user + own1.system - own0.user - own0.system) / took
+    print("cores used during the burst: " + ", ".join(f"{k} {v:.2f}" for k, v in shares.items())
+          + f" (of {os.cpu_count()})")
     print(f"under the burst (ms): Query p50 {burst['query_p50_ms']:.1f} p99 {burst['query_p99_ms']:.1f}; "
           f"GetId p50 {burst['getid_p50_ms']:.1f} p99 {burst['getid_p99_ms']:.1f}; "
           f"svirtd's Ping p50 {burst['ping_p50_ms']:.1f} p99 {burst['ping_p99_ms']:.1f}; missed {burst['missed']}")

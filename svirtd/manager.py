@@ -421,7 +421,8 @@ class Manager:
         if profile and assignment.profile != profile:
             changes["profile"] = profile
         if changes:
-            await self.store.write(self.store.update_assignment, domain.uuid, **changes)
+            # A start or stop alone is not worth an fsync: reconcile reads every guest's state from libvirt.
+            await self.store.write(self.store.update_assignment, domain.uuid, changes.keys() != {"state"}, **changes)
         await self._remove_optout(domain.uuid)
         self._unconfined.pop(domain.uuid, None)
         final = self.store.get(domain.uuid)

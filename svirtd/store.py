@@ -238,14 +238,22 @@ class Store:
             self._db.execute("DELETE FROM optouts WHERE uuid = ?", (a.uuid,))
         self._changed(a.uuid)
 
-    def update_assignment(self, uuid: str, **fields: str) -> None:
+    def update_assignment(self, uuid: str, durable: bool = True, **fields: str) -> None:
+        """durable=False: committed without an fsync (WAL, synchronous=NORMAL), for what svirtd learns
+        again from libvirt at every start (a guest's state): one fsync less per guest start."""
         allowed = {"name", "level", "profile", "state", "phase", "note"}
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
         cols = ", ".join(f"{k} = ?" for k in fields)
-        with self._tx():
-            self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
-                             (*fields.values(), time.time(), uuid))
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx():
+                self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
+                                 (*fields.values(), time.time(), uuid))
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
         self._changed(uuid)
 
     def begin_release(self, uuid: str, optout: bool) -> None:
