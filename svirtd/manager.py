@@ -422,7 +422,8 @@ class Manager:
             changes["profile"] = profile
         if changes:
             # A start or stop alone is not worth an fsync: reconcile reads every guest's state from libvirt.
-            await self.store.write(self.store.update_assignment, domain.uuid, changes.keys() != {"state"}, **changes)
+            await self.store.write(self.store.update_assignment, domain.uuid, durable=changes.keys() != {"state"},
+                                   **changes)
         await self._remove_optout(domain.uuid)
         self._unconfined.pop(domain.uuid, None)
         final = self.store.get(domain.uuid)

@@ -145,8 +145,8 @@ def parse_domain(xml_text: str, swtpm_dir: str = DEFAULT_SWTPM_DIR) -> DomainSpe
     )
 
 
-
 _ALL_SET = frozenset(DomainSpec.model_fields)  # every field is given by the parser
+
 
 class _Context(BaseModel):
     uuid: str

@@ -221,6 +221,19 @@ class Store:
         """Changes after each committed change of this guest's row or claims (read it BEFORE them)."""
         return self._stamps[hash(uuid) & (STAMP_BUCKETS - 1)]
 
+    @contextlib.contextmanager
+    def _fsync(self, durable: bool) -> Iterator[None]:
+        """durable=False: the transactions inside commit without an fsync (WAL, synchronous=NORMAL: a
+        power loss may take them back, never half of one); FULL again after."""
+        if durable:
+            yield
+            return
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
     def _tx(self) -> _Transaction:
         # isolation_level=None + explicit BEGIN IMMEDIATE: one writer, committed on exit.
         return _Transaction(self._db, self.path)
@@ -245,15 +258,9 @@ class Store:
         if not fields or not set(fields) <= allowed:
             raise ValueError(f"cannot update {sorted(set(fields) - allowed)}")
         cols = ", ".join(f"{k} = ?" for k in fields)
-        if not durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._tx():
-                self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
-                                 (*fields.values(), time.time(), uuid))
-        finally:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=FULL")
+        with self._fsync(durable), self._tx():
+            self._db.execute(f"UPDATE assignments SET {cols}, updated = ? WHERE uuid = ?",  # noqa: S608
+                             (*fields.values(), time.time(), uuid))
         self._changed(uuid)
 
     def begin_release(self, uuid: str, optout: bool) -> None:
@@ -400,16 +407,10 @@ class Store:
     def put_cluster_binding(self, row: ClusterRow, durable: bool = True) -> None:
         """durable=False: committed without an fsync (WAL, synchronous=NORMAL), for a row etcd itself can give
         back after a power loss (a binding etcd lists this host for): one fsync less per allocation."""
-        if not durable:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with self._tx():
-                self._db.execute("INSERT OR REPLACE INTO cluster_bindings"
-                                 " (uuid, level, name, state, moved_from, updated) VALUES (?, ?, ?, ?, ?, ?)",
-                                 (row.uuid, row.level, row.name, row.state, row.moved_from, time.time()))
-        finally:
-            if not durable:
-                self._db.execute("PRAGMA synchronous=FULL")
+        with self._fsync(durable), self._tx():
+            self._db.execute("INSERT OR REPLACE INTO cluster_bindings"
+                             " (uuid, level, name, state, moved_from, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                             (row.uuid, row.level, row.name, row.state, row.moved_from, time.time()))
 
     def delete_cluster_binding(self, uuid: str) -> None:
         with self._tx():
