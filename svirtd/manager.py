@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NoReturn, Protocol, runtime_checkable
 
 from . import label_drift, labels, message_ids, relabel
 from .allocator import PairAllocator
@@ -875,7 +875,7 @@ class Manager:
         if a is None:
             self._not_isolated(ref)
         domain = self._domains.get(ref)
-        if a is None or domain is None:
+        if domain is None:
             return None
         return self._kept(a, domain)[3]
 
@@ -1354,7 +1354,7 @@ class Manager:
             raise InvalidArgument(f"several isolated guests were named {ref!r}; use the UUID")
         return matches[0].uuid
 
-    def _not_isolated(self, ref: str) -> None:
+    def _not_isolated(self, ref: str) -> NoReturn:
         if self.store.optout_named(ref):
             raise NoSuchGuest(f"guest {ref!r} is not isolated: it was released by an admin; "
                               f"`svirtctl isolate {ref}` confines it again")
